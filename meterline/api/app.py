@@ -1,0 +1,84 @@
+"""The ASGI application factory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from meterline import __version__
+from meterline.api import health, problems
+from meterline.api.observability import MetricsMiddleware
+from meterline.api.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """
+Meterline's native API. Amounts are decimal strings in the asset's major unit
+(`"12.50"` USD, `"0.000000001"` SOL); times are RFC 3339 UTC; lists use cursor
+pagination (`next_cursor`). Every error is an RFC 9457 `application/problem+json`
+body with a stable `code`. POSTs that create or move money accept an
+`Idempotency-Key` header.
+"""
+
+
+class BodyLimitMiddleware:
+    """413 for a declared Content-Length over the limit, before anything reads the body."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for name, value in scope.get("headers", ()):
+                if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                    response = problems.problem(
+                        413, "payload_too_large", "The request is too large",
+                        f"the body is larger than {self.max_bytes} bytes", scope.get("path"),
+                    )
+                    await response(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
+def create_app(runtime: Runtime, *, extra_lifespan: Any = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime.ledger.start()
+        try:
+            if extra_lifespan is not None:
+                async with extra_lifespan(runtime):
+                    yield
+            else:
+                yield
+        finally:
+            runtime.ledger.stop()
+
+    app = FastAPI(
+        title="Meterline",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs",
+        openapi_url="/openapi.json",
+    )
+    app.state.runtime = runtime
+    problems.install(app)
+    app.include_router(health.router)
+    from meterline.api.v1 import router as v1_router
+
+    app.include_router(v1_router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=runtime.settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware)
+
+    @app.get("/", include_in_schema=False)
+    async def root(request: Request) -> JSONResponse:
+        return JSONResponse({"name": "meterline", "version": __version__, "docs": "/docs"})
+
+    return app

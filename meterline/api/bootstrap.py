@@ -1,0 +1,58 @@
+"""Assemble a server: migrations, dev seed, runtime, app, and the in-process worker."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from meterline.api.app import create_app
+from meterline.api.runtime import Runtime
+from meterline.clock import system_clock
+from meterline.config import Settings
+from meterline.db import migrate
+from meterline.db.engine import Database
+from meterline.identity.service import identity_service
+from meterline.ledger.signing import load_signer
+from meterline.worker.runner import Worker
+
+
+def _banner(settings: Settings) -> None:
+    lines = [
+        "",
+        "  Meterline — DEV MODE",
+        f"  database: {settings.database_url}",
+        f"  unauthenticated calls from 127.0.0.1 act as tenant '{settings.default_tenant}' admin",
+        "  never expose a dev server: use `meterline serve` with API keys in production",
+        "",
+    ]
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def build_server_app(settings: Settings, *, run_worker: bool, announce: bool = False) -> FastAPI:
+    if settings.dev:
+        migrate.upgrade(settings.database_url)
+    db = Database(settings.database_url, busy_timeout_ms=settings.sqlite_busy_timeout_ms)
+    if settings.dev:
+        with db.session() as session:
+            identity_service.ensure_tenant(session, settings.default_tenant, system_clock.now_ns())
+    signer = load_signer(settings.signing_key_path(), create=settings.dev)
+    runtime = Runtime(settings=settings, db=db, clock=system_clock, signer=signer)
+    if announce and settings.dev:
+        _banner(settings)
+
+    worker_lifespan = None
+    if run_worker:
+
+        @asynccontextmanager
+        async def worker_lifespan(rt: Runtime) -> AsyncIterator[None]:
+            worker = Worker(db=rt.db, clock=rt.clock, batcher=rt.ledger, settings=rt.settings, signer=signer)
+            worker.start()
+            try:
+                yield
+            finally:
+                worker.stop()
+
+    return create_app(runtime, extra_lifespan=worker_lifespan)

@@ -1,0 +1,99 @@
+"""Request dependencies: the runtime, one transaction per request, and the caller.
+
+`WriteSession` / `ReadSession` open the request's single transaction and commit
+it after the handler returns (rollback on any exception) — the only place in
+the request path that commits. `require(scope)` resolves the API key to a
+typed `Principal` and checks one scope; in dev mode an unauthenticated call
+from loopback is the default tenant's admin.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from meterline.api.runtime import Runtime
+from meterline.errors import Forbidden, Unauthenticated
+from meterline.identity.service import Principal, identity_service
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def _session(runtime: Runtime, *, write: bool) -> Iterator[Session]:
+    with runtime.db.session(write=write) as session:
+        yield session
+
+
+def write_session(request: Request) -> Iterator[Session]:
+    yield from _session(get_runtime(request), write=True)
+
+
+def read_session(request: Request) -> Iterator[Session]:
+    yield from _session(get_runtime(request), write=False)
+
+
+WriteSession = Annotated[Session, Depends(write_session)]
+ReadSession = Annotated[Session, Depends(read_session)]
+
+
+def _is_loopback(request: Request) -> bool:
+    host = request.client.host if request.client else ""
+    if host in ("testclient", "localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _presented_key(request: Request) -> str | None:
+    auth = request.headers.get("authorization")
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() != "bearer" or not value:
+            raise Unauthenticated("use 'Authorization: Bearer <api key>'")
+        return value.strip()
+    return request.headers.get("x-api-key")
+
+
+def current_principal(request: Request) -> Principal:
+    cached = getattr(request.state, "principal", None)
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    runtime = get_runtime(request)
+    secret = _presented_key(request)
+    if secret is None:
+        if runtime.settings.dev and _is_loopback(request):
+            principal = Principal(runtime.settings.default_tenant, "admin", None, frozenset({"admin"}))
+        else:
+            raise Unauthenticated("an API key is required (Authorization: Bearer ml_live_…)")
+    else:
+        principal = identity_service.authenticate(
+            lambda: runtime.db.session(write=False), secret, ttl=runtime.settings.key_cache_ttl_s
+        )
+    request.state.principal = principal
+    return principal
+
+
+def require(scope: str) -> Callable[[Request], Principal]:
+    def dependency(request: Request) -> Principal:
+        principal = current_principal(request)
+        if not principal.has(scope):
+            raise Forbidden(f"this action needs the '{scope}' scope")
+        return principal
+
+    dependency.__name__ = f"require_{scope.replace(':', '_')}"
+    return dependency
+
+
+AnyPrincipal = Annotated[Principal, Depends(current_principal)]

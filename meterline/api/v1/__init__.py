@@ -1,0 +1,5 @@
+"""The native /v1 API: one router per resource, assembled here."""
+
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/v1")

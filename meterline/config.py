@@ -1,0 +1,68 @@
+"""Settings from METERLINE_* environment variables (pydantic-settings)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="METERLINE_", extra="ignore")
+
+    database_url: str = "sqlite:///./meterline.db"
+    dev: bool = False
+    default_tenant: str = "default"
+    # Platform Ed25519 signing key (32-byte seed, hex or raw) for ledger blocks and receipts.
+    # In dev mode a key is generated into data_dir when missing; in production it must exist.
+    signing_key_file: Path | None = None
+    data_dir: Path = Path(".meterline")
+    redis_url: str | None = None
+    nats_url: str | None = None
+
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_batch: int = 1000
+    # Group commit: how long the batcher waits for more work once it has some, and its cap.
+    batch_window_ms: float = 1.0
+    batch_max_transfers: int = 8000
+    # Worker cadence.
+    sweep_interval_s: float = 1.0
+    seal_interval_s: float = 2.0
+    block_max_transfers: int = 10_000
+    # API keys are cached in-process this long; a revocation made by another process
+    # takes effect within this window (the revoking process clears its own cache at once).
+    key_cache_ttl_s: float = 2.0
+    sqlite_busy_timeout_ms: int = 30_000
+
+    @model_validator(mode="after")
+    def _normalise(self) -> Settings:
+        url = self.database_url
+        if "://" not in url:
+            self.database_url = f"sqlite:///{url}"
+        elif url.startswith("postgresql://") or url.startswith("postgres://"):
+            self.database_url = "postgresql+psycopg://" + url.split("://", 1)[1]
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def signing_key_path(self) -> Path:
+        return self.signing_key_file or (self.data_dir / "signing.key")
+
+
+class _Holder:
+    settings: Settings | None = None
+
+
+def get_settings() -> Settings:
+    if _Holder.settings is None:
+        _Holder.settings = Settings()
+    return _Holder.settings
+
+
+def set_settings(settings: Settings) -> None:
+    _Holder.settings = settings
+
+

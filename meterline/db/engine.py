@@ -1,0 +1,108 @@
+"""Engines and sessions for SQLite (embedded default) and PostgreSQL (production).
+
+SQLite runs in WAL mode with ``synchronous=FULL`` (a committed transfer survives
+power loss) and foreign keys on. A transaction that will write must start with
+``BEGIN IMMEDIATE``: a plain deferred ``BEGIN`` that reads and then writes fails
+with ``SQLITE_BUSY`` under load instead of waiting. Readers keep the deferred
+``BEGIN`` so they never queue behind the writer (WAL lets them read a snapshot).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
+
+WRITE = {"sqlite_begin": "IMMEDIATE"}
+
+
+def make_engine(url: str, *, busy_timeout_ms: int = 30_000, pool_size: int = 10) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": busy_timeout_ms / 1000},
+            pool_size=pool_size,
+            max_overflow=20,
+        )
+        _configure_sqlite(engine, busy_timeout_ms)
+        return engine
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    return create_engine(url, pool_size=pool_size, max_overflow=20, pool_pre_ping=True)
+
+
+def make_nullpool_engine(url: str) -> Engine:
+    """An engine that keeps no connections open (CLI one-shots, migrations)."""
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    engine = create_engine(url, poolclass=NullPool)
+    if url.startswith("sqlite"):
+        _configure_sqlite(engine, 30_000)
+    return engine
+
+
+def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Take transaction control away from the driver so we can say BEGIN IMMEDIATE.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+class Database:
+    """One engine plus the two session factories every edge uses.
+
+    `write_session()` / `read_session()` are the one-transaction-per-unit-of-work
+    boundary: they commit on success and roll back on any exception. Services
+    only ever `flush()`.
+    """
+
+    def __init__(self, url: str, *, busy_timeout_ms: int = 30_000, pool_size: int = 10) -> None:
+        self.url = url
+        self.engine = make_engine(url, busy_timeout_ms=busy_timeout_ms, pool_size=pool_size)
+        self.is_sqlite = self.engine.dialect.name == "sqlite"
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def new_session(self, *, write: bool) -> Session:
+        session = self._sessions()
+        if write and self.is_sqlite:
+            session.connection(execution_options=WRITE)
+        return session
+
+    @contextmanager
+    def session(self, *, write: bool = True) -> Iterator[Session]:
+        session = self.new_session(write=write)
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    @contextmanager
+    def write_connection(self) -> Iterator[Connection]:
+        """A Core connection in one write transaction (the ledger batcher's unit)."""
+        with self.engine.connect() as conn:
+            if self.is_sqlite:
+                conn = conn.execution_options(**WRITE)
+            with conn.begin():
+                yield conn
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,601 @@
+"""The posting engine: validate a batch in memory, then write it set-based.
+
+One call applies any number of *segments* (each caller's batch) for one tenant
+inside the caller's transaction:
+
+1. lock the tenant's ledger head (the chain's single-writer point),
+2. load every account, pending hold and prior transfer the batch names — one
+   query each, whatever the batch size,
+3. validate and apply each transfer in order against in-memory copies, with
+   linked chains rolled back as a unit (chains never cross segments),
+4. give successes their `seq`, strictly increasing `timestamp` and chained
+   `hash`, then insert them with one multi-row statement, write each touched
+   account and hold once, and move the head.
+
+Nothing here commits; the batcher or the request edge owns the transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import json
+
+from sqlalchemy import Connection
+
+from meterline.ledger.chain import GENESIS_HASH, chain_hash
+from meterline.ledger.types import (
+    CODE_EXPIRED,
+    AccountFlags,
+    HoldState,
+    Segment,
+    StoredTransfer,
+    TransferFlags,
+    TransferIn,
+    TransferResult,
+)
+from meterline.money import MAX_AMOUNT
+
+# Plain ints: IntFlag arithmetic costs microseconds per operation on the hot path.
+_PENDING = int(TransferFlags.PENDING)
+_POST = int(TransferFlags.POST_PENDING)
+_VOID = int(TransferFlags.VOID_PENDING)
+_LINKED = int(TransferFlags.LINKED)
+_KNOWN_FLAGS = _PENDING | _POST | _VOID | _LINKED
+_DMNEC = int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS)
+_CMNED = int(AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS)
+_MAX_ID = 128
+_CHUNK = 900  # stays under every driver's bound-parameter limit
+
+
+@dataclass(slots=True)
+class _Acc:
+    asset: str
+    flags: int
+    dp: int
+    dpo: int
+    cp: int
+    cpo: int
+    dirty: bool = False
+
+
+@dataclass(slots=True)
+class _Hold:
+    transfer_id: str
+    debit_account_id: str
+    credit_account_id: str
+    amount: int
+    asset: str
+    state: str
+    created_at: int
+    expires_at: int | None
+    resolved_by: str | None = None
+    resolved_at: int | None = None
+    posted_amount: int | None = None
+    is_new: bool = False
+    dirty: bool = False
+
+
+class _Fail(Exception):
+    def __init__(self, code: str) -> None:
+        self.code = code
+
+
+def _chunks(items: list[str]) -> Iterable[list[str]]:
+    for i in range(0, len(items), _CHUNK):
+        yield items[i : i + _CHUNK]
+
+
+class _Batch:
+    """In-memory state for one apply() call."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        tenant_id: str,
+        now_ns: int,
+        accounts: dict[str, _Acc],
+        holds: dict[str, _Hold],
+        existing: dict[str, dict[str, Any]],
+    ) -> None:
+        self.conn = conn
+        self.tenant_id = tenant_id
+        self.now_ns = now_ns
+        self.accounts = accounts
+        self.holds = holds
+        self.existing = existing  # transfers stored before this batch, by id
+        self.new: dict[str, dict[str, Any]] = {}  # accepted in this batch, by id
+        self.undo: list[tuple[str, Any, Any]] | None = None
+
+    # -- undo log for linked chains -------------------------------------------------
+    def _save_acc(self, acc_id: str, acc: _Acc) -> None:
+        if self.undo is not None:
+            self.undo.append(("acc", acc_id, (acc.dp, acc.dpo, acc.cp, acc.cpo, acc.dirty)))
+
+    def _save_hold(self, hold: _Hold) -> None:
+        if self.undo is not None:
+            self.undo.append(
+                ("hold", hold.transfer_id, (hold.state, hold.resolved_by, hold.resolved_at,
+                                            hold.posted_amount, hold.dirty))
+            )
+
+    def rollback(self, undo: list[tuple[str, Any, Any]]) -> None:
+        for kind, key, old in reversed(undo):
+            if kind == "acc":
+                acc = self.accounts[key]
+                acc.dp, acc.dpo, acc.cp, acc.cpo, acc.dirty = old
+            elif kind == "hold":
+                hold = self.holds[key]
+                hold.state, hold.resolved_by, hold.resolved_at, hold.posted_amount, hold.dirty = old
+            elif kind == "newhold":
+                del self.holds[key]
+            elif kind == "new":
+                del self.new[key]
+
+    # -- one transfer ---------------------------------------------------------------
+    def apply_one(self, t: TransferIn, system: bool) -> dict[str, Any] | str:
+        """Apply `t` in memory. Returns the stored row (dict), "exists", or raises _Fail."""
+        if not t.id or len(t.id) > _MAX_ID:
+            raise _Fail("id_must_not_be_empty" if not t.id else "id_too_long")
+        flags = int(t.flags)
+        prior = self.new.get(t.id) or self.existing.get(t.id)
+        if prior is not None:
+            return self._compare_existing(t, prior)
+        kind = flags & (_PENDING | _POST | _VOID)
+        if kind not in (0, _PENDING, _POST, _VOID):
+            raise _Fail("flags_are_mutually_exclusive")
+        if flags & ~_KNOWN_FLAGS:
+            raise _Fail("reserved_flag")
+        if t.timeout_s < 0:
+            raise _Fail("timeout_must_not_be_negative")
+        if t.code is not None and len(t.code) > 64:
+            raise _Fail("code_too_long")
+        if t.reference is not None and len(t.reference) > 128:
+            raise _Fail("reference_too_long")
+        if kind & (_POST | _VOID):
+            return self._resolve_pending(t, flags, system)
+        return self._post_new(t, flags)
+
+    def _compare_existing(self, t: TransferIn, prior: dict[str, Any]) -> str:
+        if int(t.flags) != prior["flags"]:
+            raise _Fail("exists_with_different_flags")
+        if t.pending_id != prior["pending_id"]:
+            raise _Fail("exists_with_different_pending_id")
+        if t.debit_account_id is not None and t.debit_account_id != prior["debit_account_id"]:
+            raise _Fail("exists_with_different_debit_account_id")
+        if t.credit_account_id is not None and t.credit_account_id != prior["credit_account_id"]:
+            raise _Fail("exists_with_different_credit_account_id")
+        if t.amount is not None and t.amount != prior["amount"]:
+            raise _Fail("exists_with_different_amount")
+        if t.asset is not None and t.asset != prior["asset"]:
+            raise _Fail("exists_with_different_asset")
+        if t.timeout_s != prior["timeout_s"]:
+            raise _Fail("exists_with_different_timeout")
+        if (t.code or "") != prior["code"]:
+            raise _Fail("exists_with_different_code")
+        if t.reference != prior["reference"] or (t.metadata or None) != (prior["metadata"] or None):
+            raise _Fail("idempotency_conflict")
+        return "exists"
+
+    def _account(self, acc_id: str | None, missing: str) -> _Acc:
+        acc = self.accounts.get(acc_id) if acc_id else None
+        if acc is None:
+            raise _Fail(missing)
+        return acc
+
+    def _post_new(self, t: TransferIn, flags: int) -> dict[str, Any]:
+        if t.pending_id:
+            raise _Fail("pending_id_must_be_empty")
+        if t.timeout_s and not flags & _PENDING:
+            raise _Fail("timeout_reserved_for_pending_transfer")
+        if not t.debit_account_id:
+            raise _Fail("debit_account_id_must_not_be_empty")
+        if not t.credit_account_id:
+            raise _Fail("credit_account_id_must_not_be_empty")
+        if t.debit_account_id == t.credit_account_id:
+            raise _Fail("accounts_must_be_different")
+        if t.amount is None or t.amount == 0:
+            raise _Fail("amount_must_not_be_zero")
+        if t.amount < 0:
+            raise _Fail("amount_must_be_positive")
+        if t.amount > MAX_AMOUNT:
+            raise _Fail("overflows_debits")
+        dr = self._account(t.debit_account_id, "debit_account_not_found")
+        cr = self._account(t.credit_account_id, "credit_account_not_found")
+        if dr.asset != cr.asset:
+            raise _Fail("asset_mismatch")
+        if t.asset is not None and t.asset != dr.asset:
+            raise _Fail("asset_mismatch")
+        a = t.amount
+        if dr.dp + a > MAX_AMOUNT or dr.dpo + a > MAX_AMOUNT or dr.dp + dr.dpo + a > MAX_AMOUNT:
+            raise _Fail("overflows_debits")
+        if cr.cp + a > MAX_AMOUNT or cr.cpo + a > MAX_AMOUNT or cr.cp + cr.cpo + a > MAX_AMOUNT:
+            raise _Fail("overflows_credits")
+        # Balance limits count pending amounts too, so holds can never overdraw.
+        if dr.flags & _DMNEC and dr.dp + dr.dpo + a > dr.cpo:
+            raise _Fail("exceeds_credits")
+        if cr.flags & _CMNED and cr.cp + cr.cpo + a > cr.dpo:
+            raise _Fail("exceeds_debits")
+        self._save_acc(t.debit_account_id, dr)  # type: ignore[arg-type]
+        self._save_acc(t.credit_account_id, cr)  # type: ignore[arg-type]
+        if flags & _PENDING:
+            dr.dp += a
+            cr.cp += a
+            expires = self.now_ns + t.timeout_s * 1_000_000_000 if t.timeout_s else None
+            self.holds[t.id] = _Hold(
+                t.id, t.debit_account_id, t.credit_account_id, a, dr.asset,  # type: ignore[arg-type]
+                HoldState.PENDING, self.now_ns, expires, is_new=True,
+            )
+            if self.undo is not None:
+                self.undo.append(("newhold", t.id, None))
+        else:
+            dr.dpo += a
+            cr.cpo += a
+        dr.dirty = cr.dirty = True
+        return self._accept(t, t.debit_account_id, t.credit_account_id, a, dr.asset, flags)  # type: ignore[arg-type]
+
+    def _resolve_pending(self, t: TransferIn, flags: int, system: bool) -> dict[str, Any]:
+        if not t.pending_id:
+            raise _Fail("pending_id_must_not_be_empty")
+        if t.pending_id == t.id:
+            raise _Fail("pending_id_must_be_different")
+        if t.timeout_s:
+            raise _Fail("timeout_reserved_for_pending_transfer")
+        hold = self.holds.get(t.pending_id)
+        if hold is None:
+            known = t.pending_id in self.existing or t.pending_id in self.new
+            raise _Fail("pending_transfer_not_pending" if known else "pending_transfer_not_found")
+        if t.debit_account_id is not None and t.debit_account_id != hold.debit_account_id:
+            raise _Fail("pending_transfer_has_different_debit_account_id")
+        if t.credit_account_id is not None and t.credit_account_id != hold.credit_account_id:
+            raise _Fail("pending_transfer_has_different_credit_account_id")
+        if t.asset is not None and t.asset != hold.asset:
+            raise _Fail("asset_mismatch")
+        if hold.state == HoldState.POSTED:
+            raise _Fail("pending_transfer_already_posted")
+        if hold.state == HoldState.VOIDED:
+            raise _Fail("pending_transfer_already_voided")
+        if hold.state == HoldState.EXPIRED:
+            raise _Fail("pending_transfer_expired")
+        if not system and hold.expires_at is not None and self.now_ns >= hold.expires_at:
+            raise _Fail("pending_transfer_expired")
+        if flags & _POST:
+            amount = hold.amount if t.amount is None else t.amount
+            if amount == 0:
+                raise _Fail("amount_must_not_be_zero")
+            if amount < 0:
+                raise _Fail("amount_must_be_positive")
+            if amount > hold.amount:
+                raise _Fail("exceeds_pending_transfer_amount")
+        else:
+            amount = hold.amount
+            if t.amount is not None and t.amount != hold.amount:
+                raise _Fail("pending_transfer_has_different_amount")
+        dr = self.accounts[hold.debit_account_id]
+        cr = self.accounts[hold.credit_account_id]
+        if flags & _POST and (dr.dpo + amount > MAX_AMOUNT or dr.dp + dr.dpo > MAX_AMOUNT):
+            raise _Fail("overflows_debits")
+        if flags & _POST and (cr.cpo + amount > MAX_AMOUNT or cr.cp + cr.cpo > MAX_AMOUNT):
+            raise _Fail("overflows_credits")
+        self._save_acc(hold.debit_account_id, dr)
+        self._save_acc(hold.credit_account_id, cr)
+        self._save_hold(hold)
+        dr.dp -= hold.amount
+        cr.cp -= hold.amount
+        if flags & _POST:
+            dr.dpo += amount
+            cr.cpo += amount
+            hold.state = HoldState.POSTED
+            hold.posted_amount = amount
+        else:
+            hold.state = HoldState.EXPIRED if system and t.code == CODE_EXPIRED else HoldState.VOIDED
+        hold.resolved_by = t.id
+        hold.resolved_at = self.now_ns
+        dr.dirty = cr.dirty = hold.dirty = True
+        return self._accept(t, hold.debit_account_id, hold.credit_account_id, amount, hold.asset, flags)
+
+    def _accept(self, t: TransferIn, dr: str, cr: str, amount: int, asset: str, flags: int) -> dict[str, Any]:
+        row = {
+            "tenant_id": self.tenant_id,
+            "id": t.id,
+            "seq": 0,
+            "debit_account_id": dr,
+            "credit_account_id": cr,
+            "amount": amount,
+            "asset": asset,
+            "pending_id": t.pending_id,
+            "flags": flags,
+            "timeout_s": t.timeout_s,
+            "code": t.code or "",
+            "reference": t.reference,
+            "metadata": t.metadata or None,
+            "timestamp": 0,
+            "hash": "",
+        }
+        self.new[t.id] = row
+        if self.undo is not None:
+            self.undo.append(("new", t.id, None))
+        return row
+
+
+def _stored(row: dict[str, Any]) -> StoredTransfer:
+    return StoredTransfer(**row)
+
+
+def _chains(transfers: list[TransferIn]) -> list[list[int]]:
+    """Group indexes into linked chains: a chain runs through the first unlinked transfer."""
+    groups: list[list[int]] = []
+    current: list[int] = []
+    for i, t in enumerate(transfers):
+        current.append(i)
+        if not int(t.flags) & _LINKED:
+            groups.append(current)
+            current = []
+    if current:
+        groups.append(current)  # an open chain: its last member is still flagged linked
+    return groups
+
+
+class LedgerEngine:
+    """Stateless; one instance serves every caller."""
+
+    def apply(self, conn: Connection, tenant_id: str, segments: list[Segment], now_ns: int) -> None:
+        """Apply all segments for one tenant; fills each segment's `results` in place."""
+        head = self._lock_head(conn, tenant_id)
+        all_t = [t for s in segments for t in s.transfers]
+        ids = {t.id for t in all_t if t.id}
+        pending_ids = {t.pending_id for t in all_t if t.pending_id}
+        existing = self._load_transfers(conn, tenant_id, ids | pending_ids)
+        holds = self._load_holds(conn, tenant_id, pending_ids)
+        acc_ids = {a for t in all_t for a in (t.debit_account_id, t.credit_account_id) if a}
+        for h in holds.values():
+            acc_ids.add(h.debit_account_id)
+            acc_ids.add(h.credit_account_id)
+        accounts = self._load_accounts(conn, tenant_id, acc_ids)
+        batch = _Batch(conn, tenant_id, now_ns, accounts, holds, existing)
+
+        accepted: list[tuple[TransferResult, dict[str, Any]]] = []
+        for seg in segments:
+            seg.results = [TransferResult(i, t.id, "") for i, t in enumerate(seg.transfers)]
+            for group in _chains(seg.transfers):
+                self._apply_group(batch, seg, group, accepted)
+
+        if accepted:
+            self._persist(conn, tenant_id, head, batch, accepted, now_ns)
+
+    def _apply_group(
+        self,
+        batch: _Batch,
+        seg: Segment,
+        group: list[int],
+        accepted: list[tuple[TransferResult, dict[str, Any]]],
+    ) -> None:
+        linked = len(group) > 1 or int(seg.transfers[group[-1]].flags) & _LINKED
+        open_chain = bool(int(seg.transfers[group[-1]].flags) & _LINKED)
+        batch.undo = [] if linked else None
+        outcomes: list[dict[str, Any] | str] = []
+        failed_at: int | None = None
+        failure = ""
+        for pos, i in enumerate(group):
+            try:
+                outcomes.append(batch.apply_one(seg.transfers[i], seg.system))
+            except _Fail as f:
+                failed_at, failure = pos, f.code
+                break
+        if linked and failed_at is None and open_chain:
+            failed_at, failure = len(group) - 1, "linked_event_chain_open"
+        if failed_at is not None:
+            if batch.undo:
+                batch.rollback(batch.undo)
+            # The failing member carries its own code; every other member of the chain
+            # reports linked_event_failed (TigerBeetle's semantics).
+            for pos, i in enumerate(group):
+                seg.results[i].result = failure if pos == failed_at else "linked_event_failed"
+            batch.undo = None
+            return
+        batch.undo = None
+        for i, outcome in zip(group, outcomes, strict=True):
+            res = seg.results[i]
+            if outcome == "exists":
+                res.result = "exists"
+                prior = batch.new.get(res.id) or batch.existing[res.id]
+                if prior["seq"]:
+                    res.transfer = _stored(prior)
+                else:  # accepted earlier in this same batch; filled in after sequencing
+                    accepted.append((res, prior))
+            else:
+                res.result = "ok"
+                accepted.append((res, outcome))  # type: ignore[arg-type]
+
+    # -- persistence ---------------------------------------------------------------
+    # Driver-level SQL: SQLAlchemy's per-row parameter processing costs more than the
+    # database work itself at thousands of rows per batch. Table and column names
+    # come from the models above; only values are parameters.
+    def _lock_head(self, conn: Connection, tenant_id: str) -> dict[str, Any]:
+        sql = _Sql.of(conn)
+        q = f"SELECT last_seq, last_hash, last_timestamp FROM ledger_heads WHERE tenant_id = {sql.p}"
+        if sql.pg:
+            q += " FOR UPDATE"
+        row = conn.exec_driver_sql(q, (tenant_id,)).first()
+        if row is None:
+            conflict = " ON CONFLICT DO NOTHING" if sql.pg else ""
+            conn.exec_driver_sql(
+                "INSERT INTO ledger_heads (tenant_id, last_seq, last_hash, last_timestamp) "
+                f"VALUES ({sql.p}, 0, {sql.p}, 0){conflict}",
+                (tenant_id, GENESIS_HASH),
+            )
+            row = conn.exec_driver_sql(q, (tenant_id,)).first()
+        assert row is not None
+        return {"last_seq": row[0], "last_hash": row[1], "last_timestamp": row[2]}
+
+    def _load_accounts(self, conn: Connection, tenant_id: str, ids: set[str]) -> dict[str, _Acc]:
+        rows = _Sql.of(conn).select_in(
+            conn,
+            "SELECT id, asset, flags, debits_pending, debits_posted, credits_pending, credits_posted "
+            "FROM accounts", "id", tenant_id, ids,
+        )
+        return {r[0]: _Acc(r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows}
+
+    def _load_holds(self, conn: Connection, tenant_id: str, ids: set[str]) -> dict[str, _Hold]:
+        rows = _Sql.of(conn).select_in(
+            conn,
+            "SELECT transfer_id, debit_account_id, credit_account_id, amount, asset, state, "
+            "created_at, expires_at, resolved_by, resolved_at, posted_amount FROM holds",
+            "transfer_id", tenant_id, ids,
+        )
+        return {r[0]: _Hold(*r) for r in rows}
+
+    def _load_transfers(self, conn: Connection, tenant_id: str, ids: set[str]) -> dict[str, dict[str, Any]]:
+        rows = _Sql.of(conn).select_in(conn, f"SELECT {_TRANSFER_COLS} FROM transfers", "id", tenant_id, ids)
+        out: dict[str, dict[str, Any]] = {}
+        for r in rows:
+            row = dict(zip(_TRANSFER_FIELDS, r, strict=True))
+            meta = row["metadata"]
+            if isinstance(meta, str):
+                row["metadata"] = json.loads(meta)
+            out[row["id"]] = row
+        return out
+
+    def _persist(
+        self,
+        conn: Connection,
+        tenant_id: str,
+        head: dict[str, Any],
+        batch: _Batch,
+        accepted: list[tuple[TransferResult, dict[str, Any]]],
+        now_ns: int,
+    ) -> None:
+        sql = _Sql.of(conn)
+        seq = head["last_seq"]
+        prev = head["last_hash"]
+        ts = max(now_ns, head["last_timestamp"] + 1)
+        rows: list[tuple[Any, ...]] = []
+        for res, row in accepted:
+            if res.result == "ok":
+                seq += 1
+                row["seq"] = seq
+                row["timestamp"] = ts
+                ts += 1
+                prev = row["hash"] = chain_hash(prev, row)
+                meta = row["metadata"]
+                rows.append((
+                    tenant_id, row["id"], seq, row["debit_account_id"], row["credit_account_id"],
+                    row["amount"], row["asset"], row["pending_id"], row["flags"], row["timeout_s"],
+                    row["code"], row["reference"], None if meta is None else _dumps(meta),
+                    row["timestamp"], row["hash"],
+                ))
+        for res, row in accepted:
+            res.transfer = _stored(row)
+        if not rows:
+            return
+        sql.many(conn, f"INSERT INTO transfers ({_TRANSFER_COLS}) VALUES ({sql.marks(len(_TRANSFER_FIELDS))})", rows)
+
+        new_holds = [h for h in batch.holds.values() if h.is_new]
+        if new_holds:
+            sql.many(
+                conn,
+                "INSERT INTO holds (tenant_id, transfer_id, debit_account_id, credit_account_id, amount, "
+                "asset, state, created_at, expires_at, resolved_by, resolved_at, posted_amount) "
+                f"VALUES ({sql.marks(12)})",
+                [
+                    (tenant_id, h.transfer_id, h.debit_account_id, h.credit_account_id, h.amount,
+                     h.asset, h.state, h.created_at, h.expires_at, h.resolved_by, h.resolved_at,
+                     h.posted_amount)
+                    for h in new_holds
+                ],
+            )
+        resolved = [h for h in batch.holds.values() if h.dirty and not h.is_new]
+        p = sql.p
+        if resolved:
+            # Guarded by state = 'pending': a hold is resolved exactly once. The head lock
+            # makes a concurrent change impossible; the guard makes it visible if it happens.
+            count = sql.many(
+                conn,
+                f"UPDATE holds SET state = {p}, resolved_by = {p}, resolved_at = {p}, posted_amount = {p} "
+                f"WHERE tenant_id = {p} AND transfer_id = {p} AND state = 'pending'",
+                [(h.state, h.resolved_by, h.resolved_at, h.posted_amount, tenant_id, h.transfer_id)
+                 for h in resolved],
+            )
+            if count not in (-1, len(resolved)):
+                raise RuntimeError("hold resolved concurrently; ledger head lock violated")
+
+        sql.many(
+            conn,
+            f"UPDATE accounts SET debits_pending = {p}, debits_posted = {p}, credits_pending = {p}, "
+            f"credits_posted = {p} WHERE tenant_id = {p} AND id = {p}",
+            [(acc.dp, acc.dpo, acc.cp, acc.cpo, tenant_id, acc_id)
+             for acc_id, acc in batch.accounts.items() if acc.dirty],
+        )
+        conn.exec_driver_sql(
+            f"UPDATE ledger_heads SET last_seq = {p}, last_hash = {p}, last_timestamp = {p} WHERE tenant_id = {p}",
+            (seq, prev, ts - 1, tenant_id),
+        )
+
+
+_TRANSFER_FIELDS = (
+    "tenant_id", "id", "seq", "debit_account_id", "credit_account_id", "amount", "asset", "pending_id",
+    "flags", "timeout_s", "code", "reference", "metadata", "timestamp", "hash",
+)
+_TRANSFER_COLS = ", ".join(_TRANSFER_FIELDS)
+_dumps = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode
+
+
+class _Sql:
+    """Placeholder style and IN-list strategy per dialect (sqlite3 `?`, psycopg `%s`)."""
+
+    _cache: dict[str, _Sql] = {}
+
+    def __init__(self, dialect: str) -> None:
+        self.pg = dialect == "postgresql"
+        self.p = "%s" if self.pg else "?"
+
+    @classmethod
+    def of(cls, conn: Connection) -> _Sql:
+        name = conn.dialect.name
+        sql = cls._cache.get(name)
+        if sql is None:
+            sql = cls._cache[name] = cls(name)
+        return sql
+
+    def marks(self, n: int) -> str:
+        return ", ".join([self.p] * n)
+
+    def select_in(self, conn: Connection, head: str, col: str, tenant_id: str, ids: set[str]) -> list[Any]:
+        if not ids:
+            return []
+        cur = _cursor(conn)
+        try:
+            if self.pg:
+                # One array parameter instead of thousands of placeholders.
+                cur.execute(f"{head} WHERE tenant_id = %s AND {col} = ANY(%s)", (tenant_id, list(ids)))
+                return list(cur.fetchall())
+            out: list[Any] = []
+            for chunk in _chunks(sorted(ids)):
+                q = f"{head} WHERE tenant_id = ? AND {col} IN ({self.marks(len(chunk))})"
+                cur.execute(q, (tenant_id, *chunk))
+                out.extend(cur.fetchall())
+            return out
+        finally:
+            cur.close()
+
+    @staticmethod
+    def many(conn: Connection, statement: str, rows: list[tuple[Any, ...]]) -> int:
+        """executemany on the raw driver cursor; returns the affected row count (or -1)."""
+        if not rows:
+            return 0
+        cur = _cursor(conn)
+        try:
+            cur.executemany(statement, rows)
+            return int(cur.rowcount)
+        finally:
+            cur.close()
+
+
+def _cursor(conn: Connection) -> Any:
+    # The DBAPI connection under SQLAlchemy's, inside the same transaction.
+    return conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+
+
+engine = LedgerEngine()

@@ -1,0 +1,313 @@
+"""Ledger operations: assets, accounts, transfers, holds.
+
+The rules of posting live in `engine.py` (shared by the batcher and by domain
+services that post inside their own request transaction); this module holds
+everything else a caller needs, always scoped to one tenant.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Select, and_, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from meterline.clock import Clock
+from meterline.db.scoping import scoped
+from meterline.errors import Conflict, MeterlineError, NotFound
+from meterline.ledger.engine import engine
+from meterline.ledger.models import Account, AssetRow, Hold, Transfer
+from meterline.ledger.types import Segment, TransferIn, TransferResult
+from meterline.money import MAX_SCALE, STANDARD_ASSETS, Asset
+
+# -- errors -------------------------------------------------------------------------
+
+
+class LedgerError(MeterlineError):
+    code = "ledger_error"
+
+
+class AssetNotFound(LedgerError, NotFound):
+    code = "asset_not_found"
+    title = "No such asset"
+
+
+class AssetExists(LedgerError, Conflict):
+    code = "asset_exists"
+    title = "An asset with this code already exists"
+
+
+class InvalidAsset(LedgerError):
+    status = 422
+    code = "invalid_asset"
+    title = "The asset definition is not valid"
+
+
+class AccountNotFound(LedgerError, NotFound):
+    code = "account_not_found"
+    title = "No such account"
+
+
+class AccountExists(LedgerError, Conflict):
+    code = "account_exists_with_different_fields"
+    title = "An account with this id already exists with different fields"
+
+
+class InvalidAccount(LedgerError):
+    status = 422
+    code = "invalid_account"
+    title = "The account definition is not valid"
+
+
+class TransferNotFound(LedgerError, NotFound):
+    code = "transfer_not_found"
+    title = "No such transfer"
+
+
+# -- values -------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class AccountCreate:
+    asset: str
+    kind: str
+    id: str | None = None
+    owner_type: str | None = None
+    owner_id: str | None = None
+    flags: int = 0
+    metadata: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class Page:
+    items: list[Any]
+    next_cursor: str | None
+
+
+def new_id(prefix: str) -> str:
+    """Time-ordered random id, so ids sort roughly by creation (cursor pagination)."""
+    import time
+
+    return f"{prefix}_{time.time_ns():x}{secrets.token_hex(6)}"
+
+
+class AssetCache:
+    """Per-process cache of asset scales. Assets are immutable once created, so a
+    cached entry can never be stale; a miss simply reloads (a new asset created by
+    another process is found on first use)."""
+
+    def __init__(self) -> None:
+        self._scales: dict[tuple[str, str], Asset] = {}
+        self._lock = threading.Lock()
+
+    def get(self, session_or_none: Session | None, tenant_id: str, code: str, loader: Any) -> Asset:
+        key = (tenant_id, code)
+        asset = self._scales.get(key)
+        if asset is None:
+            asset = loader(tenant_id, code)
+            with self._lock:
+                self._scales[key] = asset
+        return asset
+
+    def clear(self) -> None:
+        with self._lock:
+            self._scales.clear()
+
+
+class LedgerService:
+    def __init__(self) -> None:
+        self.assets = AssetCache()
+
+    # -- assets -------------------------------------------------------------------
+    def ensure_standard_assets(self, session: Session, tenant_id: str, now_ns: int) -> None:
+        have = set(session.scalars(scoped(select(AssetRow.code), AssetRow, tenant_id)))
+        for a in STANDARD_ASSETS:
+            if a.code not in have:
+                session.add(AssetRow(tenant_id=tenant_id, code=a.code, scale=a.scale, kind=a.kind,
+                                     name=a.code, created_at=now_ns))
+        session.flush()
+
+    def create_asset(
+        self, session: Session, tenant_id: str, *, code: str, scale: int, kind: str, name: str, now_ns: int
+    ) -> AssetRow:
+        if not (code.isascii() and code.isalnum() and code.upper() == code and 1 <= len(code) <= 16):
+            raise InvalidAsset("code must be 1-16 upper-case letters or digits")
+        if not 0 <= scale <= MAX_SCALE:
+            raise InvalidAsset(f"scale must be between 0 and {MAX_SCALE}")
+        if session.get(AssetRow, (tenant_id, code)) is not None:
+            raise AssetExists(f"asset {code} already exists")
+        row = AssetRow(tenant_id=tenant_id, code=code, scale=scale, kind=kind, name=name or code,
+                       created_at=now_ns)
+        session.add(row)
+        session.flush()
+        return row
+
+    def list_assets(self, session: Session, tenant_id: str) -> list[AssetRow]:
+        return list(session.scalars(scoped(select(AssetRow), AssetRow, tenant_id).order_by(AssetRow.code)))
+
+    def get_asset(self, session: Session, tenant_id: str, code: str) -> Asset:
+        def load(t: str, c: str) -> Asset:
+            row = session.get(AssetRow, (t, c))
+            if row is None:
+                raise AssetNotFound(f"asset {c} does not exist")
+            return Asset(row.code, row.scale, row.kind)
+
+        return self.assets.get(session, tenant_id, code, load)
+
+    # -- accounts -----------------------------------------------------------------
+    def create_account(self, session: Session, tenant_id: str, data: AccountCreate, now_ns: int) -> tuple[Account, bool]:
+        """Create an account; with a client id, re-creating the same account is a no-op.
+
+        Returns (account, created). Same id with different fields → 409.
+        """
+        self.get_asset(session, tenant_id, data.asset)
+        if not data.kind or len(data.kind) > 40:
+            raise InvalidAccount("kind must be 1-40 characters")
+        if data.id is not None and not (1 <= len(data.id) <= 64):
+            raise InvalidAccount("id must be 1-64 characters")
+        acc_id = data.id or new_id("acc")
+        existing = session.get(Account, (tenant_id, acc_id))
+        if existing is not None:
+            return self._same_account(existing, data), False
+        row = Account(
+            tenant_id=tenant_id, id=acc_id, asset=data.asset, kind=data.kind, owner_type=data.owner_type,
+            owner_id=data.owner_id, flags=data.flags, debits_pending=0, debits_posted=0,
+            credits_pending=0, credits_posted=0, created_at=now_ns, metadata_=data.metadata,
+        )
+        try:
+            with session.begin_nested():
+                session.add(row)
+                session.flush()
+        except IntegrityError:
+            existing = session.get(Account, (tenant_id, acc_id), populate_existing=True)
+            if existing is None:
+                raise
+            return self._same_account(existing, data), False
+        return row, True
+
+    @staticmethod
+    def _same_account(existing: Account, data: AccountCreate) -> Account:
+        same = (
+            existing.asset == data.asset and existing.kind == data.kind
+            and existing.owner_type == data.owner_type and existing.owner_id == data.owner_id
+            and existing.flags == data.flags and (existing.metadata_ or None) == (data.metadata or None)
+        )
+        if not same:
+            raise AccountExists(f"account {existing.id} exists with different fields")
+        return existing
+
+    def get_account(self, session: Session, tenant_id: str, account_id: str) -> Account:
+        row = session.get(Account, (tenant_id, account_id))
+        if row is None:
+            raise AccountNotFound(f"account {account_id} does not exist")
+        return row
+
+    def list_accounts(
+        self,
+        session: Session,
+        tenant_id: str,
+        *,
+        kind: str | None = None,
+        asset: str | None = None,
+        owner_type: str | None = None,
+        owner_id: str | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> Page:
+        stmt: Select[Any] = scoped(select(Account), Account, tenant_id)
+        if kind:
+            stmt = stmt.where(Account.kind == kind)
+        if asset:
+            stmt = stmt.where(Account.asset == asset)
+        if owner_type:
+            stmt = stmt.where(Account.owner_type == owner_type)
+        if owner_id:
+            stmt = stmt.where(Account.owner_id == owner_id)
+        if after:
+            stmt = stmt.where(Account.id > after)
+        rows = list(session.scalars(stmt.order_by(Account.id).limit(limit + 1)))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return Page(rows, rows[-1].id if more and rows else None)
+
+    # -- transfers ----------------------------------------------------------------
+    def post(self, session: Session, tenant_id: str, transfers: list[TransferIn], clock: Clock) -> list[TransferResult]:
+        """Post inside the caller's transaction (domain services: atomic with their own rows).
+
+        On SQLite the session must be a write session (BEGIN IMMEDIATE). Nothing is
+        committed here; a rollback of the caller's transaction undoes the postings.
+        """
+        seg = Segment(list(transfers))
+        engine.apply(session.connection(), tenant_id, [seg], clock.now_ns())
+        return seg.results
+
+    def get_transfer(self, session: Session, tenant_id: str, transfer_id: str) -> Transfer:
+        row = session.get(Transfer, (tenant_id, transfer_id))
+        if row is None:
+            raise TransferNotFound(f"transfer {transfer_id} does not exist")
+        return row
+
+    def list_transfers(
+        self,
+        session: Session,
+        tenant_id: str,
+        *,
+        account_id: str | None = None,
+        reference: str | None = None,
+        after_seq: int | None = None,
+        limit: int = 100,
+    ) -> Page:
+        stmt: Select[Any] = scoped(select(Transfer), Transfer, tenant_id)
+        if account_id:
+            self.get_account(session, tenant_id, account_id)
+            stmt = stmt.where(
+                or_(Transfer.debit_account_id == account_id, Transfer.credit_account_id == account_id)
+            )
+        if reference:
+            stmt = stmt.where(Transfer.reference == reference)
+        if after_seq is not None:
+            stmt = stmt.where(Transfer.seq > after_seq)
+        rows = list(session.scalars(stmt.order_by(Transfer.seq).limit(limit + 1)))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return Page(rows, str(rows[-1].seq) if more and rows else None)
+
+    def list_holds(
+        self,
+        session: Session,
+        tenant_id: str,
+        *,
+        account_id: str,
+        state: str | None = "pending",
+        after: str | None = None,
+        limit: int = 100,
+    ) -> Page:
+        self.get_account(session, tenant_id, account_id)
+        stmt: Select[Any] = scoped(select(Hold), Hold, tenant_id).where(
+            or_(Hold.debit_account_id == account_id, Hold.credit_account_id == account_id)
+        )
+        if state:
+            stmt = stmt.where(Hold.state == state)
+        if after:
+            stmt = stmt.where(Hold.transfer_id > after)
+        rows = list(session.scalars(stmt.order_by(Hold.transfer_id).limit(limit + 1)))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return Page(rows, rows[-1].transfer_id if more and rows else None)
+
+    def expired_holds(self, session: Session, now_ns: int, limit: int = 1000) -> list[Hold]:
+        """Open holds whose timeout has passed, across tenants (for the sweeper)."""
+        stmt = (
+            select(Hold)
+            .where(and_(Hold.state == "pending", Hold.expires_at.is_not(None), Hold.expires_at <= now_ns))
+            .order_by(Hold.expires_at)
+            .limit(limit)
+        )
+        return list(session.scalars(stmt))
+
+
+ledger_service = LedgerService()

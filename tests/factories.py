@@ -1,0 +1,48 @@
+"""Plain typed factories for test data."""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from meterline.clock import Clock
+from meterline.identity.service import CreatedKey, identity_service
+from meterline.ledger.models import Account
+from meterline.ledger.service import AccountCreate, ledger_service
+from meterline.ledger.types import AccountFlags
+
+
+def make_tenant(session: Session, tenant_id: str, clock: Clock) -> str:
+    identity_service.ensure_tenant(session, tenant_id, clock.now_ns())
+    return tenant_id
+
+
+def make_account(
+    session: Session,
+    tenant_id: str,
+    clock: Clock,
+    *,
+    id: str | None = None,
+    asset: str = "USD",
+    kind: str = "customer_wallet",
+    flags: int = 0,
+    owner_type: str | None = None,
+    owner_id: str | None = None,
+) -> Account:
+    row, _ = ledger_service.create_account(
+        session, tenant_id,
+        AccountCreate(asset=asset, kind=kind, id=id, flags=flags, owner_type=owner_type, owner_id=owner_id),
+        clock.now_ns(),
+    )
+    return row
+
+
+def make_wallet(session: Session, tenant_id: str, clock: Clock, *, id: str, asset: str = "USD") -> Account:
+    """A customer wallet that cannot go below zero."""
+    return make_account(session, tenant_id, clock, id=id, asset=asset,
+                        flags=int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS))
+
+
+def make_key(session: Session, tenant_id: str, clock: Clock, *, kind: str = "admin",
+             scopes: list[str] | None = None) -> CreatedKey:
+    return identity_service.create_key(session, tenant_id=tenant_id, kind=kind, scopes=scopes,
+                                       now_ns=clock.now_ns())
