@@ -41,7 +41,7 @@ def _loc(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(parts) or "body"
 
 
-def field_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def field_errors(errors: list[Any]) -> list[dict[str, Any]]:
     return [{"field": _loc(e.get("loc", ())), "code": e.get("type", "invalid"), "detail": e.get("msg", "")}
             for e in errors]
 

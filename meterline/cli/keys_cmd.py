@@ -81,10 +81,18 @@ def list_keys(
     db = _db(database_url)
     with db.session(write=False) as session:
         rows = identity_service.list_keys(session, tenant)
+    cells = [
+        (r.id, r.tenant_id, r.prefix + "…", r.principal_kind, ",".join(r.scopes),
+         to_rfc3339(r.created_at), to_rfc3339(r.revoked_at) if r.revoked_at else "")
+        for r in rows
+    ]
+    if not console.is_terminal:  # piped: one tab-separated line per key, for scripts
+        for row in cells:
+            typer.echo("\t".join(row))
+        return
     table = Table("id", "tenant", "prefix", "kind", "scopes", "created", "revoked")
-    for r in rows:
-        table.add_row(r.id, r.tenant_id, r.prefix + "…", r.principal_kind, ",".join(r.scopes),
-                      to_rfc3339(r.created_at), to_rfc3339(r.revoked_at) if r.revoked_at else "")
+    for row in cells:
+        table.add_row(*row)
     console.print(table)
 
 
