@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     # takes effect within this window (the revoking process clears its own cache at once).
     key_cache_ttl_s: float = 2.0
     sqlite_busy_timeout_ms: int = 30_000
+    # Payouts above a per-asset threshold need operator approval: "USDC=1000,SOL=5" (major units).
+    payout_approval_threshold: str = ""
+    payout_required_approvals: int = 1
 
     @model_validator(mode="after")
     def _normalise(self) -> Settings:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import uuid
+
 from sqlalchemy.orm import Session
 
 from meterline.clock import Clock
 from meterline.identity.service import CreatedKey, identity_service
 from meterline.ledger.models import Account
 from meterline.ledger.service import AccountCreate, ledger_service
-from meterline.ledger.types import AccountFlags
+from meterline.ledger.types import AccountFlags, TransferIn
+from meterline.wallets.service import Deposit, wallet_service
 
 
 def make_tenant(session: Session, tenant_id: str, clock: Clock) -> str:
@@ -46,3 +49,35 @@ def make_key(session: Session, tenant_id: str, clock: Clock, *, kind: str = "adm
              scopes: list[str] | None = None) -> CreatedKey:
     return identity_service.create_key(session, tenant_id=tenant_id, kind=kind, scopes=scopes,
                                        now_ns=clock.now_ns())
+
+
+def make_deposit(
+    session: Session,
+    tenant_id: str,
+    clock: Clock,
+    *,
+    owner_id: str,
+    amount_minor: int,
+    owner_type: str = "customer",
+    asset: str = "USD",
+    proof: str | None = None,
+) -> Deposit:
+    """A simulated wallet deposit (creates the wallet)."""
+    return wallet_service.deposit(
+        session, tenant_id, owner_type=owner_type, owner_id=owner_id, asset=asset, amount_minor=amount_minor,
+        rail="simulation", proof=proof or f"sim-{uuid.uuid4().hex}", clock=clock,
+    )
+
+
+def make_earnings(
+    session: Session, tenant_id: str, clock: Clock, *, provider_id: str, amount_minor: int, asset: str = "USDC"
+) -> Account:
+    """Credit a provider's earnings account from external:simulation (as a settlement would)."""
+    now = clock.now_ns()
+    earnings = wallet_service.provider_earnings_account(session, tenant_id, provider_id, asset, now)
+    external = wallet_service.external_account(session, tenant_id, "simulation", asset, now)
+    [result] = ledger_service.post(session, tenant_id, [TransferIn(
+        f"earn-test:{uuid.uuid4().hex}", external.id, earnings.id, amount_minor, asset, code="test_earnings",
+    )], clock)
+    assert result.result == "ok", result.result
+    return earnings

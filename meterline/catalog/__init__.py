@@ -1,0 +1,1 @@
+"""Catalog: providers, devices, tiers and GPU models."""

@@ -1,0 +1,126 @@
+"""Payment rails: one interface for every way money enters or leaves the platform.
+
+A rail verifies an incoming payment proof (`verify_incoming`), sends money out
+(`send`) and reports what it holds (`balance`). Domain services never talk to a
+processor or a chain directly; they ask `get_rail(name)`.
+
+Only the `simulation` rail exists today. It is an explicit, labelled mode
+(DESIGN §1.3): it accepts every claimed payment — the amount the caller claims
+is taken as paid — and every ledger transfer it causes carries
+``metadata["mode"] == "SIMULATION_MODE"``. Solana and Stripe arrive as rails of
+their own; until then their names are unknown (422 `unknown_rail`).
+
+`send(..., reference=...)` must treat `reference` as an idempotency key: a
+payout retried after a crash passes the same reference, and a real rail must
+not pay twice for it (Stripe idempotency keys, a Solana memo checked first).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from meterline.errors import MeterlineError
+
+SIMULATION_MODE = "SIMULATION_MODE"
+
+
+class UnknownRail(MeterlineError):
+    status = 422
+    code = "unknown_rail"
+    title = "No such payment rail"
+
+
+class RailSendFailed(MeterlineError):
+    """A rail could not send. Retryable: payouts back off and try again."""
+
+    status = 502
+    code = "rail_send_failed"
+    title = "The payment rail could not send the funds"
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedPayment:
+    """What a rail vouches for. `external_id` is the rail's unique id for the payment
+    (a transaction signature, a Stripe event id); `amount_minor` is None when the rail
+    cannot tell the amount and the claimed one applies."""
+
+    external_id: str
+    amount_minor: int | None
+    asset: str
+    simulated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    tx_signature: str
+    simulated: bool
+
+
+class Rail(Protocol):
+    name: str
+    simulated: bool
+
+    def verify_incoming(
+        self, tenant_id: str, proof: str, *, expected_amount_minor: int | None, asset: str
+    ) -> VerifiedPayment:
+        """Check `proof` names a real, final payment to us, or raise a MeterlineError."""
+        ...
+
+    def send(
+        self, tenant_id: str, *, destination: str, amount_minor: int, asset: str, reference: str
+    ) -> SendResult:
+        """Pay `amount_minor` to `destination`; raise `RailSendFailed` (retryable) on failure."""
+        ...
+
+    def balance(self, asset: str) -> int | None:
+        """The rail's own holding of `asset` in minor units, or None when it has none to report."""
+        ...
+
+
+class SimulationRail:
+    """Accepts every claimed payment and pretends every send succeeds — labelled as such."""
+
+    name = "simulation"
+    simulated = True
+
+    def verify_incoming(
+        self, tenant_id: str, proof: str, *, expected_amount_minor: int | None, asset: str
+    ) -> VerifiedPayment:
+        # A simulated proof is just a caller's string: it proves nothing outside its tenant,
+        # so it is namespaced by tenant. Two tenants choosing the same test proof ("tx-1")
+        # must not block each other; within a tenant a proof still credits only once.
+        return VerifiedPayment(
+            external_id=f"{tenant_id}:{proof}",
+            amount_minor=expected_amount_minor,
+            asset=asset,
+            simulated=True,
+        )
+
+    def send(
+        self, tenant_id: str, *, destination: str, amount_minor: int, asset: str, reference: str
+    ) -> SendResult:
+        return SendResult(tx_signature=SIMULATION_MODE, simulated=True)
+
+    def balance(self, asset: str) -> int | None:
+        return None
+
+
+_RAILS: dict[str, Rail] = {"simulation": SimulationRail()}
+DEFAULT_RAIL = "simulation"
+
+
+def get_rail(name: str | None = None) -> Rail:
+    rail = _RAILS.get(name or DEFAULT_RAIL)
+    if rail is None:
+        raise UnknownRail(f"unknown payment rail {name!r}; available: {', '.join(sorted(_RAILS))}")
+    return rail
+
+
+def register_rail(rail: Rail) -> None:
+    """Install a rail under its name (the app wires configured rails in at startup)."""
+    _RAILS[rail.name] = rail
+
+
+def rail_names() -> list[str]:
+    return sorted(_RAILS)

@@ -1,0 +1,1 @@
+"""Pricing: versioned price books, dynamic GPU pricing and quotes."""

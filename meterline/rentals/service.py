@@ -1,0 +1,612 @@
+"""Rentals: prepaid contracts (SI64) and pay-as-you-go sessions (Dante) on one state machine.
+
+    PENDING_PAYMENT → ACTIVE → (EXPIRED | TERMINATED | ENDED) → SETTLED
+
+Escrow is a series of ledger holds wallet → escrow (`rental_holds`). Usage cost
+is computed on read (accrual.py); nothing is written to the ledger per sample.
+Settlement is ONE linked ledger batch: post the used part of the holds (the
+rest is released back to the wallet), pay the provider's share and the
+platform fee out of escrow, and return the refund through the rail the money
+came from. Every operation locks the rental row first, so concurrent settle /
+extend / sample calls serialise and a rental settles exactly once.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session
+
+from meterline.clock import Clock
+from meterline.errors import Conflict, MeterlineError, NotFound
+from meterline.ledger.service import ledger_service
+from meterline.ledger.types import TransferFlags, TransferIn, TransferResult
+from meterline.payments.rails import get_rail
+from meterline.pricing.engine import Quote, billable_seconds, split_fee
+from meterline.rentals import accrual
+from meterline.rentals.models import Rental, RentalHold, RentalSample
+from meterline.wallets.service import wallet_service
+
+# -- states -----------------------------------------------------------------------
+
+PENDING_PAYMENT = "PENDING_PAYMENT"
+ACTIVE = "ACTIVE"
+EXPIRED = "EXPIRED"
+TERMINATED = "TERMINATED"
+ENDED = "ENDED"
+SETTLED = "SETTLED"
+OPEN_STATES = (ACTIVE,)
+
+PREPAID = "prepaid"
+PAYG = "payg"
+
+# -- errors -----------------------------------------------------------------------
+
+
+class RentalError(MeterlineError):
+    code = "rental_error"
+
+
+class RentalNotFound(RentalError, NotFound):
+    code = "contract_not_found"
+    title = "No such contract"
+
+
+class RentalNotActive(RentalError, Conflict):
+    code = "contract_not_active"
+    title = "The contract is not active"
+
+
+class RentalAlreadySettled(RentalError, Conflict):
+    code = "contract_already_settled"
+    title = "The contract is already settled"
+
+
+class RentalExpired(RentalError, Conflict):
+    code = "contract_expired"
+    title = "The contract has expired and can no longer be extended"
+
+
+class InsufficientPayment(RentalError):
+    status = 402
+    code = "insufficient_payment"
+    title = "The payment does not cover the price"
+
+
+class InsufficientFunds(RentalError):
+    status = 402
+    code = "insufficient_funds"
+    title = "The wallet cannot fund this"
+
+
+class InvalidRentalRequest(RentalError):
+    status = 422
+    code = "invalid_rental_request"
+    title = "The rental request is not valid"
+
+
+class NoDeviceAvailable(RentalError, Conflict):
+    code = "no_device_available"
+    title = "No device of this kind is available"
+
+
+class LedgerRefused(RentalError, Conflict):
+    """The ledger refused a settlement batch — an invariant the service should have kept."""
+
+    code = "ledger_refused"
+    title = "The ledger refused the operation"
+
+
+# -- values -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Accrual:
+    """What a rental has cost at `at_ns`. cost + refund_available == held, always."""
+
+    at_ns: int
+    elapsed_s: int
+    cost_minor: int
+    held_minor: int
+
+    @property
+    def refund_minor(self) -> int:
+        return self.held_minor - self.cost_minor
+
+
+@dataclass(frozen=True, slots=True)
+class ExtendResult:
+    rental: Rental
+    added_seconds: int
+    added_minor: int
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    rental: Rental
+    used_minor: int
+    refund_minor: int
+    provider_minor: int
+    fee_minor: int
+    refund_tx: str | None
+
+
+# Sample fields accepted, with the largest value that makes physical sense.
+SAMPLE_FIELDS: dict[str, Decimal] = {
+    "cpu_percent": Decimal(100),
+    "memory_mb": Decimal(10**9),
+    "disk_io_mbps": Decimal(10**9),
+    "network_io_mbps": Decimal(10**9),
+    "gpu_util_percent": Decimal(100),
+    "vram_used_gb": Decimal(10**6),
+    "power_w": Decimal(10**6),
+}
+PAYG_SLICE_S = 300  # a pay-as-you-go session holds five minutes ahead
+PAYG_RENEW_BELOW_S = 120  # and tops up when less than two minutes of cover remain
+PAYG_MAX_S = 365 * 24 * 3600
+
+_ID_ALPHABET = string.ascii_uppercase + string.digits
+LINKED = int(TransferFlags.LINKED)
+POST_LINKED = int(TransferFlags.POST_PENDING) | LINKED
+VOID_LINKED = int(TransferFlags.VOID_PENDING) | LINKED
+
+
+def new_contract_id() -> str:
+    return "CTR-" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
+
+
+class RentalService:
+    # -- reads ------------------------------------------------------------------
+    def get(self, session: Session, tenant_id: str, rental_id: str, *, lock: bool = False) -> Rental:
+        rental = session.get(Rental, (tenant_id, rental_id), with_for_update=lock or None,
+                             populate_existing=lock)
+        if rental is None:
+            raise RentalNotFound(f"contract {rental_id} does not exist")
+        return rental
+
+    def accrual(self, rental: Rental, now_ns: int) -> Accrual:
+        if rental.status == SETTLED:
+            assert rental.used_minor is not None
+            return Accrual(rental.settled_at or now_ns, self._elapsed(rental, now_ns), rental.used_minor,
+                           rental.held_minor)
+        secs = self._elapsed(rental, now_ns)
+        cost = accrual.accrued_minor(rental.rate_num, rental.rate_den, secs, rental.power_cost_e6,
+                                     rental.held_minor, rental.rounding)
+        return Accrual(now_ns, secs, cost, rental.held_minor)
+
+    @staticmethod
+    def _elapsed(rental: Rental, now_ns: int) -> int:
+        stop = rental.ended_at if rental.ended_at is not None else rental.expires_at
+        return accrual.elapsed_seconds(rental.started_at, now_ns, stop)
+
+    def list_rentals(
+        self,
+        session: Session,
+        tenant_id: str,
+        *,
+        status: str | None = None,
+        statuses: tuple[str, ...] | None = None,
+        customer: tuple[str, str] | None = None,
+        after: str | None = None,
+        limit: int = 100,
+        newest_first: bool = False,
+    ) -> tuple[list[Rental], str | None]:
+        stmt: Select[Any] = select(Rental).where(Rental.tenant_id == tenant_id)
+        if status:
+            stmt = stmt.where(Rental.status == status)
+        if statuses:
+            stmt = stmt.where(Rental.status.in_(statuses))
+        if customer:
+            stmt = stmt.where(Rental.customer_type == customer[0], Rental.customer_id == customer[1])
+        if after:
+            stmt = stmt.where(Rental.id < after if newest_first else Rental.id > after)
+        order = Rental.id.desc() if newest_first else Rental.id
+        rows = list(session.scalars(stmt.order_by(order).limit(limit + 1)))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return rows, (rows[-1].id if more and rows else None)
+
+    def totals(self, session: Session, tenant_id: str, now_ns: int) -> dict[str, int]:
+        """Held, used and refundable over all active rentals — in SQL, exactly as shown per rental."""
+        dialect = session.get_bind().dialect.name
+        used = accrual.accrued_minor_sql(Rental, now_ns, dialect)
+        row = session.execute(
+            select(func.count(), func.coalesce(func.sum(Rental.held_minor), 0), func.coalesce(func.sum(used), 0))
+            .where(Rental.tenant_id == tenant_id, Rental.status == ACTIVE)
+        ).one()
+        settled = session.execute(
+            select(func.count(), func.coalesce(func.sum(Rental.used_minor), 0),
+                   func.coalesce(func.sum(Rental.refund_minor), 0),
+                   func.coalesce(func.sum(Rental.fee_minor), 0))
+            .where(Rental.tenant_id == tenant_id, Rental.status == SETTLED)
+        ).one()
+        held, used_sum = int(row[1]), int(row[2])
+        return {
+            "active_count": int(row[0]),
+            "active_held": held,
+            "active_used": used_sum,
+            "active_refundable": held - used_sum,
+            "settled_count": int(settled[0] or 0),
+            "settled_used": int(settled[1] or 0),
+            "settled_refunded": int(settled[2] or 0),
+            "platform_fees": int(settled[3] or 0),
+        }
+
+    def samples(self, session: Session, tenant_id: str, rental_id: str, *, limit: int = 500) -> list[RentalSample]:
+        self.get(session, tenant_id, rental_id)
+        stmt = (
+            select(RentalSample)
+            .where(RentalSample.tenant_id == tenant_id, RentalSample.rental_id == rental_id)
+            .order_by(RentalSample.ts.desc())
+            .limit(limit)
+        )
+        return list(session.scalars(stmt))
+
+    def holds(self, session: Session, tenant_id: str, rental_id: str) -> list[RentalHold]:
+        stmt = (
+            select(RentalHold)
+            .where(RentalHold.tenant_id == tenant_id, RentalHold.rental_id == rental_id)
+            .order_by(RentalHold.ordinal)
+        )
+        return list(session.scalars(stmt))
+
+    # -- creating ------------------------------------------------------------------
+    def create(
+        self,
+        session: Session,
+        tenant_id: str,
+        *,
+        style: str,
+        customer_type: str,
+        customer_id: str,
+        wallet_account_id: str,
+        escrow_account_id: str,
+        asset: str,
+        scale: int,
+        quote: Quote,
+        duration_s: int | None,
+        initial_hold_minor: int,
+        payment_rail: str,
+        payment_proof: str | None,
+        refund_to_rail: bool,
+        provider_id: str | None,
+        device_id: str | None,
+        tier: str | None,
+        gpu_model: str | None,
+        vram_gb: int | None,
+        clock: Clock,
+        rental_id: str | None = None,
+    ) -> Rental:
+        """Create an ACTIVE rental and place its first escrow hold (wallet → escrow).
+
+        The wallet must already hold the funds (callers deposit first); a
+        shortfall is `InsufficientFunds` and nothing is written.
+        """
+        if initial_hold_minor <= 0:
+            raise InvalidRentalRequest("the first hold must be positive")
+        locked = accrual.lock_rate(quote.hourly_rate, scale)
+        num, den = accrual.rate_fraction(locked, scale)
+        try:
+            accrual.check_rate_fits(num, duration_s or PAYG_MAX_S)
+        except accrual.RateTooLarge as exc:
+            raise InvalidRentalRequest(str(exc)) from None
+        now = clock.now_ns()
+        rental = Rental(
+            tenant_id=tenant_id, id=rental_id or new_contract_id(), style=style, status=ACTIVE,
+            customer_type=customer_type, customer_id=customer_id, wallet_account_id=wallet_account_id,
+            escrow_account_id=escrow_account_id, provider_id=provider_id, device_id=device_id, tier=tier,
+            gpu_model=gpu_model, vram_gb=vram_gb, asset=asset, scale=scale,
+            quote=quote.to_dict(), payment_rail=payment_rail, payment_proof=payment_proof,
+            refund_to_rail=refund_to_rail, held_minor=0, duration_s=duration_s, created_at=now, started_at=now,
+            expires_at=now + duration_s * accrual.NS if duration_s is not None else None,
+            rate_num=num, rate_den=den, rounding=quote.rounding.value, power_cost_e6=0, energy2_mw_ms=0, sample_count=0, hold_count=0,
+        )
+        session.add(rental)
+        session.flush()
+        self._place_hold(session, rental, initial_hold_minor, "initial", clock)
+        return rental
+
+    def _place_hold(self, session: Session, rental: Rental, amount: int, kind: str, clock: Clock) -> RentalHold:
+        ordinal = rental.hold_count + 1
+        transfer_id = f"rent:{rental.id}:hold:{ordinal}"
+        result = self._post(session, rental.tenant_id, [TransferIn(
+            id=transfer_id, debit_account_id=rental.wallet_account_id,
+            credit_account_id=rental.escrow_account_id, amount=amount, asset=rental.asset,
+            flags=TransferFlags.PENDING, code="rental_hold", reference=rental.id,
+        )], clock)[0]
+        if result.result == "exceeds_credits":
+            raise InsufficientFunds(f"the wallet cannot fund a hold of {amount} minor units")
+        self._require_ok([result])
+        hold = RentalHold(tenant_id=rental.tenant_id, transfer_id=transfer_id, rental_id=rental.id,
+                          ordinal=ordinal, amount_minor=amount, kind=kind, created_at=clock.now_ns())
+        session.add(hold)
+        rental.hold_count = ordinal
+        rental.held_minor += amount
+        session.flush()
+        return hold
+
+    # -- changing ------------------------------------------------------------------
+    def extend(self, session: Session, tenant_id: str, rental_id: str, *, added_seconds: int,
+               added_minor: int, clock: Clock) -> ExtendResult:
+        """Prolong a prepaid contract by `added_seconds`, holding `added_minor` more from the wallet."""
+        rental = self._lock_active(session, tenant_id, rental_id, clock)
+        if rental.style != PREPAID or rental.expires_at is None or rental.duration_s is None:
+            raise RentalNotActive("only prepaid contracts are extended; sessions renew their hold")
+        if added_seconds <= 0 or added_minor <= 0:
+            raise InvalidRentalRequest("an extension must add time and money")
+        try:
+            accrual.check_rate_fits(rental.rate_num, rental.duration_s + added_seconds)
+        except accrual.RateTooLarge as exc:
+            raise InvalidRentalRequest(str(exc)) from None
+        self._place_hold(session, rental, added_minor, "extend", clock)
+        rental.expires_at += added_seconds * accrual.NS
+        rental.duration_s += added_seconds
+        session.flush()
+        return ExtendResult(rental, added_seconds, added_minor)
+
+    def record_sample(self, session: Session, tenant_id: str, rental_id: str, values: dict[str, Any],
+                      clock: Clock) -> tuple[Rental, Accrual]:
+        """Store a metrics sample and fold its power into the rental's exact energy integral."""
+        clean = self.validate_sample(values)
+        rental = self._lock_active(session, tenant_id, rental_id, clock)
+        now = clock.now_ns()
+        power_mw = None
+        if "power_w" in clean:
+            power_mw = int((clean["power_w"] * 1000).to_integral_value())
+            if rental.last_sample_at is not None and rental.last_power_mw is not None and now > rental.last_sample_at:
+                dt_ms = (now - rental.last_sample_at) // 1_000_000
+                rental.energy2_mw_ms += (rental.last_power_mw + power_mw) * dt_ms
+                power_rate = Decimal(str(rental.quote["power_rate_per_wh"]))
+                rental.power_cost_e6 = accrual.power_cost_e6(power_rate, rental.scale, rental.energy2_mw_ms)
+            rental.last_power_mw = power_mw
+            rental.last_sample_at = now
+        rental.sample_count += 1
+        session.add(RentalSample(tenant_id=tenant_id, rental_id=rental_id, ts=now, power_mw=power_mw,
+                                 values={k: str(v) for k, v in clean.items()}))
+        session.flush()
+        return rental, self.accrual(rental, now)
+
+    @staticmethod
+    def validate_sample(values: dict[str, Any]) -> dict[str, Decimal]:
+        clean: dict[str, Decimal] = {}
+        errors = []
+        for name, raw in values.items():
+            limit = SAMPLE_FIELDS.get(name)
+            if limit is None:
+                errors.append(f"unknown metric {name!r}")
+                continue
+            if raw is None:
+                continue
+            if isinstance(raw, bool) or not isinstance(raw, int | Decimal | str):
+                errors.append(f"{name} must be a number")
+                continue
+            try:
+                d = Decimal(raw)
+            except ArithmeticError:
+                errors.append(f"{name} must be a number")
+                continue
+            if not d.is_finite() or d < 0 or d > limit:
+                errors.append(f"{name} must be between 0 and {limit}")
+                continue
+            clean[name] = d
+        if errors:
+            raise InvalidRentalRequest("; ".join(errors))
+        return clean
+
+    def _lock_active(self, session: Session, tenant_id: str, rental_id: str, clock: Clock) -> Rental:
+        rental = self.get(session, tenant_id, rental_id, lock=True)
+        if rental.status == SETTLED:
+            raise RentalAlreadySettled(f"contract {rental_id} is already settled")
+        if rental.status != ACTIVE:
+            raise RentalNotActive(f"contract {rental_id} is {rental.status}")
+        if rental.expires_at is not None and clock.now_ns() >= rental.expires_at:
+            raise RentalExpired(f"contract {rental_id} expired; it will be settled")
+        return rental
+
+    # -- pay-as-you-go cover -----------------------------------------------------
+    def renew_cover(self, session: Session, tenant_id: str, rental_id: str, clock: Clock) -> str:
+        """Top up a session's rolling hold; terminate it when the wallet can't fund the next slice.
+
+        Returns "ok", "renewed" or "terminated".
+        """
+        rental = self.get(session, tenant_id, rental_id, lock=True)
+        if rental.status != ACTIVE or rental.style != PAYG:
+            return "ok"
+        now = clock.now_ns()
+        acc = self.accrual(rental, now)
+        slice_ = self.slice_minor(rental)
+        cover_left = acc.refund_minor
+        per_second = Decimal(rental.rate_num) / rental.rate_den
+        if cover_left > per_second * PAYG_RENEW_BELOW_S:
+            return "ok"
+        try:
+            self._place_hold(session, rental, slice_, "rolling", clock)
+        except InsufficientFunds:
+            self.settle(session, tenant_id, rental_id, clock, reason="insufficient_funds")
+            return "terminated"
+        return "renewed"
+
+    @staticmethod
+    def slice_minor(rental: Rental) -> int:
+        return slice_minor(rental.rate_num, rental.rate_den, rental.quote, rental.scale)
+
+    # -- settling ------------------------------------------------------------------
+    def settle(self, session: Session, tenant_id: str, rental_id: str, clock: Clock, *,
+               reason: str = "settled") -> Settlement:
+        """End (if still running) and settle in one linked ledger batch. Exactly once.
+
+        The used amount is posted from the holds (the rest is released to the
+        wallet), split between the provider's earnings and the platform fee by
+        largest remainder, and the refund is returned through the rail the
+        payment came from.
+        """
+        rental = self.get(session, tenant_id, rental_id, lock=True)
+        if rental.status == SETTLED:
+            raise RentalAlreadySettled(f"contract {rental_id} is already settled")
+        now = clock.now_ns()
+        if rental.status == ACTIVE:
+            expired = rental.expires_at is not None and now >= rental.expires_at
+            rental.ended_at = rental.expires_at if expired else now
+            rental.status = EXPIRED if expired else (TERMINATED if reason == "insufficient_funds" else ENDED)
+            rental.end_reason = "expired" if expired else reason
+        quote = Quote.from_dict(rental.quote)
+        used = self.final_cost(rental, quote)
+        provider_minor, fee_minor = split_fee(quote, used)
+        refund = rental.held_minor - used
+        provider_acct = (
+            wallet_service.provider_earnings_account(session, tenant_id, rental.provider_id, rental.asset, now)
+            if rental.provider_id else wallet_service.system_account(session, tenant_id, "platform_revenue",
+                                                                     rental.asset, now)
+        )
+        fee_acct = wallet_service.system_account(session, tenant_id, "platform_fees", rental.asset, now)
+        rail = get_rail(rental.payment_rail) if rental.refund_to_rail else None
+        refund_acct = (wallet_service.external_account(session, tenant_id, rail.name, rental.asset, now)
+                       if rail is not None and refund > 0 else None)
+        transfers = self._settlement_transfers(
+            rental, self.holds(session, tenant_id, rental_id), used, provider_minor, fee_minor, refund,
+            provider_account_id=provider_acct.id, fee_account_id=fee_acct.id,
+            refund_account_id=refund_acct.id if refund_acct is not None else None,
+        )
+        self._require_ok(self._post(session, tenant_id, transfers, clock))
+        refund_tx = None
+        if rail is not None and refund > 0:
+            # Simulation answers at once; a real rail's send belongs in a job after commit.
+            refund_tx = rail.send(tenant_id, destination=rental.customer_id, amount_minor=refund,
+                                  asset=rental.asset, reference=f"rent:{rental.id}:refund").tx_signature
+        rental.status = SETTLED
+        rental.settled_at = now
+        rental.used_minor = used
+        rental.refund_minor = refund
+        rental.provider_minor = provider_minor
+        rental.fee_minor = fee_minor
+        rental.refund_tx = refund_tx
+        session.flush()
+        return Settlement(rental, used, refund, provider_minor, fee_minor, refund_tx)
+
+    def final_cost(self, rental: Rental, quote: Quote) -> int:
+        """Cost at the end: billable seconds (minimum minutes, granularity rounded up), capped at held."""
+        assert rental.ended_at is not None
+        secs = accrual.elapsed_seconds(rental.started_at, rental.ended_at, None)
+        billable = billable_seconds(quote, secs)
+        if rental.duration_s is not None:
+            billable = min(billable, rental.duration_s)  # a prepaid contract never bills past its term
+        return accrual.accrued_minor(rental.rate_num, rental.rate_den, billable, rental.power_cost_e6,
+                                     rental.held_minor, rental.rounding)
+
+    def _settlement_transfers(
+        self,
+        rental: Rental,
+        holds: list[RentalHold],
+        used: int,
+        provider_minor: int,
+        fee_minor: int,
+        refund: int,
+        *,
+        provider_account_id: str | None,
+        fee_account_id: str | None,
+        refund_account_id: str | None,
+    ) -> list[TransferIn]:
+        """The settlement as one linked chain: every transfer applies, or none does."""
+        base = f"rent:{rental.id}"
+        out: list[TransferIn] = []
+        remaining = used
+        for hold in holds:
+            if remaining > 0:
+                # Posting part of a hold releases the rest of it back to the wallet.
+                take = min(remaining, hold.amount_minor)
+                remaining -= take
+                out.append(TransferIn(id=f"{base}:post:{hold.ordinal}", pending_id=hold.transfer_id,
+                                      amount=take, flags=POST_LINKED, code="rental_settle",
+                                      reference=rental.id))
+            else:
+                out.append(TransferIn(id=f"{base}:void:{hold.ordinal}", pending_id=hold.transfer_id,
+                                      flags=VOID_LINKED, code="rental_release", reference=rental.id))
+        if provider_minor > 0:
+            out.append(TransferIn(id=f"{base}:provider", debit_account_id=rental.escrow_account_id,
+                                  credit_account_id=provider_account_id, amount=provider_minor,
+                                  asset=rental.asset, flags=LINKED, code="rental_provider_share",
+                                  reference=rental.id))
+        if fee_minor > 0:
+            out.append(TransferIn(id=f"{base}:fee", debit_account_id=rental.escrow_account_id,
+                                  credit_account_id=fee_account_id, amount=fee_minor, asset=rental.asset,
+                                  flags=LINKED, code="rental_platform_fee", reference=rental.id))
+        if refund > 0 and refund_account_id is not None:
+            out.append(TransferIn(id=f"{base}:refund", debit_account_id=rental.wallet_account_id,
+                                  credit_account_id=refund_account_id, amount=refund, asset=rental.asset,
+                                  flags=LINKED, code="rental_refund", reference=rental.id,
+                                  metadata={"rail": rental.payment_rail}))
+        out[-1].flags = int(out[-1].flags) & ~LINKED  # the last transfer closes the chain
+        return out
+
+    def due_for_settlement(self, session: Session, now_ns: int, limit: int = 200) -> list[tuple[str, str]]:
+        """(tenant, id) of active prepaid contracts past their expiry, oldest first."""
+        stmt = (
+            select(Rental.tenant_id, Rental.id)
+            .where(Rental.status == ACTIVE, Rental.expires_at.is_not(None), Rental.expires_at <= now_ns)
+            .order_by(Rental.expires_at)
+            .limit(limit)
+        )
+        return [(r[0], r[1]) for r in session.execute(stmt)]
+
+    def active_sessions(self, session: Session, limit: int = 1000) -> list[tuple[str, str]]:
+        stmt = select(Rental.tenant_id, Rental.id).where(Rental.status == ACTIVE, Rental.style == PAYG).limit(limit)
+        return [(r[0], r[1]) for r in session.execute(stmt)]
+
+    # -- plumbing -------------------------------------------------------------------
+    @staticmethod
+    def _post(session: Session, tenant_id: str, transfers: list[TransferIn], clock: Clock) -> list[TransferResult]:
+        return ledger_service.post(session, tenant_id, transfers, clock)
+
+    @staticmethod
+    def _require_ok(results: list[TransferResult]) -> None:
+        bad = [r for r in results if not r.ok]
+        if bad:
+            detail = ", ".join(f"{r.id}: {r.result}" for r in bad if r.result != "linked_event_failed")
+            raise LedgerRefused(f"the ledger refused the batch ({detail})")
+
+
+def slice_minor(rate_num: int, rate_den: int, quote: dict[str, Any], scale: int) -> int:
+    """One rolling slice of a session: its time plus the quote's estimated power, rounded up."""
+    estimated_w = int(quote.get("estimated_power_w") or 0)
+    power_rate = Decimal(str(quote["power_rate_per_wh"]))
+    energy2 = 2 * estimated_w * 1000 * PAYG_SLICE_S * 1000
+    power_e6 = accrual.power_cost_e6(power_rate, scale, energy2)
+    time_e6 = -(-rate_num * PAYG_SLICE_S * accrual.E6 // rate_den)
+    return max(1, -(-(time_e6 + power_e6) // accrual.E6))
+
+
+def term_price(rental_or_rate: tuple[int, int, str], seconds: int) -> int:
+    """The price of `seconds` of a contract at its locked rate (no power: tiers are all-in)."""
+    num, den, rounding = rental_or_rate
+    return accrual.accrued_minor(num, den, seconds, 0, accrual.UNCAPPED, rounding)
+
+
+def parse_hours(value: Any, field: str = "duration_hours") -> int:
+    """Hours as an exact decimal (JSON number parsed as Decimal, or a string) → whole seconds.
+
+    Refuses floats (a parser bug upstream), sub-second precision and non-positive values.
+    """
+    if isinstance(value, bool | float) or not isinstance(value, int | Decimal | str):
+        raise InvalidRentalRequest(f"{field} must be a number")
+    try:
+        d = Decimal(value)
+    except ArithmeticError:
+        raise InvalidRentalRequest(f"{field} must be a number") from None
+    if not d.is_finite():
+        raise InvalidRentalRequest(f"{field} must be a number")
+    seconds = d * 3600
+    if seconds <= 0:
+        raise InvalidRentalRequest(f"{field} must be positive")
+    if seconds > 10 * 365 * 24 * 3600:
+        raise InvalidRentalRequest(f"{field} is too long")
+    if seconds != seconds.to_integral_value():
+        raise InvalidRentalRequest(f"{field} must be a whole number of seconds")
+    return int(seconds)
+
+
+rental_service = RentalService()
