@@ -74,6 +74,10 @@ def create_app(runtime: Runtime, *, extra_lifespan: Any = None) -> FastAPI:
     from meterline.api.v1 import router as v1_router
 
     app.include_router(v1_router)
+    from meterline.api.profiles import ROUTERS
+
+    for profile_router in ROUTERS:
+        app.include_router(profile_router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=runtime.settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)
 

@@ -19,7 +19,7 @@ def serve(
     log_level: str = typer.Option("warning"),
 ) -> None:
     """Start the HTTP server."""
-    from meterline.api.bootstrap import build_server_app
+    from meterline.cli.bootstrap import build_server_app
 
     settings = load_settings(database_url, dev=dev or None)
     if dev:

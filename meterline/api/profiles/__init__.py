@@ -1,0 +1,12 @@
+"""Seed API profiles: each seed's documented endpoints at their documented paths.
+
+Each profile module exposes `router`; `ROUTERS` lists them for the app factory.
+Profiles are thin: they parse the seed's shapes, call the same services as the
+native API, and answer in the seed's shapes.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+ROUTERS: list[APIRouter] = []

@@ -10,12 +10,14 @@ from fastapi import FastAPI
 
 from meterline.api.app import create_app
 from meterline.api.runtime import Runtime
+from meterline.catalog.service import catalog_service
 from meterline.clock import system_clock
 from meterline.config import Settings
 from meterline.db import migrate
 from meterline.db.engine import Database
 from meterline.identity.service import identity_service
 from meterline.ledger.signing import load_signer
+from meterline.pricing.service import pricing_service
 from meterline.worker.runner import Worker
 
 
@@ -31,13 +33,21 @@ def _banner(settings: Settings) -> None:
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 
+def seed_demo(db: Database, tenant_id: str) -> None:
+    """The dev tenant with its standard assets, the demo catalog and price book (idempotent)."""
+    now = system_clock.now_ns()
+    with db.session() as session:
+        identity_service.ensure_tenant(session, tenant_id, now)
+        catalog_service.seed_demo(session, tenant_id, now)
+        pricing_service.seed_demo(session, tenant_id, now)
+
+
 def build_server_app(settings: Settings, *, run_worker: bool, announce: bool = False) -> FastAPI:
     if settings.dev:
         migrate.upgrade(settings.database_url)
     db = Database(settings.database_url, busy_timeout_ms=settings.sqlite_busy_timeout_ms)
     if settings.dev:
-        with db.session() as session:
-            identity_service.ensure_tenant(session, settings.default_tenant, system_clock.now_ns())
+        seed_demo(db, settings.default_tenant)
     signer = load_signer(settings.signing_key_path(), create=settings.dev)
     runtime = Runtime(settings=settings, db=db, clock=system_clock, signer=signer)
     if announce and settings.dev:
