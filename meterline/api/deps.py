@@ -10,15 +10,16 @@ from loopback is the default tenant's admin.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from meterline.api.runtime import Runtime
 from meterline.errors import Forbidden, Unauthenticated
-from meterline.identity.service import Principal, identity_service
+from meterline.identity.service import Principal, hash_key, identity_service
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -42,8 +43,11 @@ def read_session(request: Request) -> Iterator[Session]:
     yield from _session(get_runtime(request), write=False)
 
 
-WriteSession = Annotated[Session, Depends(write_session)]
-ReadSession = Annotated[Session, Depends(read_session)]
+# scope="function": commit (or roll back) when the handler returns, *before* the response
+# is sent — with FastAPI's default ("request") the client could see 201 for a transaction
+# whose commit then failed.
+WriteSession = Annotated[Session, Depends(write_session, scope="function")]
+ReadSession = Annotated[Session, Depends(read_session, scope="function")]
 
 
 def _is_loopback(request: Request) -> bool:
@@ -97,3 +101,30 @@ def require(scope: str) -> Callable[[Request], Principal]:
 
 
 AnyPrincipal = Annotated[Principal, Depends(current_principal)]
+
+
+def require_async(scope: str) -> Callable[[Request], Awaitable[Principal]]:
+    """`require` for `async def` hot paths: a cached key (or dev loopback) is resolved on the
+    event loop; only a cache miss, which reads the database, goes to the threadpool. (A sync
+    dependency costs a threadpool hop on every request, and queues behind blocking handlers
+    for the pool's limited tokens.)"""
+
+    async def dependency(request: Request) -> Principal:
+        principal: Principal | None = getattr(request.state, "principal", None)
+        if principal is None:
+            secret = _presented_key(request)
+            if secret is None:
+                principal = current_principal(request)  # dev loopback or 401: no I/O either way
+            else:
+                ttl = get_runtime(request).settings.key_cache_ttl_s
+                principal = identity_service.cache.get(hash_key(secret), ttl)
+                if principal is not None:
+                    request.state.principal = principal
+                else:
+                    principal = await run_in_threadpool(current_principal, request)
+        if not principal.has(scope):
+            raise Forbidden(f"this action needs the '{scope}' scope")
+        return principal
+
+    dependency.__name__ = f"require_{scope.replace(':', '_')}_async"
+    return dependency

@@ -112,7 +112,7 @@ class LedgerBatcher:
             items = [first]
             count = len(first.segment.transfers)
             stop_after = self._gather(items, count)
-            self._commit(items)
+            self._commit(self._claim(items))
             if stop_after:
                 self._drain_on_stop()
                 return
@@ -147,9 +147,17 @@ class LedgerBatcher:
             if nxt is not None:
                 leftovers.append(nxt)
         if leftovers:
-            self._commit(leftovers)
+            self._commit(self._claim(leftovers))
+
+    @staticmethod
+    def _claim(items: list[_Item]) -> list[_Item]:
+        """Drop callers that cancelled while queued (their transfers are never applied) and
+        mark the rest running, so a late cancel can no longer race the result."""
+        return [item for item in items if item.future.set_running_or_notify_cancel()]
 
     def _commit(self, items: list[_Item]) -> None:
+        if not items:
+            return
         started = time.perf_counter()
         try:
             self._apply(items)

@@ -2,4 +2,17 @@
 
 from fastapi import APIRouter
 
+from meterline.api.v1 import accounts, assets, blocks, holds, transfers
+from meterline.api.v1 import catalog, payouts, pricing, rentals, wallets
+
 router = APIRouter(prefix="/v1")
+router.include_router(assets.router)
+router.include_router(accounts.router)
+router.include_router(transfers.router)
+router.include_router(holds.router)
+router.include_router(blocks.router)
+router.include_router(catalog.router)
+router.include_router(pricing.router)
+router.include_router(wallets.router)
+router.include_router(rentals.router)
+router.include_router(payouts.router)

@@ -1,0 +1,176 @@
+"""The `Idempotency-Key` header on POSTs that create or move money (DESIGN §8).
+
+A key is scoped to the caller's tenant. The request it names is identified by
+the SHA-256 of its method, path and exact body bytes:
+
+- same key, same request  → the stored status and body, with
+  ``Idempotent-Replayed: true``, and nothing is executed again;
+- same key, other request → 409 ``idempotency_conflict``;
+- a key longer than 255 characters (or empty, or with control characters) → 422.
+
+Only successful (2xx) responses are stored. A 4xx changed nothing, so a retry
+is simply evaluated again (a transfer refused for ``exceeds_credits`` may
+succeed after a deposit). Rows live in ``idempotency_keys``.
+
+Two ways to use it:
+
+- `claim` / `record` — inside the request's own write transaction (accounts,
+  assets). The key is claimed *before* the work: a concurrent request with the
+  same key blocks on the primary key until the first commits, then replays its
+  response; if the first rolls back, the second runs. Response and effects
+  commit together, so a crash leaves both or neither.
+- `lookup` / `store` — for `POST /v1/transfers`, whose work is committed by the
+  ledger batcher in its own transaction: the key is checked before posting and
+  the response stored after the batch returns. A crash between the two, or two
+  racing requests, can at worst post a request without storing its response;
+  that is safe because every transfer carries a client id that is its own
+  idempotency key — a retry answers ``exists`` with the original transfer and is
+  never applied twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fastapi import Request, Response
+from pydantic import BaseModel
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from meterline.db.engine import Database
+from meterline.db.idempotency import IdempotencyRecord
+from meterline.errors import IdempotencyConflict, IdempotencyInProgress, MeterlineError
+
+log = logging.getLogger(__name__)
+
+HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+MAX_KEY_LENGTH = 255
+_JSON = "application/json"
+
+
+class InvalidIdempotencyKey(MeterlineError):
+    status = 422
+    code = "invalid_idempotency_key"
+    title = "The Idempotency-Key header is not valid"
+
+
+def json_response(model: BaseModel, status: int) -> Response:
+    """Serialise once, so the bytes sent are exactly the bytes stored for replay."""
+    return Response(model.model_dump_json().encode(), status_code=status, media_type=_JSON)
+
+
+def request_hash(method: str, path: str, body: bytes) -> str:
+    h = hashlib.sha256()
+    h.update(method.upper().encode())
+    h.update(b"\n")
+    h.update(path.encode())
+    h.update(b"\n")
+    h.update(body)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotentRequest:
+    tenant_id: str
+    key: str
+    request_hash: str
+
+    @classmethod
+    def of(cls, request: Request, tenant_id: str, body: bytes) -> IdempotentRequest | None:
+        """The request's key, or None when the header is absent."""
+        key = request.headers.get(HEADER)
+        if key is None:
+            return None
+        if not 1 <= len(key) <= MAX_KEY_LENGTH:
+            raise InvalidIdempotencyKey(f"{HEADER} must be 1-{MAX_KEY_LENGTH} characters")
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
+            raise InvalidIdempotencyKey(f"{HEADER} must not contain control characters")
+        return cls(tenant_id, key, request_hash(request.method, request.url.path, body))
+
+    # -- inside the request transaction ----------------------------------------------
+    def claim(self, session: Session, now_ns: int) -> Response | None:
+        """Claim the key in this transaction; a stored response (to replay) if it was used."""
+        row = session.get(IdempotencyRecord, (self.tenant_id, self.key))
+        if row is not None:
+            return self._replay(row)
+        try:
+            with session.begin_nested():
+                session.add(IdempotencyRecord(
+                    tenant_id=self.tenant_id, key=self.key, request_hash=self.request_hash,
+                    status_code=0, response_body="", created_at=now_ns,
+                ))
+                session.flush()
+        except IntegrityError:
+            # A concurrent request with this key committed first.
+            row = session.get(IdempotencyRecord, (self.tenant_id, self.key), populate_existing=True)
+            if row is None:
+                raise
+            return self._replay(row)
+        return None
+
+    def record(self, session: Session, response: Response) -> None:
+        """Store the response on the row `claim` inserted (same transaction)."""
+        row = session.get(IdempotencyRecord, (self.tenant_id, self.key))
+        assert row is not None, "record() without claim()"
+        if 200 <= response.status_code < 300:
+            row.status_code = response.status_code
+            row.response_body = bytes(response.body).decode()
+        else:
+            session.delete(row)
+        session.flush()
+
+    # -- around the ledger batcher -----------------------------------------------------
+    def lookup(self, db: Database) -> Response | None:
+        """Blocking (run it in a threadpool): the stored response, a conflict, or None."""
+        with db.session(write=False) as session:
+            row = session.get(IdempotencyRecord, (self.tenant_id, self.key))
+            return None if row is None else self._replay(row)
+
+    def store(self, db: Database, response: Response, now_ns: int) -> None:
+        """Blocking (run it in a threadpool): remember a 2xx response after the batch committed."""
+        if not 200 <= response.status_code < 300:
+            return
+        try:
+            with db.session(write=True) as session:
+                session.add(IdempotencyRecord(
+                    tenant_id=self.tenant_id, key=self.key, request_hash=self.request_hash,
+                    status_code=response.status_code, response_body=bytes(response.body).decode(),
+                    created_at=now_ns,
+                ))
+        except IntegrityError:
+            # A concurrent request with the same key stored first; transfer ids kept the
+            # postings themselves exactly-once, so there is nothing to undo.
+            log.info("idempotency key %r for tenant %s was stored concurrently", self.key, self.tenant_id)
+        except SQLAlchemyError:
+            # The transfers are committed and the response is true: answer it rather than
+            # a 500. A retry is still safe — it answers `exists` by transfer id.
+            log.warning("could not store the response for idempotency key %r (tenant %s)",
+                        self.key, self.tenant_id, exc_info=True)
+
+    def _replay(self, row: IdempotencyRecord) -> Response:
+        if row.request_hash != self.request_hash:
+            raise IdempotencyConflict(f"{HEADER} {self.key!r} was used with a different request")
+        if row.status_code == 0:
+            raise IdempotencyInProgress(f"a request with {HEADER} {self.key!r} is still in progress")
+        return Response(row.response_body.encode(), status_code=row.status_code, media_type=_JSON,
+                        headers={REPLAYED_HEADER: "true"})
+
+
+def in_transaction(
+    request: Request, tenant_id: str, body: bytes, session: Session, now_ns: int,
+    work: Callable[[], Response],
+) -> Response:
+    """Run `work` under the request's Idempotency-Key (if any), in the request transaction."""
+    idem = IdempotentRequest.of(request, tenant_id, body)
+    if idem is None:
+        return work()
+    replay = idem.claim(session, now_ns)
+    if replay is not None:
+        return replay
+    response = work()
+    idem.record(session, response)
+    return response

@@ -1,0 +1,98 @@
+"""What the /v1 routers share: scopes, error docs, path and query types, cursors."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated, Any
+
+from fastapi import Depends, Path, Query
+from pydantic import BaseModel, Field
+
+from meterline.api.body import inline_schema
+from meterline.api.deps import require, require_async
+from meterline.api.problems import PROBLEM
+from meterline.errors import MeterlineError
+from meterline.identity.service import Principal
+from meterline.ledger.schemas import ASSET_PATTERN, ID_PATTERN, TEXT_PATTERN
+
+# -- scopes (`admin` implies every scope) ---------------------------------------------
+LedgerRead = Annotated[Principal, Depends(require("ledger:read"))]
+LedgerWrite = Annotated[Principal, Depends(require("ledger:write"))]
+Admin = Annotated[Principal, Depends(require("admin"))]
+# For the async hot path (POST /v1/transfers): no threadpool hop when the key is cached.
+LedgerWriteAsync = Annotated[Principal, Depends(require_async("ledger:write"))]
+
+# -- path and query parameters ----------------------------------------------------------
+AccountIdPath = Annotated[str, Path(min_length=1, max_length=64, pattern=ID_PATTERN)]
+TransferIdPath = Annotated[str, Path(min_length=1, max_length=128, pattern=ID_PATTERN)]
+Limit = Annotated[int, Query(ge=1, le=1000, description="Page size (1-1000).")]
+Cursor = Annotated[str | None, Query(max_length=400, pattern=r"^[A-Za-z0-9_-]*$",
+                                     description="`next_cursor` of the previous page.")]
+TextFilter = Annotated[str | None, Query(max_length=128, pattern=TEXT_PATTERN)]
+AssetFilter = Annotated[str | None, Query(pattern=ASSET_PATTERN)]
+
+
+# -- error documentation ----------------------------------------------------------------
+class FieldError(BaseModel):
+    field: str
+    code: str
+    detail: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details; `code` is the stable machine-readable reason."""
+
+    type: str
+    title: str
+    status: int
+    code: str
+    detail: str
+    instance: str | None = None
+    errors: list[FieldError] | None = Field(default=None, description="Field errors (422 validation_error).")
+
+
+_PROBLEM_SCHEMA = inline_schema(Problem)
+_AUTH = {
+    401: "`unauthenticated`, `invalid_api_key`: no key, or an unknown or revoked key",
+    403: "`forbidden`: the key lacks the scope this route needs",
+}
+
+
+def errors(extra: dict[int, str] | None = None) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route: the auth errors plus its own, each as problem+json."""
+    merged = {**_AUTH, **(extra or {})}
+    return {
+        status: {"description": text, "content": {PROBLEM: {"schema": _PROBLEM_SCHEMA}}}
+        for status, text in sorted(merged.items())
+    }
+
+
+# -- cursors ----------------------------------------------------------------------------
+class InvalidCursor(MeterlineError):
+    status = 422
+    code = "invalid_cursor"
+    title = "The cursor is not valid"
+
+
+def encode_cursor(raw: str | None) -> str | None:
+    """Opaque to clients: what a cursor holds may change without breaking them."""
+    return None if raw is None else base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> str | None:
+    if not cursor:
+        return None
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise InvalidCursor("use the next_cursor of a previous page") from None
+
+
+def decode_seq_cursor(cursor: str | None) -> int | None:
+    raw = decode_cursor(cursor)
+    if raw is None:
+        return None
+    if not raw.isdigit() or len(raw) > 19:
+        raise InvalidCursor("use the next_cursor of a previous page")
+    return int(raw)

@@ -1,0 +1,125 @@
+"""The Idempotency-Key header: replays, conflicts, scoping, and what is not stored."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.api.conftest import assert_problem, create_account
+
+REPLAYED = "Idempotent-Replayed"
+
+
+def _k(t, key):
+    return {**t.w, "Idempotency-Key": key}
+
+
+def test_account_create_replays_the_stored_response(client, tenant):
+    body = {"asset": "USD", "kind": "customer_wallet"}  # no client id: the key is the only guard
+    first = client.post("/v1/accounts", json=body, headers=_k(tenant, "acc-key-1"))
+    assert first.status_code == 201 and REPLAYED not in first.headers
+    again = client.post("/v1/accounts", json=body, headers=_k(tenant, "acc-key-1"))
+    assert again.status_code == 201
+    assert again.headers[REPLAYED] == "true"
+    assert again.content == first.content
+    assert len(client.get("/v1/accounts", headers=tenant.r).json()["data"]) == 1
+
+
+def test_same_key_different_body_is_409(client, tenant):
+    client.post("/v1/accounts", json={"asset": "USD", "kind": "a"}, headers=_k(tenant, "k"))
+    r = client.post("/v1/accounts", json={"asset": "USD", "kind": "b"}, headers=_k(tenant, "k"))
+    assert_problem(r, 409, "idempotency_conflict")
+    # The key names one request of the tenant, whatever the endpoint.
+    r = client.post("/v1/assets", json={"code": "KK", "scale": 2}, headers={**tenant.a, "Idempotency-Key": "k"})
+    assert_problem(r, 409, "idempotency_conflict")
+
+
+def test_keys_are_per_tenant(client, tenant, other_tenant):
+    body = {"asset": "USD", "kind": "a"}
+    a = client.post("/v1/accounts", json=body, headers=_k(tenant, "shared"))
+    b = client.post("/v1/accounts", json=body, headers=_k(other_tenant, "shared"))
+    assert a.status_code == b.status_code == 201
+    assert REPLAYED not in b.headers and a.json()["id"] != b.json()["id"]
+
+
+def test_errors_are_not_stored(client, tenant):
+    r = client.post("/v1/accounts", json={"asset": "NOPE", "kind": "a"}, headers=_k(tenant, "e"))
+    assert_problem(r, 404, "asset_not_found")
+    # Nothing was stored under the key, so it is free for the corrected request.
+    r = client.post("/v1/accounts", json={"asset": "USD", "kind": "a"}, headers=_k(tenant, "e"))
+    assert r.status_code == 201 and REPLAYED not in r.headers
+
+
+@pytest.mark.parametrize("key", ["", "k" * 256])
+def test_invalid_keys_are_422(client, tenant, key):
+    r = client.post("/v1/accounts", json={"asset": "USD", "kind": "a"}, headers=_k(tenant, key))
+    assert_problem(r, 422, "invalid_idempotency_key")
+    r = client.post("/v1/transfers", json={"id": "t", "pending_id": "p", "flags": ["void_pending"]},
+                    headers=_k(tenant, key))
+    assert_problem(r, 422, "invalid_idempotency_key")
+
+
+def test_longest_key_is_accepted(client, tenant):
+    r = client.post("/v1/accounts", json={"asset": "USD", "kind": "a"}, headers=_k(tenant, "k" * 255))
+    assert r.status_code == 201
+
+
+def test_asset_create_replay(client, tenant):
+    h = {**tenant.a, "Idempotency-Key": "asset-1"}
+    first = client.post("/v1/assets", json={"code": "IDEM", "scale": 2}, headers=h)
+    again = client.post("/v1/assets", json={"code": "IDEM", "scale": 2}, headers=h)
+    assert first.status_code == again.status_code == 201
+    assert again.headers[REPLAYED] == "true" and again.content == first.content
+
+
+def test_transfer_replay_conflict_and_failed_not_stored(client, tenant):
+    create_account(client, tenant, "src", kind="treasury")
+    create_account(client, tenant, "w", flags=["debits_must_not_exceed_credits"])
+    spend = {"id": "spend", "debit_account_id": "w", "credit_account_id": "src", "amount": "5", "asset": "USD"}
+    # Refused (no funds): not stored, so the same key and body are evaluated again later.
+    assert_problem(client.post("/v1/transfers", json=spend, headers=_k(tenant, "t-1")), 409, "exceeds_credits")
+    fund = {"id": "fund", "debit_account_id": "src", "credit_account_id": "w", "amount": "5", "asset": "USD"}
+    assert client.post("/v1/transfers", json=fund, headers=tenant.w).status_code == 201
+    first = client.post("/v1/transfers", json=spend, headers=_k(tenant, "t-1"))
+    assert first.status_code == 201 and REPLAYED not in first.headers
+    again = client.post("/v1/transfers", json=spend, headers=_k(tenant, "t-1"))
+    assert again.status_code == 201 and again.headers[REPLAYED] == "true"
+    assert again.content == first.content
+    # Without the key the transfer id still protects it: `exists`, 200.
+    plain = client.post("/v1/transfers", json=spend, headers=tenant.w)
+    assert plain.status_code == 200 and plain.json() == first.json()
+    r = client.post("/v1/transfers", json={**spend, "id": "spend-2"}, headers=_k(tenant, "t-1"))
+    assert_problem(r, 409, "idempotency_conflict")
+    acc = client.get("/v1/accounts/w", headers=tenant.r).json()
+    assert acc["balances"]["balance"] == "0.00"
+
+
+def test_batch_replay(client, tenant):
+    create_account(client, tenant, "a", kind="treasury")
+    create_account(client, tenant, "b")
+    batch = {"transfers": [
+        {"id": "x1", "debit_account_id": "a", "credit_account_id": "b", "amount": "1", "asset": "USD"},
+        {"id": "x2", "debit_account_id": "a", "credit_account_id": "ghost", "amount": "1", "asset": "USD"},
+    ]}
+    first = client.post("/v1/transfers", json=batch, headers=_k(tenant, "batch-1"))
+    again = client.post("/v1/transfers", json=batch, headers=_k(tenant, "batch-1"))
+    assert first.status_code == again.status_code == 200
+    assert again.headers[REPLAYED] == "true" and again.content == first.content
+    assert [r["result"] for r in again.json()["results"]] == ["ok", "credit_account_not_found"]
+
+
+def test_concurrent_requests_with_one_key_create_one_account(client, tenant):
+    body = {"asset": "USD", "kind": "race"}
+
+    def call(_: int) -> tuple[int, str]:
+        r = client.post("/v1/accounts", json=body, headers=_k(tenant, "race-key"))
+        return r.status_code, r.json().get("id", r.json().get("code"))
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(call, range(16)))
+    ids = {oid for status, oid in outcomes if status == 201}
+    assert len(ids) == 1, outcomes
+    # Every caller got the account or (mid-flight on another process) a clear 409 — never a 500.
+    assert all(status in (201, 409) for status, _ in outcomes), outcomes
+    assert len(client.get("/v1/accounts?kind=race", headers=tenant.r).json()["data"]) == 1

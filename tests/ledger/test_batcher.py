@@ -1,0 +1,268 @@
+"""Group commit: many callers, one transaction, each caller gets its own results."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future
+
+import pytest
+
+from meterline.clock import FrozenClock
+from meterline.db.engine import Database
+from meterline.ledger.batcher import BatcherStopped, LedgerBatcher
+from meterline.ledger.engine import engine
+from meterline.ledger.models import Transfer
+from meterline.ledger.service import ledger_service
+from meterline.ledger.types import AccountFlags, Segment, TransferFlags, TransferIn, TransferResult
+from tests.factories import make_account, make_tenant
+
+LINKED = int(TransferFlags.LINKED)
+DMNEC = int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS)
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """Every engine.apply the batcher makes: (tenant, number of segments)."""
+    seen: list[tuple[str, int]] = []
+    real = engine.apply
+
+    def recording(conn, tenant_id, segments, now_ns):  # type: ignore[no-untyped-def]
+        seen.append((tenant_id, len(segments)))
+        return real(conn, tenant_id, segments, now_ns)
+
+    monkeypatch.setattr(engine, "apply", recording)
+    return seen
+
+
+def _setup(db: Database, tenant: str, clock: FrozenClock, accounts: dict[str, int]) -> None:
+    with db.session() as s:
+        make_tenant(s, tenant, clock)
+        for acc_id, flags in accounts.items():
+            make_account(s, tenant, clock, id=acc_id, flags=flags)
+
+
+def _balance(db: Database, tenant: str, acc: str) -> tuple[int, int, int, int]:
+    with db.session(write=False) as s:
+        a = ledger_service.get_account(s, tenant, acc)
+        return (a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted)
+
+
+def _transfer_ids(db: Database, tenant: str) -> list[str]:
+    with db.session(write=False) as s:
+        return [t.id for t in ledger_service.list_transfers(s, tenant, limit=100_000).items]
+
+
+@pytest.fixture
+def batcher(db: Database, clock: FrozenClock) -> Iterator[LedgerBatcher]:
+    b = LedgerBatcher(db, clock, window_ms=50).start()
+    yield b
+    b.stop()
+
+
+def test_concurrent_callers_get_their_own_results(db, tenant_id, clock, calls):
+    threads_n, per_thread, funds = 12, 8, 5
+    _setup(db, tenant_id, clock, {"src": 0, "m": 0} | {f"w{i}": DMNEC for i in range(threads_n)})
+    with LedgerBatcher(db, clock, window_ms=20) as b:
+        b.post(tenant_id, [TransferIn(f"fund{i}", "src", f"w{i}", funds) for i in range(threads_n)])
+        barrier = threading.Barrier(threads_n)
+        results: dict[int, list[list[TransferResult]]] = {}
+        errors: list[BaseException] = []
+
+        def caller(i: int) -> None:
+            try:
+                barrier.wait()
+                mine = []
+                for j in range(per_thread):
+                    # One good transfer, one invalid one, and a resubmission of the good one.
+                    batch = [
+                        TransferIn(f"c{i}-{j}", f"w{i}", "m", 1),
+                        TransferIn(f"bad{i}-{j}", f"w{i}", f"w{i}", 1),
+                        TransferIn(f"c{i}-{j}", f"w{i}", "m", 1),
+                    ]
+                    mine.append(b.post(tenant_id, batch))
+                results[i] = mine
+            except BaseException as exc:  # surfaced below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=caller, args=(i,)) for i in range(threads_n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert not errors
+    for i in range(threads_n):
+        for j, res in enumerate(results[i]):
+            assert [r.id for r in res] == [f"c{i}-{j}", f"bad{i}-{j}", f"c{i}-{j}"]
+            # Each wallet holds 5: its first five transfers go through, the rest are refused.
+            first = "ok" if j < funds else "exceeds_credits"
+            second = "exists" if j < funds else "exceeds_credits"
+            assert [r.result for r in res] == [first, "accounts_must_be_different", second]
+            if j < funds:
+                assert res[0].transfer == res[2].transfer
+                assert res[0].transfer.debit_account_id == f"w{i}"
+        assert _balance(db, tenant_id, f"w{i}") == (0, funds, 0, funds)
+    assert _balance(db, tenant_id, "m") == (0, 0, 0, threads_n * funds)
+    assert len(_transfer_ids(db, tenant_id)) == threads_n + threads_n * funds
+    # The callers really were merged into shared transactions.
+    assert max(n for _, n in calls) > 1
+
+
+def test_linked_chains_never_cross_callers_segments(db, tenant_id, clock, batcher, calls):
+    _setup(db, tenant_id, clock, {"a": 0, "b": 0})
+    # Caller 1 leaves its chain open; caller 2's unlinked transfer must not close it.
+    f1 = batcher.submit(tenant_id, [TransferIn("x1", "a", "b", 1), TransferIn("x2", "a", "b", 2, flags=LINKED)])
+    f2 = batcher.submit(tenant_id, [TransferIn("y1", "a", "b", 4)])
+    # Caller 3's chain fails; caller 4's transfers are unaffected.
+    f3 = batcher.submit(tenant_id, [TransferIn("z1", "a", "b", 8, flags=LINKED), TransferIn("z2", "a", "a", 1)])
+    f4 = batcher.submit(tenant_id, [TransferIn("z3", "a", "b", 16)])
+    assert [r.result for r in f1.result(10)] == ["ok", "linked_event_chain_open"]
+    assert [r.result for r in f2.result(10)] == ["ok"]
+    assert [r.result for r in f3.result(10)] == ["linked_event_failed", "accounts_must_be_different"]
+    assert [r.result for r in f4.result(10)] == ["ok"]
+    assert calls == [(tenant_id, 4)]  # one transaction for all four callers
+    assert _balance(db, tenant_id, "a") == (0, 1 + 4 + 16, 0, 0)
+    assert _transfer_ids(db, tenant_id) == ["x1", "y1", "z3"]
+
+
+def test_engine_keeps_chains_inside_their_segment(session, tenant_id, clock):
+    make_tenant(session, tenant_id, clock)
+    make_account(session, tenant_id, clock, id="a")
+    make_account(session, tenant_id, clock, id="b")
+    segs = [Segment([TransferIn("x", "a", "b", 1, flags=LINKED)]), Segment([TransferIn("y", "a", "b", 2)])]
+    engine.apply(session.connection(), tenant_id, segs, clock.now_ns())
+    assert [r.result for r in segs[0].results] == ["linked_event_chain_open"]
+    assert [r.result for r in segs[1].results] == ["ok"]
+    assert segs[1].results[0].index == 0
+
+
+def test_a_poisoned_segment_is_retried_alone_and_fails_only_its_caller(db, clock, batcher, calls, monkeypatch):
+    tag = f"{time.time_ns():x}"
+    # Named so the poisoned tenant is applied last in the group (tenants go in sorted order).
+    tenants = [f"p{tag}-ok1", f"p{tag}-zbad", f"p{tag}-ok2"]
+    for t in tenants:
+        _setup(db, t, clock, {"a": 0, "b": 0})
+    good1, bad, good2 = tenants
+    recording = engine.apply  # the `calls` fixture's wrapper
+
+    def poisoned(conn, tenant_id, segments, now_ns):  # type: ignore[no-untyped-def]
+        out = recording(conn, tenant_id, segments, now_ns)  # writes, then the transaction dies
+        if tenant_id == bad:
+            raise RuntimeError("poisoned segment")
+        return out
+
+    monkeypatch.setattr(engine, "apply", poisoned)
+    futures = [batcher.submit(t, [TransferIn("t1", "a", "b", 5)]) for t in tenants]
+    assert [r.result for r in futures[0].result(10)] == ["ok"]
+    assert [r.result for r in futures[2].result(10)] == ["ok"]
+    with pytest.raises(RuntimeError, match="poisoned segment"):
+        futures[1].result(10)
+    # First the group (one transaction, tenants in sorted order), then each segment alone.
+    assert calls == [(good1, 1), (good2, 1), (bad, 1), (good1, 1), (bad, 1), (good2, 1)]
+    # The good tenants' transfers are committed exactly once; the poisoned one not at all.
+    for t in (good1, good2):
+        assert _transfer_ids(db, t) == ["t1"]
+        assert _balance(db, t, "a") == (0, 5, 0, 0)
+    assert _transfer_ids(db, bad) == []
+    assert _balance(db, bad, "a") == (0, 0, 0, 0)
+    # The batcher keeps serving.
+    assert [r.result for r in batcher.post(good1, [TransferIn("t2", "a", "b", 1)])] == ["ok"]
+
+
+def test_stop_drains_queued_work(db, tenant_id, clock, monkeypatch):
+    _setup(db, tenant_id, clock, {"a": 0, "b": 0})
+    real = engine.apply
+    gate = threading.Event()
+
+    def slow(conn, tenant_id_, segments, now_ns):  # type: ignore[no-untyped-def]
+        gate.wait(10)  # hold the writer so the rest stays queued
+        return real(conn, tenant_id_, segments, now_ns)
+
+    monkeypatch.setattr(engine, "apply", slow)
+    b = LedgerBatcher(db, clock, window_ms=0, max_transfers=1).start()
+    futures: list[Future[list[TransferResult]]] = [
+        b.submit(tenant_id, [TransferIn(f"t{i}", "a", "b", 1)]) for i in range(40)
+    ]
+    stopper = threading.Thread(target=b.stop, kwargs={"timeout": 30})
+    stopper.start()
+    time.sleep(0.05)
+    assert not all(f.done() for f in futures)
+    gate.set()
+    stopper.join(30)
+    assert all(f.done() for f in futures)
+    assert [f.result()[0].result for f in futures] == ["ok"] * 40
+    assert _balance(db, tenant_id, "a") == (0, 40, 0, 0)
+    assert len(_transfer_ids(db, tenant_id)) == 40
+
+
+def test_submit_after_stop_raises(db, tenant_id, clock):
+    _setup(db, tenant_id, clock, {"a": 0, "b": 0})
+    b = LedgerBatcher(db, clock)
+    with pytest.raises(BatcherStopped):
+        b.submit(tenant_id, [TransferIn("t0", "a", "b", 1)])  # never started
+    b.start()
+    assert [r.result for r in b.post(tenant_id, [TransferIn("t1", "a", "b", 1)])] == ["ok"]
+    b.stop()
+    b.stop()  # idempotent
+    with pytest.raises(BatcherStopped):
+        b.submit(tenant_id, [TransferIn("t2", "a", "b", 1)])
+    with pytest.raises(BatcherStopped):
+        b.post(tenant_id, [TransferIn("t3", "a", "b", 1)])
+    assert _transfer_ids(db, tenant_id) == ["t1"]
+
+
+def test_post_async(db, tenant_id, clock, batcher):
+    _setup(db, tenant_id, clock, {"a": 0, "b": 0})
+
+    async def both() -> list[list[TransferResult]]:
+        return await asyncio.gather(
+            batcher.post_async(tenant_id, [TransferIn("t1", "a", "b", 1)]),
+            batcher.post_async(tenant_id, [TransferIn("t2", "a", "b", 2)]),
+        )
+
+    r1, r2 = asyncio.run(both())
+    assert (r1[0].result, r2[0].result) == ("ok", "ok")
+    assert _balance(db, tenant_id, "b") == (0, 0, 0, 3)
+
+
+def test_system_segments_may_void_expired_holds(db, tenant_id, clock, batcher):
+    _setup(db, tenant_id, clock, {"a": 0, "b": 0})
+    pending = int(TransferFlags.PENDING)
+    void = int(TransferFlags.VOID_PENDING)
+    assert batcher.post(tenant_id, [TransferIn("p", "a", "b", 5, flags=pending, timeout_s=1)])[0].result == "ok"
+    clock.advance(1)
+    expire = TransferIn("expire:p", pending_id="p", flags=void, code="expired")
+    assert batcher.post(tenant_id, [expire])[0].result == "pending_transfer_expired"
+    assert batcher.post(tenant_id, [expire], system=True)[0].result == "ok"
+    assert _balance(db, tenant_id, "a") == (0, 0, 0, 0)
+
+
+def test_a_cancelled_caller_does_not_stop_the_batcher(db, tenant_id, clock, monkeypatch):
+    # post_async's asyncio.wrap_future cancels the batcher's future when the awaiting request
+    # is cancelled (client gone, timeout) — an everyday event for an HTTP server.
+    _setup(db, tenant_id, clock, {"a": 0, "b": 0})
+    real = engine.apply
+    gate = threading.Event()
+
+    def held(conn, tenant_id_, segments, now_ns):  # type: ignore[no-untyped-def]
+        gate.wait(10)
+        return real(conn, tenant_id_, segments, now_ns)
+
+    monkeypatch.setattr(engine, "apply", held)
+    b = LedgerBatcher(db, clock, window_ms=0).start()
+    try:
+        first = b.submit(tenant_id, [TransferIn("t1", "a", "b", 1)])
+        second = b.submit(tenant_id, [TransferIn("t2", "a", "b", 1)])
+        second.cancel()
+        gate.set()
+        assert first.result(10)[0].result == "ok"
+        third = b.submit(tenant_id, [TransferIn("t3", "a", "b", 1)])
+        assert third.result(2)[0].result == "ok"
+        # The cancelled caller's transfer was never applied.
+        with db.session(write=False) as s:
+            assert s.get(Transfer, (tenant_id, "t2")) is None
+    finally:
+        gate.set()
+        b.stop(timeout=5)
