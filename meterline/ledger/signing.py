@@ -50,7 +50,7 @@ def load_signer(path: Path, *, create: bool) -> Signer:
     if not path.exists():
         if not create:
             raise SigningKeyError(
-                f"signing key {path} not found; create one with `meterline keys signing-key` "
+                f"signing key {path} not found; create one with `meterline ledger keygen {path}` "
                 "or set METERLINE_SIGNING_KEY_FILE"
             )
         path.parent.mkdir(parents=True, exist_ok=True)

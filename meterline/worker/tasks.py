@@ -1,0 +1,114 @@
+"""The worker's periodic ledger jobs.
+
+- ``ledger.expire_holds``: void every open hold whose timeout has passed, with
+  reason ``expired``, through the batcher as a system transfer (the engine then
+  marks the hold 'expired' and releases the reserved amounts). The void's id is
+  derived from the hold (``expire:<pending_id>``), so two sweeps racing over the
+  same hold post it once: the second gets ``exists`` / ``…_already_…``.
+- ``ledger.seal_blocks``: seal every tenant's unsealed transfers into signed blocks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+
+from meterline.clock import Clock
+from meterline.config import Settings
+from meterline.db.engine import Database
+from meterline.ledger.batcher import LedgerBatcher
+from meterline.ledger.blocks import block_service
+from meterline.ledger.service import ledger_service
+from meterline.ledger.signing import Signer
+from meterline.ledger.types import CODE_EXPIRED, TransferFlags, TransferIn
+from meterline.payouts import tasks as payout_tasks
+from meterline.rentals import tasks as rental_tasks
+from meterline.worker.scheduler import Job
+
+log = logging.getLogger(__name__)
+
+EXPIRE_HOLDS = "ledger.expire_holds"
+SEAL_BLOCKS = "ledger.seal_blocks"
+# Payouts are retried on their own backoff (30 s and up); a few seconds' delay is invisible.
+PAYOUT_INTERVAL_S = 5.0
+
+_MAX_TRANSFER_ID = 128
+# Outcomes meaning the hold was resolved by someone else first: nothing left to do.
+_ALREADY_RESOLVED = frozenset({
+    "exists",
+    "pending_transfer_already_posted",
+    "pending_transfer_already_voided",
+    "pending_transfer_expired",
+})
+
+
+@dataclass(frozen=True, slots=True)
+class JobContext:
+    db: Database
+    clock: Clock
+    batcher: LedgerBatcher
+    settings: Settings
+    signer: Signer
+
+
+def expiry_transfer_id(pending_id: str) -> str:
+    tid = f"expire:{pending_id}"
+    if len(tid) <= _MAX_TRANSFER_ID:
+        return tid
+    # A maximal-length pending id would not fit; a digest keeps the id deterministic.
+    return "expire:sha256:" + hashlib.sha256(pending_id.encode()).hexdigest()
+
+
+def expire_holds(ctx: JobContext, *, batch: int = 1000, max_rounds: int = 100) -> int:
+    """Void holds past `expires_at`. Returns how many this pass expired."""
+    expired = 0
+    for _ in range(max_rounds):
+        now = ctx.clock.now_ns()
+        with ctx.db.session(write=False) as session:
+            due = [(h.tenant_id, h.transfer_id) for h in ledger_service.expired_holds(session, now, batch)]
+        if not due:
+            break
+        by_tenant: dict[str, list[str]] = {}
+        for tenant_id, pending_id in due:
+            by_tenant.setdefault(tenant_id, []).append(pending_id)
+        progress = 0
+        for tenant_id, pending_ids in by_tenant.items():
+            # One segment per tenant; the voids are not linked, so each succeeds or fails alone.
+            results = ctx.batcher.post(
+                tenant_id,
+                [
+                    TransferIn(id=expiry_transfer_id(pid), pending_id=pid,
+                               flags=TransferFlags.VOID_PENDING, code=CODE_EXPIRED)
+                    for pid in pending_ids
+                ],
+                system=True,
+            )
+            for pid, res in zip(pending_ids, results, strict=True):
+                if res.result == "ok":
+                    expired += 1
+                    progress += 1
+                elif res.result in _ALREADY_RESOLVED:
+                    progress += 1
+                else:
+                    log.warning("could not expire hold %s/%s: %s", tenant_id, pid, res.result)
+        if len(due) < batch or not progress:
+            break
+    return expired
+
+
+def seal_blocks(ctx: JobContext) -> int:
+    """Seal every tenant's unsealed transfers. Returns the number of blocks sealed."""
+    return block_service.seal_all(ctx.db, ctx.signer, ctx.clock.now_ns(), ctx.settings.block_max_transfers)
+
+
+def default_jobs(ctx: JobContext) -> list[Job]:
+    return [
+        Job(EXPIRE_HOLDS, ctx.settings.sweep_interval_s, lambda: expire_holds(ctx)),
+        Job(SEAL_BLOCKS, ctx.settings.seal_interval_s, lambda: seal_blocks(ctx)),
+        Job(rental_tasks.SETTLE_EXPIRED, ctx.settings.sweep_interval_s,
+            lambda: rental_tasks.settle_expired(ctx.db, ctx.clock)),
+        Job(rental_tasks.RENEW_COVER, ctx.settings.sweep_interval_s,
+            lambda: rental_tasks.renew_cover(ctx.db, ctx.clock)),
+        Job(payout_tasks.EXECUTE_DUE, PAYOUT_INTERVAL_S, lambda: payout_tasks.execute_due(ctx.db, ctx.clock)),
+    ]

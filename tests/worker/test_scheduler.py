@@ -1,0 +1,180 @@
+"""Scheduled jobs: due-ness by the injected clock, error capture, and one run per due job across workers."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+from sqlalchemy import text
+
+from meterline.clock import FrozenClock, system_clock
+from meterline.config import Settings
+from meterline.db.engine import Database
+from meterline.ledger.batcher import LedgerBatcher
+from meterline.ledger.signing import Signer
+from meterline.worker.runner import Worker
+from meterline.worker.scheduler import Job, Scheduler
+
+
+def _name() -> str:
+    return f"test.job_{uuid.uuid4().hex[:10]}"
+
+
+def _row(db: Database, name: str) -> dict:
+    with db.engine.connect() as conn:
+        row = conn.execute(text("SELECT * FROM scheduled_jobs WHERE name = :n"), {"n": name}).mappings().one()
+        return dict(row)
+
+
+class Counter:
+    def __init__(self, fail: bool = False) -> None:
+        self.n = 0
+        self.fail = fail
+        self.lock = threading.Lock()
+
+    def __call__(self) -> int:
+        with self.lock:
+            self.n += 1
+        if self.fail:
+            raise RuntimeError("boom")
+        return 7
+
+
+def test_due_job_runs_once_per_interval(db, clock):
+    name, count = _name(), Counter()
+    sched = Scheduler(db, clock, [Job(name, 10, count)])
+    assert sched.run_due() == {name: 7}
+    assert sched.run_due() == {}  # next_run_at moved 10s ahead
+    clock.advance(9)
+    assert sched.run_due() == {}
+    clock.advance(1)
+    assert sched.run_due() == {name: 7}
+    assert count.n == 2
+    row = _row(db, name)
+    assert row["run_count"] == 2 and row["last_error"] is None
+    assert row["last_run_at"] == clock.now_ns()
+    assert row["next_run_at"] == clock.now_ns() + 10 * 1_000_000_000
+
+
+def test_force_runs_a_job_that_is_not_due(db, clock):
+    name, count = _name(), Counter()
+    sched = Scheduler(db, clock, [Job(name, 3600, count)])
+    sched.run_due()
+    assert sched.run_due() == {}
+    assert sched.run_due(force=True) == {name: 7}
+    assert count.n == 2
+
+
+def test_registration_is_idempotent_and_keeps_the_schedule(db, clock):
+    name = _name()
+    Scheduler(db, clock, [Job(name, 60, Counter())]).run_due()
+    due_at = _row(db, name)["next_run_at"]
+    again = Scheduler(db, clock, [Job(name, 60, Counter())])
+    again.ensure_registered()
+    assert _row(db, name)["next_run_at"] == due_at
+    assert again.run_due() == {}
+
+
+def test_failing_job_is_recorded_and_does_not_stop_others(db, clock):
+    bad, good = _name(), _name()
+    failing, ok = Counter(fail=True), Counter()
+    sched = Scheduler(db, clock, [Job(bad, 1, failing), Job(good, 1, ok)])
+    assert sched.run_due() == {good: 7}
+    row = _row(db, bad)
+    assert row["last_error"] == "RuntimeError: boom" and row["run_count"] == 1
+    clock.advance(1)
+    failing.fail = False
+    assert sched.run_due() == {bad: 7, good: 7}
+    assert _row(db, bad)["last_error"] is None
+
+
+def test_duplicate_job_names_are_refused(db, clock):
+    with pytest.raises(ValueError):
+        Scheduler(db, clock, [Job("x", 1, Counter()), Job("x", 2, Counter())])
+
+
+@pytest.mark.postgres
+def test_two_workers_run_a_due_job_once(postgres_url):
+    """Two schedulers on separate connection pools race for the same due job, many rounds."""
+    clock = FrozenClock()
+    name = _name()
+    counter = Counter()
+    dbs = [Database(postgres_url), Database(postgres_url)]
+    try:
+        scheds = [Scheduler(d, clock, [Job(name, 5, counter)]) for d in dbs]
+        for s in scheds:
+            s.ensure_registered()
+        rounds = 25
+        barrier = threading.Barrier(2)
+        ran: list[list[dict[str, int]]] = [[], []]
+        errors: list[BaseException] = []
+
+        def work(i: int) -> None:
+            try:
+                for _ in range(rounds):
+                    barrier.wait()
+                    ran[i].append(scheds[i].run_due())
+                    barrier.wait()
+                    if i == 0:
+                        clock.advance(5)
+                    barrier.wait()
+            except BaseException as exc:
+                errors.append(exc)
+                barrier.abort()
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors
+        assert counter.n == rounds
+        for r in range(rounds):
+            assert sum(name in ran[i][r] for i in range(2)) == 1, r
+        assert _row(dbs[0], name)["run_count"] == rounds
+    finally:
+        for d in dbs:
+            d.dispose()
+
+
+@pytest.mark.postgres
+def test_a_locked_job_is_skipped_not_waited_for(postgres_url):
+    """While another worker holds the job's row (mid-claim), SKIP LOCKED passes it by at once."""
+    clock = FrozenClock()
+    name = _name()
+    counter = Counter()
+    db = Database(postgres_url)
+    try:
+        sched = Scheduler(db, clock, [Job(name, 5, counter)])
+        sched.ensure_registered()
+        with db.engine.connect() as other, other.begin():
+            other.execute(text("SELECT 1 FROM scheduled_jobs WHERE name = :n FOR UPDATE"), {"n": name})
+            started = time.monotonic()
+            assert sched.run_due() == {}
+            assert time.monotonic() - started < 5
+        assert sched.run_due() == {name: 7}
+        assert counter.n == 1
+    finally:
+        db.dispose()
+
+
+def test_worker_loop_runs_jobs_and_survives_failures(db):
+    good, bad = _name(), _name()
+    ok, failing = Counter(), Counter(fail=True)
+    settings = Settings(database_url=db.url)
+    with LedgerBatcher(db, system_clock) as batcher:
+        worker = Worker(db=db, clock=system_clock, batcher=batcher, settings=settings,
+                        signer=Signer.generate(), jobs=[Job(good, 0.05, ok), Job(bad, 0.05, failing)])
+        worker.start()
+        try:
+            deadline = time.monotonic() + 20
+            while (ok.n < 3 or failing.n < 3) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert worker.running
+        finally:
+            worker.stop()
+    assert ok.n >= 3 and failing.n >= 3
+    assert not worker.running
+    assert _row(db, bad)["last_error"] == "RuntimeError: boom"
