@@ -44,9 +44,12 @@ def test_sigkill_under_write_load_loses_no_acknowledged_transfer(server):
     acked: list[str] = []
 
     async def main() -> None:
-        stop_at = time.monotonic() + 30
+        stop_at = time.monotonic() + 60
         tasks = [asyncio.create_task(_load(server.url, stop_at, acked, w)) for w in range(16)]
-        await asyncio.sleep(2.0)  # let the load build up, then crash mid-flight
+        # Let the load build up (however slow the machine), then crash mid-flight.
+        deadline = time.monotonic() + 45
+        while len(acked) < 300 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         server.kill()
         await asyncio.gather(*tasks)
 
