@@ -17,11 +17,10 @@ Nothing here commits; the batcher or the request edge owns the transaction.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
-
-import json
 
 from sqlalchemy import Connection
 
@@ -48,6 +47,7 @@ _DMNEC = int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS)
 _CMNED = int(AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS)
 _MAX_ID = 128
 _CHUNK = 900  # stays under every driver's bound-parameter limit
+_COPY_MIN_ROWS = 32  # PostgreSQL: below this, a pipelined INSERT beats COPY's extra round trips
 
 
 @dataclass(slots=True)
@@ -490,12 +490,22 @@ class LedgerEngine:
             res.transfer = _stored(row)
         if not rows:
             return
-        sql.many(conn, f"INSERT INTO transfers ({_TRANSFER_COLS}) VALUES ({sql.marks(len(_TRANSFER_FIELDS))})", rows)
+        # Every write of the batch goes out in one go: on PostgreSQL as one pipeline (one
+        # round trip instead of one per statement), on SQLite one after the other.
+        # (kind, statement, parameters, check) — check(rowcount) returns an error or None.
+        writes: list[tuple[str, str, Any, Any]] = []
+        if sql.pg and len(rows) >= _COPY_MIN_ROWS:
+            # COPY: one stream instead of a Bind/Execute per row (a few times faster). COPY
+            # cannot run inside a pipeline, so it goes first, on its own.
+            sql.copy(conn, f"COPY transfers ({_TRANSFER_COLS}) FROM STDIN", rows)
+        else:
+            writes.append(("many", f"INSERT INTO transfers ({_TRANSFER_COLS}) "
+                           f"VALUES ({sql.marks(len(_TRANSFER_FIELDS))})", rows, None))
 
         new_holds = [h for h in batch.holds.values() if h.is_new]
         if new_holds:
-            sql.many(
-                conn,
+            writes.append((
+                "many",
                 "INSERT INTO holds (tenant_id, transfer_id, debit_account_id, credit_account_id, amount, "
                 "asset, state, created_at, expires_at, resolved_by, resolved_at, posted_amount) "
                 f"VALUES ({sql.marks(12)})",
@@ -505,33 +515,54 @@ class LedgerEngine:
                      h.posted_amount)
                     for h in new_holds
                 ],
-            )
+                None,
+            ))
         resolved = [h for h in batch.holds.values() if h.dirty and not h.is_new]
         p = sql.p
         if resolved:
             # Guarded by state = 'pending': a hold is resolved exactly once. The head lock
             # makes a concurrent change impossible; the guard makes it visible if it happens.
-            count = sql.many(
-                conn,
+            n_resolved = len(resolved)
+            writes.append((
+                "many",
                 f"UPDATE holds SET state = {p}, resolved_by = {p}, resolved_at = {p}, posted_amount = {p} "
                 f"WHERE tenant_id = {p} AND transfer_id = {p} AND state = 'pending'",
                 [(h.state, h.resolved_by, h.resolved_at, h.posted_amount, tenant_id, h.transfer_id)
                  for h in resolved],
-            )
-            if count not in (-1, len(resolved)):
-                raise RuntimeError("hold resolved concurrently; ledger head lock violated")
+                lambda count: None if count in (-1, n_resolved)
+                else "hold resolved concurrently; ledger head lock violated",
+            ))
 
-        sql.many(
-            conn,
-            f"UPDATE accounts SET debits_pending = {p}, debits_posted = {p}, credits_pending = {p}, "
-            f"credits_posted = {p} WHERE tenant_id = {p} AND id = {p}",
-            [(acc.dp, acc.dpo, acc.cp, acc.cpo, tenant_id, acc_id)
-             for acc_id, acc in batch.accounts.items() if acc.dirty],
-        )
-        conn.exec_driver_sql(
+        dirty = [(acc_id, acc) for acc_id, acc in batch.accounts.items() if acc.dirty]
+        if sql.pg:
+            # One statement with five array parameters instead of a Bind/Execute per account:
+            # psycopg's per-row executemany work cost more than the updates themselves.
+            n_dirty = len(dirty)
+            writes.append((
+                "one",
+                "UPDATE accounts AS a SET debits_pending = v.dp, debits_posted = v.dpo, "
+                "credits_pending = v.cp, credits_posted = v.cpo "
+                "FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[]) "
+                "AS v(id, dp, dpo, cp, cpo) WHERE a.tenant_id = %s AND a.id = v.id",
+                ([i for i, _ in dirty], [a.dp for _, a in dirty], [a.dpo for _, a in dirty],
+                 [a.cp for _, a in dirty], [a.cpo for _, a in dirty], tenant_id),
+                lambda count: None if count == n_dirty else f"updated {count} of {n_dirty} accounts",
+            ))
+        else:
+            writes.append((
+                "many",
+                f"UPDATE accounts SET debits_pending = {p}, debits_posted = {p}, credits_pending = {p}, "
+                f"credits_posted = {p} WHERE tenant_id = {p} AND id = {p}",
+                [(acc.dp, acc.dpo, acc.cp, acc.cpo, tenant_id, acc_id) for acc_id, acc in dirty],
+                None,
+            ))
+        writes.append((
+            "one",
             f"UPDATE ledger_heads SET last_seq = {p}, last_hash = {p}, last_timestamp = {p} WHERE tenant_id = {p}",
             (seq, prev, ts - 1, tenant_id),
-        )
+            None,
+        ))
+        sql.write_all(conn, writes)
 
 
 _TRANSFER_FIELDS = (
@@ -568,8 +599,16 @@ class _Sql:
         cur = _cursor(conn)
         try:
             if self.pg:
-                # One array parameter instead of thousands of placeholders.
-                cur.execute(f"{head} WHERE tenant_id = %s AND {col} = ANY(%s)", (tenant_id, list(ids)))
+                # One array parameter instead of thousands of placeholders, probed one key at a
+                # time: LATERAL ... LIMIT 1 cannot be flattened into a join, so the plan is a
+                # nested loop of primary-key lookups whatever the statistics say. The plain
+                # `col = ANY(%s)` form let the planner pick a tenant-only index (or, once
+                # psycopg prepared it, a generic plan) that reads every row of the tenant.
+                cur.execute(
+                    f"SELECT x.* FROM unnest(%s::text[]) AS k(key) CROSS JOIN LATERAL "
+                    f"({head} WHERE tenant_id = %s AND {col} = k.key LIMIT 1) AS x",
+                    (list(ids), tenant_id),
+                )
                 return list(cur.fetchall())
             out: list[Any] = []
             for chunk in _chunks(sorted(ids)):
@@ -577,6 +616,64 @@ class _Sql:
                 cur.execute(q, (tenant_id, *chunk))
                 out.extend(cur.fetchall())
             return out
+        finally:
+            cur.close()
+
+    def write_all(self, conn: Connection, writes: list[tuple[str, str, Any, Any]]) -> None:
+        """Run (kind, statement, params, check) writes in order; on PostgreSQL as one pipeline.
+
+        Row counts are checked after all of them ran; a failed check raises, which rolls
+        the caller's transaction back.
+        """
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        cursors: list[Any] = []
+        try:
+            if self.pg:
+                with raw.pipeline():  # type: ignore[attr-defined]
+                    for kind, statement, params, _ in writes:
+                        cur = raw.cursor()
+                        cursors.append(cur)
+                        if kind == "many":
+                            cur.executemany(statement, params)
+                        else:
+                            cur.execute(statement, params)
+            else:
+                for kind, statement, params, _ in writes:
+                    cur = raw.cursor()
+                    cursors.append(cur)
+                    if kind == "many":
+                        if params:
+                            cur.executemany(statement, params)
+                    else:
+                        cur.execute(statement, params)
+            for (_, _, _, check), cur in zip(writes, cursors, strict=True):
+                if check is not None:
+                    error = check(int(cur.rowcount))
+                    if error:
+                        raise RuntimeError(error)
+        finally:
+            for cur in cursors:
+                cur.close()
+
+    @staticmethod
+    def execute(conn: Connection, statement: str, params: tuple[Any, ...]) -> int:
+        """One statement on the raw driver cursor; returns the affected row count."""
+        cur = _cursor(conn)
+        try:
+            cur.execute(statement, params)
+            return int(cur.rowcount)
+        finally:
+            cur.close()
+
+    @staticmethod
+    def copy(conn: Connection, statement: str, rows: list[tuple[Any, ...]]) -> None:
+        """PostgreSQL COPY FROM STDIN of `rows` on the raw psycopg cursor (same transaction)."""
+        cur = _cursor(conn)
+        try:
+            with cur.copy(statement) as cp:
+                for row in rows:
+                    cp.write_row(row)
         finally:
             cur.close()
 

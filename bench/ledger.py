@@ -1,0 +1,565 @@
+"""Ledger posting benchmark.
+
+Parts (see the issue's Performance section):
+
+1. batches of 1000 transfers through the service API (`LedgerBatcher.post`, one
+   caller posting batch after batch), over 10,000 accounts, spread (random
+   pairs) and hot (every transfer debits or credits one account) — SQLite and
+   PostgreSQL; several repetitions, the MEDIAN is reported;
+2. single transfers (one per call) from 8 client threads through
+   `LedgerBatcher.post` for a fixed duration — throughput, p50 and p99
+   latency; PostgreSQL for the summary (SQLite printed for reference);
+3. single-transfer `POST /v1/transfers` over HTTP with 32 concurrent
+   keep-alive connections against one `meterline serve --dev` process on
+   SQLite — requests/s, p50, p99, errors;
+4. the same load against `GET /health` on the same server (the ceiling).
+
+HTTP client: a minimal HTTP/1.1 keep-alive client on asyncio (+ uvloop), with
+request bytes built by string formatting, so the load generator costs a few
+tens of microseconds per request. It shares the 2 cores with the server; httpx
+costs several times more CPU per request and would measure itself. Use
+--client-procs N to split the 32 connections over N processes.
+
+Every run ends with a consistency check of the ledger it wrote (Σ debits =
+Σ credits per asset, every balance = the sum of its transfers, seq gap-free,
+every acknowledged transfer stored exactly once) and `verify_ledger`'s chain
+recomputation, printed as OK/FAIL.
+
+Usage: python bench/ledger.py [--only service|http] [--seconds S] [--reps N]
+                               [--backends sqlite,postgres]
+The last line is `BENCH ledger key=value ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sqlalchemy import insert, text
+
+from bench._common import (
+    fmt,
+    fresh_postgres,
+    fresh_sqlite,
+    median,
+    percentile,
+    postgres_reachable,
+    summary_line,
+)
+from meterline.clock import SystemClock
+from meterline.db.engine import Database
+from meterline.identity.service import identity_service
+from meterline.ledger.batcher import LedgerBatcher
+from meterline.ledger.models import Account
+from meterline.ledger.types import TransferIn
+
+ACCOUNTS = 10_000
+BATCH = 1000
+HOT = "hot"
+SINGLE_CLIENTS = 8
+HTTP_CLIENTS = 32
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def log(msg: str = "") -> None:
+    print(msg, flush=True)
+
+
+# -- setup ------------------------------------------------------------------------------
+
+
+def setup_ledger(db: Database, tenant: str) -> list[str]:
+    """Tenant with standard assets, a hot treasury account and ACCOUNTS wallets (no limits)."""
+    clock = SystemClock()
+    now = clock.now_ns()
+    with db.session() as s:
+        identity_service.ensure_tenant(s, tenant, now)
+    ids = [f"acc{i:05d}" for i in range(ACCOUNTS)]
+    rows: list[dict[str, Any]] = [
+        dict(tenant_id=tenant, id=a, asset="USD", kind="customer_wallet", owner_type=None, owner_id=None,
+             flags=0, debits_pending=0, debits_posted=0, credits_pending=0, credits_posted=0,
+             created_at=now, metadata_=None)
+        for a in [HOT, *ids]
+    ]
+    rows[0]["kind"] = "treasury"
+    with db.engine.begin() as conn:
+        conn.execute(insert(Account), rows)
+    # Planner statistics for the new accounts, as autovacuum (PostgreSQL) or
+    # `PRAGMA optimize` (SQLite) would have them on a running system.
+    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql("ANALYZE accounts" if not db.is_sqlite else "ANALYZE")
+    return ids
+
+
+def make_transfers(prefix: str, n: int, ids: list[str], hot: bool, rng: random.Random) -> list[TransferIn]:
+    out = []
+    for i in range(n):
+        if hot:
+            other = ids[rng.randrange(len(ids))]
+            dr, cr = (HOT, other) if i % 2 == 0 else (other, HOT)
+        else:
+            d, c = rng.sample(range(len(ids)), 2)
+            dr, cr = ids[d], ids[c]
+        out.append(TransferIn(f"{prefix}-{i}", dr, cr, rng.randint(1, 1000), "USD"))
+    return out
+
+
+# -- consistency check ----------------------------------------------------------------
+
+
+def check_ledger(db: Database, tenant: str, expected_ok: int | None) -> bool:
+    """Σ debits = Σ credits, balances = sums of transfers, seq gap-free, count as acknowledged."""
+    problems: list[str] = []
+    with db.engine.connect() as conn:
+        p = {"t": tenant}
+        for asset, dpo, cpo, dp, cp in conn.execute(text(
+            "SELECT asset, SUM(debits_posted), SUM(credits_posted), SUM(debits_pending), SUM(credits_pending) "
+            "FROM accounts WHERE tenant_id = :t GROUP BY asset"), p):
+            if dpo != cpo or dp != cp:
+                problems.append(f"{asset}: debits {dpo}/{dp} != credits {cpo}/{cp}")
+        n, max_seq, min_seq, non_plain = conn.execute(text(
+            "SELECT COUNT(*), MAX(seq), MIN(seq), SUM(CASE WHEN flags <> 0 THEN 1 ELSE 0 END) "
+            "FROM transfers WHERE tenant_id = :t"), p).one()
+        if n and (min_seq != 1 or max_seq != n):
+            problems.append(f"seq not gap-free: {n} transfers, seq {min_seq}..{max_seq}")
+        if non_plain:
+            problems.append(f"{non_plain} transfers with flags (the bench posts plain transfers only)")
+        head = conn.execute(text("SELECT last_seq FROM ledger_heads WHERE tenant_id = :t"), p).scalar()
+        if (head or 0) != n:
+            problems.append(f"head last_seq {head} != {n} transfers")
+        if expected_ok is not None and n != expected_ok:
+            problems.append(f"{n} transfers stored, {expected_ok} acknowledged")
+        bad = conn.execute(text(
+            """
+            SELECT COUNT(*) FROM accounts a
+            LEFT JOIN (SELECT debit_account_id AS id, SUM(amount) AS s FROM transfers
+                       WHERE tenant_id = :t GROUP BY debit_account_id) d ON d.id = a.id
+            LEFT JOIN (SELECT credit_account_id AS id, SUM(amount) AS s FROM transfers
+                       WHERE tenant_id = :t GROUP BY credit_account_id) c ON c.id = a.id
+            WHERE a.tenant_id = :t
+              AND (a.debits_posted <> COALESCE(d.s, 0) OR a.credits_posted <> COALESCE(c.s, 0)
+                   OR a.debits_pending <> 0 OR a.credits_pending <> 0)
+            """), p).scalar()
+        if bad:
+            problems.append(f"{bad} accounts whose balances differ from their transfers")
+    try:
+        from meterline.ledger.verify import verify_ledger
+    except ImportError:
+        verify_ledger = None  # type: ignore[assignment]
+    if verify_ledger is not None:
+        report = verify_ledger(db, tenant)
+        if not report.ok:
+            problems.append(report.summary() + ": " + "; ".join(str(x) for x in report.problems[:3]))
+    status = "OK" if not problems else "FAIL"
+    log(f"    consistency {status}: {n} transfers" + ("" if not problems else " — " + " | ".join(problems)))
+    return not problems
+
+
+# -- part 1: batches of 1000 --------------------------------------------------------------
+
+
+def bench_batches(db: Database, backend: str, args: argparse.Namespace) -> dict[str, float]:
+    tenant = "bench-batch"
+    ids = setup_ledger(db, tenant)
+    out: dict[str, float] = {}
+    acked = 0
+    ok = True
+    with LedgerBatcher(db, SystemClock()) as batcher:
+        for mode in ("spread", "hot"):
+            rng = random.Random(f"{backend}-{mode}")
+            # Warm-up: caches, prepared statements, the first touch of every page.
+            for w in range(2):
+                res = batcher.post(tenant, make_transfers(f"{mode}-w{w}", BATCH, ids, mode == "hot", rng))
+                acked += sum(r.result == "ok" for r in res)
+            rates = []
+            for rep in range(args.reps):
+                batches = [make_transfers(f"{mode}-r{rep}-b{b}", BATCH, ids, mode == "hot", rng)
+                           for b in range(args.batches)]
+                t0 = time.perf_counter()
+                for b in batches:
+                    res = batcher.post(tenant, b)
+                    bad = [r.result for r in res if r.result != "ok"]
+                    if bad:
+                        raise SystemExit(f"unexpected results: {bad[:5]}")
+                elapsed = time.perf_counter() - t0
+                acked += BATCH * len(batches)
+                rates.append(BATCH * len(batches) / elapsed)
+            out[mode] = median(rates)
+            log(f"  {backend:8s} batch {mode:6s}: median {out[mode]:>9,.0f} transfers/s   "
+                f"(reps: {', '.join(f'{r:,.0f}' for r in rates)}; {args.batches}×{BATCH} per rep)")
+    ok = check_ledger(db, tenant, acked)
+    out["ok"] = float(ok)
+    return out
+
+
+# -- part 2: single transfers from 8 client threads ---------------------------------------
+
+
+def bench_single(db: Database, backend: str, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    tenant = "bench-single"
+    ids = setup_ledger(db, tenant)
+    out: dict[str, dict[str, float]] = {}
+    acked = 0
+    errors = 0
+    with LedgerBatcher(db, SystemClock(), window_ms=args.window_ms) as batcher:
+        for mode in ("spread", "hot"):
+            rates: list[float] = []
+            lats: list[float] = []
+            for rep in range(args.single_reps):
+                stop = threading.Event()
+                results: list[tuple[int, int, list[float]]] = []
+                lock = threading.Lock()
+
+                def client(w: int, mode: str = mode, rep: int = rep, stop: threading.Event = stop,
+                           results: list[tuple[int, int, list[float]]] = results,
+                           lock: threading.Lock = lock) -> None:
+                    rng = random.Random(f"{backend}-{mode}-{rep}-{w}")
+                    mine: list[float] = []
+                    okc = errc = 0
+                    i = 0
+                    hot = mode == "hot"
+                    while not stop.is_set():
+                        t = make_transfers(f"s-{mode}-{rep}-{w}-{i}", 1, ids, hot, rng)
+                        if hot and rng.random() < 0.5:  # both directions through the hot account
+                            t[0].debit_account_id, t[0].credit_account_id = t[0].credit_account_id, t[0].debit_account_id
+                        i += 1
+                        t0 = time.perf_counter()
+                        r = batcher.post(tenant, t)[0]
+                        mine.append(time.perf_counter() - t0)
+                        if r.result == "ok":
+                            okc += 1
+                        else:
+                            errc += 1
+                    with lock:
+                        results.append((okc, errc, mine))
+
+                threads = [threading.Thread(target=client, args=(w,)) for w in range(SINGLE_CLIENTS)]
+                t0 = time.perf_counter()
+                for th in threads:
+                    th.start()
+                time.sleep(args.seconds)
+                stop.set()
+                for th in threads:
+                    th.join()
+                elapsed = time.perf_counter() - t0
+                n_ok = sum(r[0] for r in results)
+                errors += sum(r[1] for r in results)
+                acked += n_ok
+                rates.append(n_ok / elapsed)
+                lats.extend(x for r in results for x in r[2])
+            lats.sort()
+            out[mode] = {"tps": median(rates), "p50": percentile(lats, 50) * 1000,
+                         "p99": percentile(lats, 99) * 1000}
+            log(f"  {backend:8s} single {mode:6s}: median {out[mode]['tps']:>8,.0f} transfers/s  "
+                f"p50 {out[mode]['p50']:.2f} ms  p99 {out[mode]['p99']:.2f} ms   "
+                f"(reps: {', '.join(f'{r:,.0f}' for r in rates)}; {SINGLE_CLIENTS} clients × {args.seconds:g}s)")
+    if errors:
+        log(f"    {errors} transfers were not ok")
+    check_ledger(db, tenant, acked)
+    return out
+
+
+def run_service(args: argparse.Namespace, summary: dict[str, str]) -> None:
+    for backend in args.backends:
+        if backend == "postgres" and not postgres_reachable():
+            continue
+        log(f"\n== {backend}: part 1 (batches of {BATCH}) and part 2 ({SINGLE_CLIENTS} single-transfer clients)")
+        cm = fresh_sqlite() if backend == "sqlite" else fresh_postgres()
+        with cm as url:
+            db = Database(url)
+            try:
+                b = bench_batches(db, backend, args)
+                key = "sqlite" if backend == "sqlite" else "pg"
+                summary[f"{key}_spread"] = fmt(b["spread"])
+                summary[f"{key}_hot"] = fmt(b["hot"])
+                s = bench_single(db, backend, args)
+                if backend == "postgres":
+                    summary["pg_single_spread"] = fmt(s["spread"]["tps"])
+                    summary["pg_single_hot"] = fmt(s["hot"]["tps"])
+            finally:
+                db.dispose()
+
+
+# -- parts 3 and 4: HTTP -------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _Conn:
+    """One keep-alive HTTP/1.1 connection; reads exactly one response per request."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    async def request(self, raw: bytes) -> tuple[int, bytes]:
+        self.writer.write(raw)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = -1
+        chunked = False
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            lname = name.strip().lower()
+            if lname == b"content-length":
+                length = int(value)
+            elif lname == b"transfer-encoding" and b"chunked" in value.lower():
+                chunked = True
+        if chunked:
+            body = b""
+            while True:
+                size = int((await self.reader.readuntil(b"\r\n")).strip().split(b";")[0], 16)
+                chunk = await self.reader.readexactly(size + 2)
+                if size == 0:
+                    break
+                body += chunk[:-2]
+            return status, body
+        body = await self.reader.readexactly(length) if length > 0 else b""
+        return status, body
+
+
+def _transfer_request(port: int, tid: str, dr: str, cr: str, cents: int) -> bytes:
+    body = (f'{{"id":"{tid}","debit_account_id":"{dr}","credit_account_id":"{cr}",'
+            f'"amount":"{cents // 100}.{cents % 100:02d}","asset":"USD"}}').encode()
+    return (f"POST /v1/transfers HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+async def _load(port: int, kind: str, clients: int, seconds: float, tag: str, seed: int,
+                ids: list[str]) -> tuple[int, int, list[float], float, list[str]]:
+    conns = []
+    for _ in range(clients):
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        conns.append(_Conn(r, w))
+    health = f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+    deadline = time.perf_counter() + seconds
+    ok = 0
+    err = 0
+    lats: list[float] = []
+    samples: list[str] = []
+
+    async def one(c: int, conn: _Conn) -> None:
+        nonlocal ok, err
+        rng = random.Random(seed * 1000 + c)
+        i = 0
+        while time.perf_counter() < deadline:
+            if kind == "health":
+                raw = health
+            else:
+                d, k = rng.sample(range(len(ids)), 2)
+                raw = _transfer_request(port, f"h-{tag}-{c}-{i}", ids[d], ids[k], rng.randint(1, 1000))
+            i += 1
+            t0 = time.perf_counter()
+            try:
+                status, body = await conn.request(raw)
+            except (OSError, asyncio.IncompleteReadError) as exc:
+                err += 1
+                if len(samples) < 3:
+                    samples.append(repr(exc))
+                return
+            lats.append(time.perf_counter() - t0)
+            if 200 <= status < 300:
+                ok += 1
+            else:
+                err += 1
+                if len(samples) < 3:
+                    samples.append(f"{status} {body[:200]!r}")
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(c, conn) for c, conn in enumerate(conns)))
+    elapsed = time.perf_counter() - t0
+    for conn in conns:
+        conn.writer.close()
+    return ok, err, lats, elapsed, samples
+
+
+def _load_proc(port: int, kind: str, clients: int, seconds: float, tag: str, seed: int, ids: list[str],
+               q: Any) -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    q.put(asyncio.run(_load(port, kind, clients, seconds, tag, seed, ids)))
+
+
+def drive(port: int, kind: str, seconds: float, procs: int, tag: str, ids: list[str]) -> dict[str, Any]:
+    per = [HTTP_CLIENTS // procs + (1 if i < HTTP_CLIENTS % procs else 0) for i in range(procs)]
+    if procs == 1:
+        try:
+            import uvloop
+
+            runner: Any = uvloop.run
+        except ImportError:
+            runner = asyncio.run
+        results = [runner(_load(port, kind, per[0], seconds, tag, 0, ids))]
+    else:
+        ctx = mp.get_context("spawn")
+        q = ctx.Queue()
+        ps = [ctx.Process(target=_load_proc, args=(port, kind, n, seconds, f"{tag}p{i}", i + 1, ids, q))
+              for i, n in enumerate(per)]
+        for p in ps:
+            p.start()
+        results = [q.get(timeout=seconds + 60) for _ in ps]
+        for p in ps:
+            p.join()
+    ok = sum(r[0] for r in results)
+    err = sum(r[1] for r in results)
+    lats = sorted(x for r in results for x in r[2])
+    elapsed = max(r[3] for r in results)
+    samples = [s for r in results for s in r[4]]
+    return {"ok": ok, "err": err, "rps": ok / elapsed, "p50": percentile(lats, 50) * 1000,
+            "p99": percentile(lats, 99) * 1000, "samples": samples}
+
+
+def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
+                if s.recv(64).startswith(b"HTTP/1.1 200"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("server did not become ready")
+
+
+def _probe_transfer(port: int, ids: list[str]) -> tuple[bool, str]:
+    async def go() -> tuple[int, bytes]:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            return await _Conn(r, w).request(_transfer_request(port, "probe-1", ids[0], ids[1], 1))
+        finally:
+            w.close()
+
+    status, body = asyncio.run(go())
+    if status in (404, 405):
+        return False, f"POST /v1/transfers answered {status}: endpoint missing"
+    if not 200 <= status < 300:
+        return False, f"POST /v1/transfers answered {status}: {body[:300]!r}"
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = body[:200]
+    return True, f"probe answered {status}: {str(parsed)[:200]}"
+
+
+def run_http(args: argparse.Namespace, summary: dict[str, str]) -> None:
+    log(f"\n== HTTP: {HTTP_CLIENTS} keep-alive connections, {args.client_procs} client process(es), "
+        f"{args.http_seconds:g}s per run, one `meterline serve --dev` process on SQLite")
+    with tempfile.TemporaryDirectory(prefix="meterline-bench-http-") as d:
+        with fresh_sqlite(d) as url:
+            db = Database(url)
+            ids = setup_ledger(db, "default")
+            db.dispose()
+            port = _free_port()
+            env = dict(os.environ, METERLINE_DATABASE_URL=url, METERLINE_DATA_DIR=str(Path(d) / "data"))
+            exe = Path(sys.executable).with_name("meterline")
+            cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "meterline.cli.main"]
+            server = subprocess.Popen([*cmd, "serve", "--dev", "--port", str(port)], cwd=d, env=env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            try:
+                _wait_ready(port, server)
+                health = drive(port, "health", args.http_seconds, args.client_procs, "hw", ids)  # warm-up
+                present, note = _probe_transfer(port, ids)
+                log(f"  {note}")
+                http_rates: list[dict[str, Any]] = []
+                health_rates: list[dict[str, Any]] = []
+                acked = 1 if present else 0
+                for rep in range(args.http_reps):
+                    if present:
+                        r = drive(port, "transfer", args.http_seconds, args.client_procs, f"r{rep}", ids)
+                        acked += r["ok"]
+                        http_rates.append(r)
+                        log(f"  POST /v1/transfers rep {rep}: {r['rps']:>7,.0f} req/s  p50 {r['p50']:.1f} ms  "
+                            f"p99 {r['p99']:.1f} ms  errors {r['err']}"
+                            + (f"  e.g. {r['samples'][0]}" if r["samples"] else ""))
+                    h = drive(port, "health", args.http_seconds, args.client_procs, f"h{rep}", ids)
+                    health_rates.append(h)
+                    log(f"  GET /health        rep {rep}: {h['rps']:>7,.0f} req/s  p50 {h['p50']:.1f} ms  "
+                        f"p99 {h['p99']:.1f} ms  errors {h['err']}")
+                del health
+            finally:
+                server.send_signal(signal.SIGINT)
+                try:
+                    _, stderr = server.communicate(timeout=20)
+                except subprocess.TimeoutExpired:
+                    server.kill()
+                    _, stderr = server.communicate()
+                tail = [ln for ln in stderr.decode(errors="replace").splitlines()
+                        if "Traceback" in ln or "Error" in ln][:5]
+                if tail:
+                    log("  server stderr: " + " | ".join(tail))
+            hr = median([h["rps"] for h in health_rates])
+            summary["health_rps"] = fmt(hr)
+            log(f"  GET /health median: {hr:,.0f} req/s")
+            if present and http_rates:
+                tps = median([r["rps"] for r in http_rates])
+                mid = sorted(http_rates, key=lambda r: r["rps"])[len(http_rates) // 2]
+                summary["http_tps"] = fmt(tps)
+                summary["http_p99_ms"] = fmt(mid["p99"], 1)
+                log(f"  POST /v1/transfers median: {tps:,.0f} req/s, p99 {mid['p99']:.1f} ms "
+                    f"(p99 of the median rep), {tps / hr:.0%} of /health, "
+                    f"errors {sum(r['err'] for r in http_rates)}")
+                db = Database(url)
+                try:
+                    check_ledger(db, "default", acked)
+                finally:
+                    db.dispose()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", choices=["service", "http"], help="run only these parts")
+    ap.add_argument("--backends", default="sqlite,postgres", help="comma list: sqlite,postgres")
+    ap.add_argument("--seconds", type=float, default=5.0, help="duration of each timed run (parts 2-4)")
+    ap.add_argument("--reps", type=int, default=5, help="repetitions of part 1 (median reported)")
+    ap.add_argument("--batches", type=int, default=20, help="batches of 1000 per part-1 repetition")
+    ap.add_argument("--single-reps", type=int, default=3, help="repetitions of part 2")
+    ap.add_argument("--http-reps", type=int, default=3, help="repetitions of parts 3-4")
+    ap.add_argument("--client-procs", type=int, default=1, help="HTTP load-generator processes")
+    ap.add_argument("--window-ms", type=float, default=1.0, help="batcher window for part 2")
+    args = ap.parse_args()
+    args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    args.http_seconds = args.seconds
+    for b in args.backends:
+        if b not in ("sqlite", "postgres"):
+            ap.error(f"unknown backend {b}")
+
+    log(f"meterline ledger benchmark — {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
+    summary = {k: "NA" for k in ("sqlite_spread", "sqlite_hot", "pg_spread", "pg_hot", "pg_single_spread",
+                                  "pg_single_hot", "http_tps", "http_p99_ms", "health_rps")}
+    if args.only in (None, "service"):
+        run_service(args, summary)
+    if args.only in (None, "http"):
+        run_http(args, summary)
+    log()
+    print(summary_line("ledger", summary), flush=True)
+
+
+if __name__ == "__main__":
+    main()
