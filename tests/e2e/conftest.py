@@ -37,7 +37,7 @@ class Server:
         return env
 
     def start(self, *extra: str) -> Server:
-        log = open(self.data_dir / "server.log", "ab")  # noqa: SIM115
+        log = open(self.data_dir / "server.log", "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "meterline.cli.main", "serve", "--dev", "--port", str(self.port), *extra],
             env=self.env(), stdout=log, stderr=log,

@@ -9,4 +9,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-ROUTERS: list[APIRouter] = []
+from meterline.api.profiles import dante, si64
+
+ROUTERS: list[APIRouter] = [si64.router, dante.router]
