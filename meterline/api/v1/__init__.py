@@ -2,8 +2,18 @@
 
 from fastapi import APIRouter
 
-from meterline.api.v1 import accounts, assets, blocks, holds, transfers
-from meterline.api.v1 import catalog, payouts, pricing, rentals, wallets
+from meterline.api.v1 import (
+    accounts,
+    assets,
+    blocks,
+    catalog,
+    holds,
+    payouts,
+    pricing,
+    rentals,
+    transfers,
+    wallets,
+)
 
 router = APIRouter(prefix="/v1")
 router.include_router(assets.router)

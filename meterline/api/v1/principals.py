@@ -1,0 +1,79 @@
+"""Who sees what inside a tenant, for the marketplace routers (rentals, wallets, payouts, rates).
+
+Scopes (`ledger:read`, `ledger:write`, `admin`) say what a key may *do*; this
+module says whose rows it may do it to:
+
+- **staff** — an `admin`-scoped key or a principal of kind admin/operator — sees
+  the whole tenant;
+- anyone else (customer, provider, device) sees only rows that are theirs: rentals
+  and wallets whose customer/owner id is their principal id; a `provider` principal
+  also the payouts and rates of the providers whose `owner_id` is its id.
+
+Someone else's row answers 404, exactly like a missing one, so its existence
+doesn't leak (STYLE "Auth and tenancy").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from sqlalchemy.orm import Session
+
+from meterline.catalog.service import catalog_service
+from meterline.errors import Forbidden
+from meterline.identity.service import Principal
+
+T = TypeVar("T")
+
+STAFF_KINDS = frozenset({"admin", "operator"})
+
+
+def is_staff(principal: Principal) -> bool:
+    return principal.has("admin") or principal.kind in STAFF_KINDS
+
+
+def actor_id(principal: Principal) -> str:
+    """A stable name for the caller in audit fields (payout `requested_by`, approvals)."""
+    if principal.id:
+        return principal.id
+    return f"key:{principal.key_id}" if principal.key_id else principal.kind
+
+
+def owns(principal: Principal, owner_id: str | None) -> bool:
+    """Staff own everything; anyone else only what carries their principal id."""
+    return is_staff(principal) or (principal.id is not None and principal.id == owner_id)
+
+
+def require_self(principal: Principal, customer_id: str, what: str) -> None:
+    """A non-staff key acts only for itself (creating or funding in another's name is 403)."""
+    if not owns(principal, customer_id):
+        raise Forbidden(f"this key can only use its own {what} ({principal.id or 'none'})")
+
+
+def require_operator(principal: Principal) -> None:
+    """Approvals and rejections are for people who review money: operators and admins."""
+    if not is_staff(principal):
+        raise Forbidden("only an operator or admin key may approve or reject payouts")
+
+
+def owned_provider_ids(session: Session, principal: Principal) -> list[str] | None:
+    """The providers a non-staff principal owns; None for staff (every provider). Only a
+    principal of kind `provider` owns any: a customer key that happens to carry the same id
+    is another principal."""
+    if is_staff(principal):
+        return None
+    if principal.kind != "provider" or principal.id is None:
+        return []
+    tenant = principal.tenant_id
+    return [p.id for p in catalog_service.list_providers(session, tenant, owner_id=principal.id)]
+
+
+def merge_pages(pages: Sequence[tuple[list[T], str | None]], limit: int, key: Callable[[T], str]) -> tuple[list[T], str | None]:
+    """One page from several disjoint queries, each ordered by `key` and fetched with the
+    same cursor and limit: their first `limit` rows together hold the merged first
+    `limit`. There is more when any query had more, or the union overflowed the page."""
+    rows = sorted((row for items, _ in pages for row in items), key=key)
+    more = len(rows) > limit or any(cursor is not None for _, cursor in pages)
+    rows = rows[:limit]
+    return rows, (key(rows[-1]) if more and rows else None)
