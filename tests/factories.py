@@ -81,3 +81,36 @@ def make_earnings(
     )], clock)
     assert result.result == "ok", result.result
     return earnings
+
+
+def make_demo_tenant(session: Session, tenant_id: str, clock: Clock) -> str:
+    """A tenant with the demo catalog (SI64's M2 devices, Dante's GPUs) and price book v1."""
+    from meterline.catalog.service import catalog_service
+    from meterline.pricing.service import pricing_service
+
+    make_tenant(session, tenant_id, clock)
+    catalog_service.seed_demo(session, tenant_id, clock.now_ns())
+    pricing_service.seed_demo(session, tenant_id, clock.now_ns())
+    return tenant_id
+
+
+def make_licensing_catalogue(session: Session, tenant_id: str, clock: Clock) -> None:
+    """The BrinkByte demo plans, packs and 33 features (and its tenant-123 license) in `tenant_id`."""
+    from meterline.licensing.service import licensing_service
+
+    identity_service.ensure_tenant(session, tenant_id, clock.now_ns())
+    licensing_service.seed_demo(session, tenant_id, clock.now_ns())
+
+
+def make_license(session: Session, tenant_id: str, clock: Clock, *, licensee_id: str | None = None,
+                 plan_id: str = "base_license", cameras_allowed: int | None = 5, devices_allowed: int | None = 2,
+                 packs: list[str] | None = None, valid_until: int | None = None) -> str:
+    """A license for a fresh licensee (catalogue must exist: `make_licensing_catalogue`)."""
+    from meterline.licensing.service import licensing_service
+
+    licensee = licensee_id or f"lic-{uuid.uuid4().hex[:10]}"
+    licensing_service.create_license(
+        session, tenant_id, licensee_id=licensee, plan_id=plan_id, now_ns=clock.now_ns(),
+        cameras_allowed=None if plan_id == "trial" else cameras_allowed, devices_allowed=devices_allowed,
+        packs=packs if packs is not None else ["advanced_analytics"], valid_until=valid_until)
+    return licensee

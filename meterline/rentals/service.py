@@ -17,16 +17,16 @@ import secrets
 import string
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, func, literal, select, tuple_
 from sqlalchemy.orm import Session
 
 from meterline.clock import Clock
 from meterline.errors import Conflict, MeterlineError, NotFound
 from meterline.ledger.service import ledger_service
 from meterline.ledger.types import TransferFlags, TransferIn, TransferResult
-from meterline.payments.rails import get_rail
+from meterline.payments.rails import SIMULATION_MODE, get_rail
 from meterline.pricing.engine import Quote, billable_seconds, split_fee
 from meterline.rentals import accrual
 from meterline.rentals.models import Rental, RentalHold, RentalSample
@@ -105,6 +105,34 @@ class LedgerRefused(RentalError, Conflict):
 # -- values -----------------------------------------------------------------------
 
 
+class RentalState(Protocol):
+    """What the accrual, the sample rules and the energy integral read and write.
+
+    A `Rental` row is one; so is the sample batcher's lighter row (sampler.py), which
+    loads only these columns — both go through the same functions below.
+    """
+
+    id: str
+    status: str
+    quote: dict[str, Any]
+    scale: int
+    held_minor: int
+    duration_s: int | None
+    started_at: int
+    expires_at: int | None
+    ended_at: int | None
+    settled_at: int | None
+    used_minor: int | None
+    rate_num: int
+    rate_den: int
+    rounding: str
+    power_cost_e6: int
+    energy2_mw_ms: int
+    last_sample_at: int | None
+    last_power_mw: int | None
+    sample_count: int
+
+
 @dataclass(frozen=True, slots=True)
 class Accrual:
     """What a rental has cost at `at_ns`. cost + refund_available == held, always."""
@@ -169,7 +197,7 @@ class RentalService:
             raise RentalNotFound(f"contract {rental_id} does not exist")
         return rental
 
-    def accrual(self, rental: Rental, now_ns: int) -> Accrual:
+    def accrual(self, rental: RentalState, now_ns: int) -> Accrual:
         if rental.status == SETTLED:
             assert rental.used_minor is not None
             return Accrual(rental.settled_at or now_ns, self._elapsed(rental, now_ns), rental.used_minor,
@@ -180,7 +208,7 @@ class RentalService:
         return Accrual(now_ns, secs, cost, rental.held_minor)
 
     @staticmethod
-    def _elapsed(rental: Rental, now_ns: int) -> int:
+    def _elapsed(rental: RentalState, now_ns: int) -> int:
         stop = rental.ended_at if rental.ended_at is not None else rental.expires_at
         return accrual.elapsed_seconds(rental.started_at, now_ns, stop)
 
@@ -211,19 +239,24 @@ class RentalService:
         rows = rows[:limit]
         return rows, (rows[-1].id if more and rows else None)
 
-    def totals(self, session: Session, tenant_id: str, now_ns: int) -> dict[str, int]:
-        """Held, used and refundable over all active rentals — in SQL, exactly as shown per rental."""
+    def totals(self, session: Session, tenant_id: str, now_ns: int, *, asset: str | None = None) -> dict[str, int]:
+        """Held, used and refundable over all active rentals — in SQL, exactly as shown per rental.
+
+        Minor units of different assets don't add up: pass `asset` whenever rentals in
+        more than one asset exist (SI64 contracts are in SOL, GPU sessions in DGPU).
+        """
         dialect = session.get_bind().dialect.name
         used = accrual.accrued_minor_sql(Rental, now_ns, dialect)
+        scope = [Rental.tenant_id == tenant_id] + ([Rental.asset == asset] if asset is not None else [])
         row = session.execute(
             select(func.count(), func.coalesce(func.sum(Rental.held_minor), 0), func.coalesce(func.sum(used), 0))
-            .where(Rental.tenant_id == tenant_id, Rental.status == ACTIVE)
+            .where(*scope, Rental.status == ACTIVE)
         ).one()
         settled = session.execute(
             select(func.count(), func.coalesce(func.sum(Rental.used_minor), 0),
                    func.coalesce(func.sum(Rental.refund_minor), 0),
                    func.coalesce(func.sum(Rental.fee_minor), 0))
-            .where(Rental.tenant_id == tenant_id, Rental.status == SETTLED)
+            .where(*scope, Rental.status == SETTLED)
         ).one()
         held, used_sum = int(row[1]), int(row[2])
         return {
@@ -355,21 +388,38 @@ class RentalService:
         clean = self.validate_sample(values)
         rental = self._lock_active(session, tenant_id, rental_id, clock)
         now = clock.now_ns()
+        power_mw = self.fold_sample(rental, clean, now)
+        session.add(RentalSample(tenant_id=tenant_id, rental_id=rental_id, ts=now, power_mw=power_mw,
+                                 values=sample_values(clean)))
+        session.flush()
+        return rental, self.accrual(rental, now)
+
+    @staticmethod
+    def fold_sample(rental: RentalState, clean: dict[str, Decimal], now: int) -> int | None:
+        """Count a (validated) sample taken at `now` and fold its power into the rental's exact
+        energy integral. Returns its power in integer mW, as stored on the sample row.
+
+        The one place this math lives: `record_sample` and the sample batcher (sampler.py,
+        which folds a group-committed batch in arrival order per rental) both call it.
+        """
         power_mw = None
         if "power_w" in clean:
             power_mw = int((clean["power_w"] * 1000).to_integral_value())
-            if rental.last_sample_at is not None and rental.last_power_mw is not None and now > rental.last_sample_at:
-                dt_ms = (now - rental.last_sample_at) // 1_000_000
-                rental.energy2_mw_ms += (rental.last_power_mw + power_mw) * dt_ms
-                power_rate = Decimal(str(rental.quote["power_rate_per_wh"]))
-                rental.power_cost_e6 = accrual.power_cost_e6(power_rate, rental.scale, rental.energy2_mw_ms)
-            rental.last_power_mw = power_mw
-            rental.last_sample_at = now
+            last = rental.last_sample_at
+            if last is None or now >= last:
+                if last is not None and rental.last_power_mw is not None:
+                    # Intervals on a millisecond grid (floor of each end), so they telescope:
+                    # however many samples arrive, no sub-millisecond remainder is ever lost.
+                    dt_ms = now // 1_000_000 - last // 1_000_000
+                    rental.energy2_mw_ms += (rental.last_power_mw + power_mw) * dt_ms
+                    power_rate = Decimal(str(rental.quote["power_rate_per_wh"]))
+                    rental.power_cost_e6 = accrual.power_cost_e6(power_rate, rental.scale, rental.energy2_mw_ms)
+                rental.last_power_mw = power_mw
+                rental.last_sample_at = now
+            # else: a sample stamped before the last one (another process's clock behind):
+            # stored, but folding it in would integrate an interval twice.
         rental.sample_count += 1
-        session.add(RentalSample(tenant_id=tenant_id, rental_id=rental_id, ts=now, power_mw=power_mw,
-                                 values={k: str(v) for k, v in clean.items()}))
-        session.flush()
-        return rental, self.accrual(rental, now)
+        return power_mw
 
     @staticmethod
     def validate_sample(values: dict[str, Any]) -> dict[str, Decimal]:
@@ -400,13 +450,19 @@ class RentalService:
 
     def _lock_active(self, session: Session, tenant_id: str, rental_id: str, clock: Clock) -> Rental:
         rental = self.get(session, tenant_id, rental_id, lock=True)
-        if rental.status == SETTLED:
-            raise RentalAlreadySettled(f"contract {rental_id} is already settled")
-        if rental.status != ACTIVE:
-            raise RentalNotActive(f"contract {rental_id} is {rental.status}")
-        if rental.expires_at is not None and clock.now_ns() >= rental.expires_at:
-            raise RentalExpired(f"contract {rental_id} expired; it will be settled")
+        self.check_active(rental, clock.now_ns())
         return rental
+
+    @staticmethod
+    def check_active(rental: RentalState, now_ns: int) -> None:
+        """The rule for changing a running rental (samples, extension): it must be ACTIVE and
+        not past its term — settled is `contract_already_settled`, else not active / expired."""
+        if rental.status == SETTLED:
+            raise RentalAlreadySettled(f"contract {rental.id} is already settled")
+        if rental.status != ACTIVE:
+            raise RentalNotActive(f"contract {rental.id} is {rental.status}")
+        if rental.expires_at is not None and now_ns >= rental.expires_at:
+            raise RentalExpired(f"contract {rental.id} expired; it will be settled")
 
     # -- pay-as-you-go cover -----------------------------------------------------
     def renew_cover(self, session: Session, tenant_id: str, rental_id: str, clock: Clock) -> str:
@@ -421,8 +477,9 @@ class RentalService:
         acc = self.accrual(rental, now)
         slice_ = self.slice_minor(rental)
         cover_left = acc.refund_minor
-        per_second = Decimal(rental.rate_num) / rental.rate_den
-        if cover_left > per_second * PAYG_RENEW_BELOW_S:
+        # Cover is measured at the slice's own burn rate (time plus estimated power, what a
+        # slice is sized for), in integers: cover_left / (slice / SLICE_S) < RENEW_BELOW_S.
+        if cover_left * PAYG_SLICE_S >= slice_ * PAYG_RENEW_BELOW_S:
             return "ok"
         try:
             self._place_hold(session, rental, slice_, "rolling", clock)
@@ -471,6 +528,7 @@ class RentalService:
             rental, self.holds(session, tenant_id, rental_id), used, provider_minor, fee_minor, refund,
             provider_account_id=provider_acct.id, fee_account_id=fee_acct.id,
             refund_account_id=refund_acct.id if refund_acct is not None else None,
+            refund_simulated=rail is not None and rail.simulated,
         )
         self._require_ok(self._post(session, tenant_id, transfers, clock))
         refund_tx = None
@@ -510,9 +568,13 @@ class RentalService:
         provider_account_id: str | None,
         fee_account_id: str | None,
         refund_account_id: str | None,
+        refund_simulated: bool = False,
     ) -> list[TransferIn]:
         """The settlement as one linked chain: every transfer applies, or none does."""
         base = f"rent:{rental.id}"
+        refund_metadata: dict[str, Any] = {"rail": rental.payment_rail}
+        if refund_simulated:
+            refund_metadata["mode"] = SIMULATION_MODE  # simulated money says so (DESIGN §1.3)
         out: list[TransferIn] = []
         remaining = used
         for hold in holds:
@@ -539,7 +601,7 @@ class RentalService:
             out.append(TransferIn(id=f"{base}:refund", debit_account_id=rental.wallet_account_id,
                                   credit_account_id=refund_account_id, amount=refund, asset=rental.asset,
                                   flags=LINKED, code="rental_refund", reference=rental.id,
-                                  metadata={"rail": rental.payment_rail}))
+                                  metadata=refund_metadata))
         out[-1].flags = int(out[-1].flags) & ~LINKED  # the last transfer closes the chain
         return out
 
@@ -553,8 +615,13 @@ class RentalService:
         )
         return [(r[0], r[1]) for r in session.execute(stmt)]
 
-    def active_sessions(self, session: Session, limit: int = 1000) -> list[tuple[str, str]]:
-        stmt = select(Rental.tenant_id, Rental.id).where(Rental.status == ACTIVE, Rental.style == PAYG).limit(limit)
+    def active_sessions(self, session: Session, limit: int = 1000,
+                        after: tuple[str, str] | None = None) -> list[tuple[str, str]]:
+        """(tenant, id) of active pay-as-you-go sessions in key order; `after` pages on."""
+        stmt = select(Rental.tenant_id, Rental.id).where(Rental.status == ACTIVE, Rental.style == PAYG)
+        if after is not None:
+            stmt = stmt.where(tuple_(Rental.tenant_id, Rental.id) > tuple_(literal(after[0]), literal(after[1])))
+        stmt = stmt.order_by(Rental.tenant_id, Rental.id).limit(limit)
         return [(r[0], r[1]) for r in session.execute(stmt)]
 
     # -- plumbing -------------------------------------------------------------------
@@ -568,6 +635,11 @@ class RentalService:
         if bad:
             detail = ", ".join(f"{r.id}: {r.result}" for r in bad if r.result != "linked_event_failed")
             raise LedgerRefused(f"the ledger refused the batch ({detail})")
+
+
+def sample_values(clean: dict[str, Decimal]) -> dict[str, str]:
+    """A validated sample's values as stored: exact decimal strings."""
+    return {k: str(v) for k, v in clean.items()}
 
 
 def slice_minor(rate_num: int, rate_den: int, quote: dict[str, Any], scale: int) -> int:

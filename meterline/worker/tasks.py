@@ -22,6 +22,9 @@ from meterline.ledger.blocks import block_service
 from meterline.ledger.service import ledger_service
 from meterline.ledger.signing import Signer
 from meterline.ledger.types import CODE_EXPIRED, TransferFlags, TransferIn
+from meterline.licensing import tasks as licensing_tasks
+from meterline.licensing.runtime import shared_runtime
+from meterline.metering import tasks as metering_tasks
 from meterline.payouts import tasks as payout_tasks
 from meterline.rentals import tasks as rental_tasks
 from meterline.worker.scheduler import Job
@@ -32,6 +35,9 @@ EXPIRE_HOLDS = "ledger.expire_holds"
 SEAL_BLOCKS = "ledger.seal_blocks"
 # Payouts are retried on their own backoff (30 s and up); a few seconds' delay is invisible.
 PAYOUT_INTERVAL_S = 5.0
+# Devices die after minutes of silence and audit entries after days: sweeping often is waste.
+LICENSING_SWEEP_S = 15.0
+LICENSING_PRUNE_S = 3600.0
 
 _MAX_TRANSFER_ID = 128
 # Outcomes meaning the hold was resolved by someone else first: nothing left to do.
@@ -111,4 +117,11 @@ def default_jobs(ctx: JobContext) -> list[Job]:
         Job(rental_tasks.RENEW_COVER, ctx.settings.sweep_interval_s,
             lambda: rental_tasks.renew_cover(ctx.db, ctx.clock)),
         Job(payout_tasks.EXECUTE_DUE, PAYOUT_INTERVAL_S, lambda: payout_tasks.execute_due(ctx.db, ctx.clock)),
+        Job(licensing_tasks.CULL_DEAD_DEVICES, LICENSING_SWEEP_S,
+            lambda: licensing_tasks.cull_dead_devices(shared_runtime(ctx.db, ctx.settings), ctx.clock, ctx.settings)),
+        Job(licensing_tasks.FLUSH_AUDIT, LICENSING_SWEEP_S, licensing_tasks.flush_audit),
+        Job(licensing_tasks.PRUNE_AUDIT, LICENSING_PRUNE_S,
+            lambda: licensing_tasks.prune_audit(shared_runtime(ctx.db, ctx.settings), ctx.clock, ctx.settings)),
+        Job(metering_tasks.PRUNE, metering_tasks.PRUNE_INTERVAL_S,
+            lambda: metering_tasks.prune(ctx.db, ctx.clock, ctx.settings.usage_retention_days)),
     ]

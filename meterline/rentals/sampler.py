@@ -1,0 +1,304 @@
+"""Group commit for metrics samples (the model is the ledger's `LedgerBatcher`).
+
+Devices post a sample every few hundred milliseconds; one write transaction (and one
+fsync) per sample caps a SQLite server at a few hundred samples per second. Request
+handlers instead hand their validated samples to the `SampleBatcher`. Its writer thread
+takes everything queued while the previous commit was in flight (plus up to `window_ms`
+more if the batch is still small) and applies it in ONE transaction:
+
+- load every touched rental with one query (locked with `FOR UPDATE` on PostgreSQL, in
+  key order; on SQLite the writer is the single writer);
+- check each caller's rental with the rules `record_sample` uses
+  (`rental_service.check_active`): unknown or another owner's → `contract_not_found`,
+  settled → `contract_already_settled`, expired / not active → 409 — a refused caller
+  never fails its neighbours;
+- fold the samples into each rental's power integral and counters in arrival order
+  (`rental_service.fold_sample`, the same function the one-sample path uses);
+- insert the sample rows with one executemany and update each touched rental once;
+
+and only after the commit resolves each caller's future with the rental as committed
+after its own samples and the accrual at its sample time. An acknowledged sample is a
+committed one. If the combined transaction fails for an unexpected reason, each caller
+is retried alone so a poisoned request cannot fail the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, cast
+
+from sqlalchemy import Connection, Table, bindparam, insert, select, tuple_, update
+
+from meterline.clock import Clock
+from meterline.db.engine import WRITE, Database
+from meterline.rentals.models import Rental, RentalSample
+from meterline.rentals.service import Accrual, RentalNotFound, rental_service, sample_values
+
+log = logging.getLogger(__name__)
+
+_T = cast(Table, Rental.__table__)
+_SAMPLES = cast(Table, RentalSample.__table__)
+# The columns a sample reads or writes (RentalState), plus the owner for the visibility check.
+_COLUMNS = ("id", "status", "customer_id", "quote", "scale", "held_minor", "duration_s", "started_at",
+            "expires_at", "ended_at", "settled_at", "used_minor", "rate_num", "rate_den", "rounding",
+            "power_cost_e6", "energy2_mw_ms", "last_sample_at", "last_power_mw", "sample_count")
+_SELECT = select(_T.c.tenant_id, *(_T.c[c] for c in _COLUMNS))
+_UPDATE = (
+    update(_T)
+    .where(_T.c.tenant_id == bindparam("k_tenant"), _T.c.id == bindparam("k_id"))
+    .values(energy2_mw_ms=bindparam("energy2_mw_ms"), power_cost_e6=bindparam("power_cost_e6"),
+            last_sample_at=bindparam("last_sample_at"), last_power_mw=bindparam("last_power_mw"),
+            sample_count=bindparam("sample_count"))
+)
+
+
+@dataclass(slots=True)
+class SampledRental:
+    """A rental's row as the batcher loads it: satisfies `rental_service.RentalState`."""
+
+    id: str
+    status: str
+    customer_id: str
+    quote: dict[str, Any]
+    scale: int
+    held_minor: int
+    duration_s: int | None
+    started_at: int
+    expires_at: int | None
+    ended_at: int | None
+    settled_at: int | None
+    used_minor: int | None
+    rate_num: int
+    rate_den: int
+    rounding: str
+    power_cost_e6: int
+    energy2_mw_ms: int
+    last_sample_at: int | None
+    last_power_mw: int | None
+    sample_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """One caller's result: the rental as committed right after its samples, and the accrual then."""
+
+    rental: SampledRental
+    accrual: Accrual
+
+
+@dataclass(slots=True)
+class _Item:
+    tenant_id: str
+    rental_id: str
+    samples: list[dict[str, Decimal]]
+    owner: str | None
+    future: Future[Recorded] = field(default_factory=Future)
+
+
+class SamplerStopped(RuntimeError):
+    pass
+
+
+class SampleBatcher:
+    def __init__(self, db: Database, clock: Clock, *, window_ms: float = 1.0, max_samples: int = 4000) -> None:
+        self.db = db
+        self.clock = clock
+        self.window_s = window_ms / 1000
+        self.max_samples = max_samples
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._running = False
+        self._lock = threading.Lock()
+        self._conn: Connection | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def start(self) -> SampleBatcher:
+        with self._lock:
+            if not self._running:
+                self._running = True
+                self._thread = threading.Thread(target=self._run, name="sample-batcher", daemon=True)
+                self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._lock:
+            if not self._running:
+                return
+            self._running = False
+            self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def __enter__(self) -> SampleBatcher:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- submitting ----------------------------------------------------------------------
+    def submit(self, tenant_id: str, rental_id: str, samples: list[dict[str, Decimal]], *,
+               owner: str | None = None) -> Future[Recorded]:
+        """Queue validated samples (`rental_service.validate_sample`) for one rental; all or none
+        are stored. `owner`: the customer id a non-staff caller must be (None: any)."""
+        if not self._running:
+            raise SamplerStopped("the sample batcher is not running")
+        item = _Item(tenant_id, rental_id, list(samples), owner)
+        self._queue.put(item)
+        return item.future
+
+    def record(self, tenant_id: str, rental_id: str, samples: list[dict[str, Decimal]], *,
+               owner: str | None = None) -> Recorded:
+        """Blocking submit: returns once the samples are committed (or raises the refusal)."""
+        return self.submit(tenant_id, rental_id, samples, owner=owner).result()
+
+    async def record_async(self, tenant_id: str, rental_id: str, samples: list[dict[str, Decimal]], *,
+                           owner: str | None = None) -> Recorded:
+        # Shielded: a request cancelled mid-flight (client gone) must not cancel the batcher's
+        # future; a cancel while still queued is honoured by `_claim` instead.
+        return await asyncio.shield(asyncio.wrap_future(self.submit(tenant_id, rental_id, samples, owner=owner)))
+
+    # -- the writer thread ---------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                self._drain_on_stop()
+                self._close_connection()
+                return
+            items = [first]
+            stop_after = self._gather(items, len(first.samples))
+            self._commit(self._claim(items))
+            if stop_after:
+                self._drain_on_stop()
+                self._close_connection()
+                return
+
+    def _gather(self, items: list[_Item], count: int) -> bool:
+        """Take what is queued; if the batch is small, wait up to the window for more."""
+        deadline = time.monotonic() + self.window_s
+        while count < self.max_samples:
+            try:
+                nxt = self._queue.get_nowait()
+            except queue.Empty:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    nxt = self._queue.get(timeout=remaining)
+                except queue.Empty:
+                    break
+            if nxt is None:
+                return True
+            items.append(nxt)
+            count += len(nxt.samples)
+        return False
+
+    def _drain_on_stop(self) -> None:
+        leftovers: list[_Item] = []
+        while True:
+            try:
+                nxt = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if nxt is not None:
+                leftovers.append(nxt)
+        if leftovers:
+            self._commit(self._claim(leftovers))
+
+    @staticmethod
+    def _claim(items: list[_Item]) -> list[_Item]:
+        """Drop callers that cancelled while queued (their samples are never stored) and mark
+        the rest running, so a late cancel can no longer race the result."""
+        return [item for item in items if item.future.set_running_or_notify_cancel()]
+
+    def _commit(self, items: list[_Item]) -> None:
+        if not items:
+            return
+        try:
+            outcomes = self._apply(items)
+        except Exception as exc:
+            if len(items) == 1:
+                log.exception("sample batch failed")
+                items[0].future.set_exception(exc)
+                return
+            log.warning("group commit of %d sample requests failed (%s); retrying one by one", len(items), exc)
+            for item in items:
+                self._commit([item])
+            return
+        for item, outcome in zip(items, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                item.future.set_exception(outcome)
+            else:
+                item.future.set_result(outcome)
+
+    def _apply(self, items: list[_Item]) -> list[Recorded | Exception]:
+        conn = self._writer_connection()
+        try:
+            with conn.begin():
+                return self._apply_in(conn, items)
+        except BaseException:
+            # After any failure start the next batch on a fresh connection: this one may be broken.
+            self._close_connection()
+            raise
+
+    def _apply_in(self, conn: Connection, items: list[_Item]) -> list[Recorded | Exception]:
+        keys = sorted({(i.tenant_id, i.rental_id) for i in items})
+        stmt = _SELECT.where(tuple_(_T.c.tenant_id, _T.c.id).in_(keys))
+        if not self.db.is_sqlite:
+            # Key order, so a batcher and a settle/extend never lock rentals in opposite orders.
+            stmt = stmt.order_by(_T.c.tenant_id, _T.c.id).with_for_update()
+        rows: dict[tuple[str, str], SampledRental] = {}
+        for r in conn.execute(stmt):
+            rows[(r[0], r[1])] = SampledRental(*r[1:])
+        touched: dict[tuple[str, str], SampledRental] = {}
+        inserts: list[dict[str, Any]] = []
+        outcomes: list[Recorded | Exception] = []
+        for item in items:  # arrival order
+            key = (item.tenant_id, item.rental_id)
+            rental = rows.get(key)
+            now = self.clock.now_ns()
+            try:
+                if rental is None or (item.owner is not None and rental.customer_id != item.owner):
+                    raise RentalNotFound(f"contract {item.rental_id} does not exist")
+                rental_service.check_active(rental, now)
+            except Exception as exc:
+                outcomes.append(exc)
+                continue
+            for clean in item.samples:
+                power_mw = rental_service.fold_sample(rental, clean, now)
+                inserts.append({"tenant_id": item.tenant_id, "rental_id": item.rental_id, "ts": now,
+                                "power_mw": power_mw, "values": sample_values(clean)})
+            touched[key] = rental
+            outcomes.append(Recorded(copy.copy(rental), rental_service.accrual(rental, now)))
+        if inserts:
+            conn.execute(insert(_SAMPLES), inserts)
+            conn.execute(_UPDATE, [
+                {"k_tenant": k[0], "k_id": k[1], "energy2_mw_ms": r.energy2_mw_ms, "power_cost_e6": r.power_cost_e6,
+                 "last_sample_at": r.last_sample_at, "last_power_mw": r.last_power_mw,
+                 "sample_count": r.sample_count}
+                for k, r in touched.items()
+            ])
+        return outcomes
+
+    def _writer_connection(self) -> Connection:
+        """The writer thread's own connection, kept across batches (as the ledger batcher's)."""
+        if self._conn is None:
+            conn = self.db.engine.connect()
+            self._conn = conn.execution_options(**WRITE) if self.db.is_sqlite else conn
+        return self._conn
+
+    def _close_connection(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:
+                log.warning("closing the sample batcher's connection failed", exc_info=True)
+            self._conn = None

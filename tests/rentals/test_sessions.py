@@ -1,0 +1,249 @@
+"""Pay-as-you-go sessions (Dante): a rolling hold one slice ahead, renewed until the wallet runs dry.
+
+A whole RTX 4090 at an idle pool is 0.50 DGPU/h (1250/9 micro-DGPU per second)
+plus an estimated 450 W at 0.001 DGPU/Wh. One slice is five minutes of both:
+41,666.67 + 37,500 → 79,167 micro-DGPU, rounded up.
+"""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+import pytest
+
+from meterline.clock import FrozenClock
+from meterline.db.engine import Database
+from meterline.ledger.models import Account, Transfer
+from meterline.ledger.verify import verify_ledger
+from meterline.rentals.contracts import contract_service
+from meterline.rentals.models import Rental
+from meterline.rentals.service import (
+    ACTIVE,
+    SETTLED,
+    InsufficientFunds,
+    InvalidRentalRequest,
+    NoDeviceAvailable,
+    RentalNotActive,
+    rental_service,
+)
+from meterline.rentals.sessions import session_service
+from meterline.wallets.service import wallet_service
+from tests.factories import make_demo_tenant
+
+NS = 1_000_000_000
+SLICE = 79_167
+USER = "alice"
+WAL = f"wal:user:{USER}:DGPU"
+ESCROW = "sys:escrow:DGPU"
+EARN = "earn:provider:demo-provider:DGPU"
+FEES = "sys:platform_fees:DGPU"
+
+
+def micro_for(seconds: int) -> int:
+    """0.5 DGPU/h for `seconds`, half-up, in micro-DGPU."""
+    q, r = divmod(seconds * 500_000, 3600)
+    return q + (2 * r >= 3600)
+
+
+@pytest.fixture
+def tenant(db: Database, tenant_id: str, clock: FrozenClock) -> str:
+    with db.session() as s:
+        make_demo_tenant(s, tenant_id, clock)
+    return tenant_id
+
+
+def fund(db: Database, tenant: str, clock: FrozenClock, amount_minor: int, user: str = USER) -> None:
+    with db.session() as s:
+        wallet_service.deposit(s, tenant, owner_type="user", owner_id=user, asset="DGPU", amount_minor=amount_minor,
+                               rail="simulation", proof=f"fund-{uuid.uuid4().hex}", clock=clock)
+
+
+def start(db: Database, tenant: str, clock: FrozenClock, *, device_id: str | None = None,
+          gpu_model: str | None = "nvidia_rtx_4090", vram_gb: int | None = None, user: str = USER) -> Rental:
+    with db.session() as s:
+        return session_service.start(s, tenant, customer_id=user, device_id=device_id,
+                                     gpu_model=None if device_id else gpu_model, vram_gb=vram_gb, watts=None,
+                                     clock=clock)
+
+
+def get(db: Database, tenant: str, rid: str) -> Rental:
+    with db.session(write=False) as s:
+        return rental_service.get(s, tenant, rid)
+
+
+def renew(db: Database, tenant: str, rid: str, clock: FrozenClock) -> str:
+    with db.session() as s:
+        return rental_service.renew_cover(s, tenant, rid, clock)
+
+
+def sample(db: Database, tenant: str, rid: str, clock: FrozenClock, **values: object) -> None:
+    with db.session() as s:
+        rental_service.record_sample(s, tenant, rid, dict(values), clock)
+
+
+def balance(db: Database, tenant: str, account_id: str) -> tuple[int, int]:
+    with db.session(write=False) as s:
+        row = s.get(Account, (tenant, account_id))
+        return (0, 0) if row is None else (row.credits_posted - row.debits_posted, row.debits_pending)
+
+
+def ledger_ok(db: Database, tenant: str) -> None:
+    report = verify_ledger(db, tenant)
+    assert report.ok, [str(p) for p in report.problems]
+
+
+def test_a_session_starts_against_the_wallet_holding_one_slice(db, tenant, clock):
+    fund(db, tenant, clock, 1_000_000)
+    r = start(db, tenant, clock)
+    assert (r.status, r.style, r.asset, r.device_id, r.vram_gb, r.expires_at) == (
+        ACTIVE, "payg", "DGPU", "gpu-4090-001", 24, None)
+    assert Decimal(r.quote["hourly_rate"]) == Decimal("0.5") and r.quote["estimated_power_w"] == 450
+    assert r.held_minor == SLICE == rental_service.slice_minor(r)
+    assert balance(db, tenant, WAL) == (1_000_000, SLICE)
+    with db.session(write=False) as s:
+        [hold] = rental_service.holds(s, tenant, r.id)
+        assert (hold.kind, hold.amount_minor) == ("initial", SLICE)
+    ledger_ok(db, tenant)
+
+
+def test_a_session_on_a_wallet_that_cannot_fund_one_slice_is_402_and_writes_nothing(db, tenant, clock):
+    fund(db, tenant, clock, SLICE - 1)
+    with pytest.raises(InsufficientFunds) as err:
+        start(db, tenant, clock)
+    assert (err.value.status, err.value.code) == (402, "insufficient_funds")
+    with db.session(write=False) as s:
+        assert rental_service.list_rentals(s, tenant)[0] == []
+    assert balance(db, tenant, WAL) == (SLICE - 1, 0)
+
+
+def test_the_hold_is_renewed_when_less_than_two_minutes_of_cover_remain(db, tenant, clock):
+    fund(db, tenant, clock, 1_000_000)
+    r = start(db, tenant, clock)
+    # Burn rate of a slice: 79,167 per 300 s. Renew below 120 s of it: cover < 31,666.8.
+    clock.advance(342)  # cost 47,500 exactly → cover 31,667: still two minutes
+    assert renew(db, tenant, r.id, clock) == "ok"
+    clock.advance(1)  # cost 47,638.9 → 47,639 → cover 31,528
+    assert renew(db, tenant, r.id, clock) == "renewed"
+    assert renew(db, tenant, r.id, clock) == "ok"  # one slice at a time
+    r = get(db, tenant, r.id)
+    assert (r.held_minor, r.hold_count) == (2 * SLICE, 2)
+    acc = rental_service.accrual(r, clock.now_ns())
+    assert (acc.cost_minor, acc.refund_minor) == (micro_for(343), 2 * SLICE - micro_for(343))
+    assert balance(db, tenant, WAL) == (1_000_000, 2 * SLICE)
+    ledger_ok(db, tenant)
+
+
+def test_metered_power_counts_against_the_cover(db, tenant, clock):
+    fund(db, tenant, clock, 1_000_000)
+    r = start(db, tenant, clock)
+    sample(db, tenant, r.id, clock, power_w=450, gpu_util_percent=99)
+    clock.advance(190)
+    sample(db, tenant, r.id, clock, power_w=450, gpu_util_percent=99)
+    # 190 s: time 26,388.89 + power 450 W × 190 s = 23.75 Wh → 23,750 = 50,138.89 → 50,139.
+    acc = rental_service.accrual(get(db, tenant, r.id), clock.now_ns())
+    assert acc.cost_minor == 50_139
+    # Cover 29,028 lasts 110 s at the full burn — renew now, though 209 s of time alone remain.
+    assert renew(db, tenant, r.id, clock) == "renewed"
+
+
+def test_when_the_wallet_runs_dry_the_session_is_terminated_and_settled(db, tenant, clock):
+    fund(db, tenant, clock, 200_000)
+    r = start(db, tenant, clock)
+    clock.advance(343)
+    assert renew(db, tenant, r.id, clock) == "renewed"  # 200,000 - 2 × 79,167 = 41,666 left
+    clock.advance(913 - 343)  # cost 126,805.6 → 126,806; cover 31,528: the next slice is due
+    assert renew(db, tenant, r.id, clock) == "terminated"
+    r = get(db, tenant, r.id)
+    assert (r.status, r.end_reason, r.ended_at) == (SETTLED, "insufficient_funds", r.started_at + 913 * NS)
+    assert r.used_minor == micro_for(913) == 126_806 and r.used_minor <= r.held_minor == 2 * SLICE
+    assert r.refund_tx is None  # a session's unused cover simply stays in its wallet
+    assert r.provider_minor + r.fee_minor == r.used_minor
+    assert balance(db, tenant, WAL) == (200_000 - 126_806, 0)
+    assert balance(db, tenant, ESCROW) == (0, 0)
+    assert balance(db, tenant, EARN) == (r.provider_minor, 0)
+    assert balance(db, tenant, FEES) == (r.fee_minor, 0)
+    assert renew(db, tenant, r.id, clock) == "ok"  # nothing left to renew
+    ledger_ok(db, tenant)
+
+
+def test_a_session_never_costs_more_than_its_holds(db, tenant, clock):
+    fund(db, tenant, clock, 100_000)
+    r = start(db, tenant, clock)
+    clock.advance(2 * 3600)  # the worker never came: two hours on five minutes of cover
+    assert rental_service.accrual(get(db, tenant, r.id), clock.now_ns()).cost_minor == SLICE
+    assert renew(db, tenant, r.id, clock) == "terminated"
+    r = get(db, tenant, r.id)
+    assert (r.used_minor, r.refund_minor) == (SLICE, 0)
+    # 79,167 at 5 %: 75,208.65 / 3,958.35 → the provider's .65 takes the unit.
+    assert (r.provider_minor, r.fee_minor) == (75_209, 3_958)
+    assert balance(db, tenant, WAL) == (100_000 - SLICE, 0)
+    ledger_ok(db, tenant)
+
+
+def test_ending_a_session_settles_at_once(db, tenant, clock):
+    fund(db, tenant, clock, 1_000_000)
+    r = start(db, tenant, clock)
+    clock.advance(30)
+    with db.session() as s:
+        st = session_service.end(s, tenant, r.id, clock)
+    assert st.used_minor == micro_for(60) == 8_333  # the one-minute minimum
+    assert (st.provider_minor, st.fee_minor, st.refund_minor, st.refund_tx) == (7_916, 417, SLICE - 8_333, None)
+    r = get(db, tenant, r.id)
+    assert (r.status, r.end_reason) == (SETTLED, "ended")
+    assert balance(db, tenant, WAL) == (1_000_000 - 8_333, 0)
+    with db.session(write=False) as s:
+        refunds = s.query(Transfer).filter(Transfer.tenant_id == tenant, Transfer.code == "rental_refund").all()
+        assert refunds == []
+    ledger_ok(db, tenant)
+
+
+def test_sessions_are_not_extended(db, tenant, clock):
+    fund(db, tenant, clock, 1_000_000)
+    r = start(db, tenant, clock)
+    with pytest.raises(RentalNotActive), db.session() as s:
+        contract_service.extend(s, tenant, r.id, added_s=600, proof=None, paid_minor=None, clock=clock)
+    with pytest.raises(RentalNotActive), db.session() as s:
+        rental_service.extend(s, tenant, r.id, added_seconds=600, added_minor=1000, clock=clock)
+    assert get(db, tenant, r.id).held_minor == SLICE
+
+
+def test_fractional_vram_shares_a_card_until_it_is_full(db, tenant, clock):
+    fund(db, tenant, clock, 1_000_000)
+    a = start(db, tenant, clock, device_id="gpu-4090-001", vram_gb=12)
+    b = start(db, tenant, clock, device_id="gpu-4090-001", vram_gb=12)
+    assert (a.device_id, b.device_id, a.vram_gb, b.vram_gb) == ("gpu-4090-001",) * 2 + (12, 12)
+    assert Decimal(a.quote["hourly_rate"]) == Decimal("0.25")  # half the card, half the base rate
+    with pytest.raises(NoDeviceAvailable) as err:
+        start(db, tenant, clock, device_id="gpu-4090-001", vram_gb=12)
+    assert err.value.status == 409
+    with pytest.raises(NoDeviceAvailable):
+        start(db, tenant, clock, gpu_model="nvidia_rtx_4090", vram_gb=25)
+    with db.session() as s:
+        session_service.end(s, tenant, a.id, clock)
+    c = start(db, tenant, clock, device_id="gpu-4090-001", vram_gb=12)  # freed VRAM is rentable again
+    assert c.device_id == "gpu-4090-001"
+    # By model, the least-allocated card that fits is chosen.
+    assert start(db, tenant, clock, vram_gb=12).device_id == "gpu-4090-002"
+
+
+@pytest.mark.parametrize("kw", [{"gpu_model": None}, {"vram_gb": 0}, {"vram_gb": -4}])
+def test_bad_session_requests(db, tenant, clock, kw):
+    fund(db, tenant, clock, 1_000_000)
+    with pytest.raises(InvalidRentalRequest):
+        start(db, tenant, clock, **kw)
+
+
+def test_the_demand_multiplier_rises_with_utilisation(db, tenant, clock):
+    fund(db, tenant, clock, 10_000_000)
+    rates = [Decimal(start(db, tenant, clock).quote["hourly_rate"]) for _ in range(3)]
+    # 0/3 and 1/3 busy: the curve is flat (×1) up to half the pool. 2/3 busy: 1 + 0.25 × (1/6) / 0.3
+    # = 41/36, so 0.5 × 41/36 = 0.56944… DGPU/h.
+    assert rates[:2] == [Decimal("0.5"), Decimal("0.5")]
+    assert rates[2].quantize(Decimal("1e-15")) == Decimal("0.569444444444444")
+    with pytest.raises(NoDeviceAvailable):
+        start(db, tenant, clock)  # all three 4090s are taken
+    # The locked quote is what each session is charged, whatever demand does later.
+    with db.session(write=False) as s:
+        sessions = rental_service.list_rentals(s, tenant, status=ACTIVE)[0]
+    assert sorted(r.held_minor for r in sessions)[-1] > SLICE
