@@ -9,6 +9,7 @@ rounded away; rounding happens only in `round_minor`, by a named rule.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import (
@@ -22,6 +23,7 @@ from decimal import (
     InvalidOperation,
 )
 from enum import StrEnum
+from fractions import Fraction
 
 from meterline.errors import AmountNotPositive, AmountOverflow, AmountPrecision, InvalidAmount
 
@@ -31,6 +33,9 @@ MAX_SCALE = 18
 
 # Enough digits for any 64-bit amount at any scale, so no operation here rounds by accident.
 _CTX = Context(prec=60, traps=[InvalidOperation])
+# The only text a wire amount may be: ASCII digits, one optional point, an optional exponent.
+# `Decimal()` alone also takes "1_000", non-ASCII digits ("٣") and "NaN"/"Infinity".
+_DECIMAL_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +95,7 @@ def to_decimal(value: str | int | Decimal) -> Decimal:
         d = value
     elif isinstance(value, str):
         text = value.strip()
-        if not text or len(text) > 64 or text != value:
+        if not text or len(text) > 64 or text != value or not _DECIMAL_TEXT.fullmatch(text):
             raise InvalidAmount(f"{value!r} is not a decimal amount")
         try:
             d = Decimal(text)
@@ -111,12 +116,21 @@ def parse_amount(value: str | int | Decimal, scale: int, *, allow_zero: bool = F
     zero unless `allow_zero`, and anything beyond 64 bits.
     """
     d = to_decimal(value)
-    exponent = d.normalize(_CTX).as_tuple().exponent
-    if isinstance(exponent, int) and -exponent > scale and d != 0:
-        raise AmountPrecision(f"{value} has more than {scale} decimal places")
-    if d.adjusted() > 40:
-        raise AmountOverflow(f"{value} is too large")
-    minor = d.scaleb(scale, _CTX)
+    if d.is_zero():
+        minor = Decimal(0)  # "0E+100" is zero, not an overflow
+    else:
+        # Exponent with trailing zeros dropped, computed without a context: `normalize()`
+        # rounds to the context precision, which silently rounded "1.000…0001" (60+ digits).
+        _, digits, exponent = d.as_tuple()
+        assert isinstance(exponent, int)  # finite, checked by to_decimal
+        significant = len(digits)
+        while significant > 1 and digits[significant - 1] == 0:
+            significant -= 1
+        if -(exponent + len(digits) - significant) > scale:
+            raise AmountPrecision(f"{value} has more than {scale} decimal places")
+        if d.adjusted() > 40:
+            raise AmountOverflow(f"{value} is too large")
+        minor = d.scaleb(scale, _CTX)  # ≤ 41 + scale significant digits: exact at prec 60
     if minor != minor.to_integral_value():
         raise AmountPrecision(f"{value} has more than {scale} decimal places")
     result = int(minor)
@@ -156,19 +170,27 @@ def allocate(total: int, weights: Sequence[int | Decimal]) -> list[int]:
     ties broken by position (earlier weight first) — so the result is
     deterministic and documented. Weights must be non-negative, not all zero.
     """
+    if isinstance(total, bool) or not isinstance(total, int):
+        raise ValueError("total must be an integer number of minor units")
     if total < 0:
         raise ValueError("total must be non-negative")
-    ws = [Decimal(w) for w in weights]
+    if any(isinstance(w, bool) or not isinstance(w, int | Decimal) for w in weights):
+        raise ValueError("weights must be integers or Decimals")
+    if any(isinstance(w, Decimal) and not w.is_finite() for w in weights):
+        raise ValueError("weights must be finite")
+    # Exact rational arithmetic: a Decimal context (and `sum()`'s default 28 digits)
+    # rounded shares, so the floors could exceed the total for large totals or precise weights.
+    ws = [Fraction(w) for w in weights]
     if not ws or any(w < 0 for w in ws):
         raise ValueError("weights must be non-negative")
-    wsum = sum(ws, Decimal(0))
+    wsum = sum(ws, Fraction(0))
     if wsum == 0:
         raise ValueError("weights must not all be zero")
     parts: list[int] = []
-    remainders: list[tuple[Decimal, int]] = []
+    remainders: list[tuple[Fraction, int]] = []
     for i, w in enumerate(ws):
-        exact = _CTX.divide(_CTX.multiply(Decimal(total), w), wsum)
-        floor = int(exact.to_integral_value(rounding=ROUND_FLOOR))
+        exact = total * w / wsum
+        floor = exact.numerator // exact.denominator
         parts.append(floor)
         remainders.append((exact - floor, i))
     leftover = total - sum(parts)

@@ -46,6 +46,7 @@ _KNOWN_FLAGS = _PENDING | _POST | _VOID | _LINKED
 _DMNEC = int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS)
 _CMNED = int(AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS)
 _MAX_ID = 128
+_MAX_TIMEOUT_S = 2**31 - 1
 _CHUNK = 900  # stays under every driver's bound-parameter limit
 _COPY_MIN_ROWS = 32  # PostgreSQL: below this, a pipelined INSERT beats COPY's extra round trips
 
@@ -190,6 +191,10 @@ class _Batch:
             raise _Fail("pending_id_must_be_empty")
         if t.timeout_s and not flags & _PENDING:
             raise _Fail("timeout_reserved_for_pending_transfer")
+        # timeout_s is a 32-bit column and expires_at a 64-bit one: a larger value would fail
+        # the whole batch's INSERT instead of this one transfer.
+        if t.timeout_s and (t.timeout_s > _MAX_TIMEOUT_S or self.now_ns + t.timeout_s * 1_000_000_000 > MAX_AMOUNT):
+            raise _Fail("overflows_timeout")
         if not t.debit_account_id:
             raise _Fail("debit_account_id_must_not_be_empty")
         if not t.credit_account_id:

@@ -241,8 +241,15 @@ class LedgerService:
         On SQLite the session must be a write session (BEGIN IMMEDIATE). Nothing is
         committed here; a rollback of the caller's transaction undoes the postings.
         """
+        # The engine writes with driver-level SQL: flush pending ORM changes first, and
+        # afterwards expire any Account/Hold the session holds so the next read sees the
+        # new balances instead of the identity map's stale copy.
+        session.flush()
         seg = Segment(list(transfers))
         engine.apply(session.connection(), tenant_id, [seg], clock.now_ns())
+        for obj in list(session.identity_map.values()):
+            if isinstance(obj, Account | Hold):
+                session.expire(obj)
         return seg.results
 
     def get_transfer(self, session: Session, tenant_id: str, transfer_id: str) -> Transfer:
