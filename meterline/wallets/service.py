@@ -325,7 +325,10 @@ class WalletService:
         acc_id = owned_account_id("wal", owner_type, owner_id, asset)
         rail_ = get_rail(rail)
         now = clock.now_ns()
-        hold_id, sent_id = f"wd:{idempotency_id}", f"wd:{idempotency_id}:sent"
+        # Scoped by wallet: two owners choosing the same client id never collide
+        # (nor learn of each other's withdrawals through a conflict).
+        scope = hashlib.sha256(acc_id.encode()).hexdigest()[:16]
+        hold_id, sent_id = f"wd:{scope}:{idempotency_id}", f"wd:{scope}:{idempotency_id}:sent"
         meta: dict[str, Any] = {"rail": rail_.name, "destination": destination}
         if rail_.simulated:
             meta["mode"] = SIMULATION_MODE

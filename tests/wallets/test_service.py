@@ -298,3 +298,21 @@ def test_tenants_never_see_each_others_wallets(session, tenant, clock):
     make_deposit(session, other, clock, owner_id="alice", amount_minor=40, proof="same-proof")
     assert wallet_service.balance(session, other, "customer", "alice", "USD").posted == 40
     assert wallet_service.balance(session, tenant, "customer", "alice", "USD").posted == 300
+
+
+def test_two_owners_may_use_the_same_withdrawal_id(session, tenant_id, clock):
+    """Withdrawal ids are scoped per wallet: the same client id from two owners is two withdrawals."""
+    from meterline.wallets.service import wallet_service
+    from tests.factories import make_tenant
+
+    make_tenant(session, tenant_id, clock)
+    for owner in ("alice", "bob"):
+        wallet_service.deposit(session, tenant_id, owner_type="user", owner_id=owner, asset="USD",
+                               amount_minor=1000, rail="simulation", proof=f"p-{owner}", clock=clock)
+    for owner in ("alice", "bob"):
+        w = wallet_service.withdraw(session, tenant_id, owner_type="user", owner_id=owner, asset="USD",
+                                    amount_minor=400, rail="simulation", destination="bank", clock=clock,
+                                    idempotency_id="req-1")
+        assert w.amount_minor == 400
+    for owner in ("alice", "bob"):
+        assert wallet_service.balance(session, tenant_id, "user", owner, "USD").available == 600

@@ -126,7 +126,9 @@ def test_withdraw_holds_sends_and_replays(client, market):
     body = r.json()
     assert (body["id"], body["amount"], body["destination"], body["tx_signature"], body["simulated"]) == (
         "wd-1", "10.00", "acct-9", "SIMULATION_MODE", True)
-    assert (body["hold_transfer_id"], body["transfer_id"]) == ("wd:wd-1", "wd:wd-1:sent")
+    # Withdrawal transfer ids are scoped by wallet: wd:<wallet scope>:<client id>.
+    assert body["hold_transfer_id"].startswith("wd:") and body["hold_transfer_id"].endswith(":wd-1")
+    assert body["transfer_id"] == body["hold_transfer_id"] + ":sent"
     assert (body["balance"]["posted"], body["balance"]["pending"], body["balance"]["available"]) == (
         "15.00", "0.00", "15.00")
     again = withdraw(client, market.w, "wd-1")
@@ -174,16 +176,18 @@ def test_transactions_are_signed_and_paginated(client, market):
     deposit(client, market.w)
     withdraw(client, market.w, "wd-1", amount="10.00")
     page = client.get(f"{ALICE}/transactions", params={"limit": 2}, headers=market.w).json()
+    hold_id = page["data"][1]["transfer_id"]
+    assert hold_id.startswith("wd:") and hold_id.endswith(":wd-1")
     assert [(e["transfer_id"], e["amount"], e["status"], e["code"]) for e in page["data"]] == [
         ("dep:simulation:tx-1", "25.00", "posted", "deposit"),
-        ("wd:wd-1", "-10.00", "pending", "withdrawal"),
+        (hold_id, "-10.00", "pending", "withdrawal"),
     ]
     assert page["data"][0]["counterparty_account_id"] == "sys:external:simulation:USD"
     assert page["data"][0]["timestamp"] == "2023-11-14T22:13:20.000000Z"
     assert page["data"][0]["metadata"]["mode"] == "SIMULATION_MODE"
     rest = client.get(f"{ALICE}/transactions", params={"cursor": page["next_cursor"]}, headers=market.w).json()
     assert [(e["transfer_id"], e["amount"], e["status"]) for e in rest["data"]] == [
-        ("wd:wd-1:sent", "-10.00", "posted")]
+        (hold_id + ":sent", "-10.00", "posted")]
     assert rest["next_cursor"] is None
 
 
