@@ -31,6 +31,7 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python bench/ledger.py
+	$(BIN)/python bench/rentals.py
 
 clean:
 	rm -rf $(VENV) meterline.db meterline.db-wal meterline.db-shm .meterline

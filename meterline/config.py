@@ -37,6 +37,21 @@ class Settings(BaseSettings):
     # Payouts above a per-asset threshold need operator approval: "USDC=1000,SOL=5" (major units).
     payout_approval_threshold: str = ""
     payout_required_approvals: int = 1
+    # Licensing (seeds/002): answer cache TTLs, dead-device culling, audit log, offline files.
+    license_cache_ttl_s: float = 3600.0
+    entitlement_cache_ttl_s: float = 300.0
+    device_dead_after_s: float = 600.0
+    release_dead_device_cameras: bool = True
+    license_audit_retention_days: int = 90
+    license_audit_queue_max: int = 100_000
+    license_audit_flush_interval_s: float = 0.1
+    license_file_days: int = 30
+    license_file_grace_days: int = 7
+    # Usage metering: events older than now - lateness are refused (`too_late`), ones more
+    # than the skew ahead of now are refused (`in_future`); raw events are kept this long.
+    usage_lateness_s: int = 7 * 24 * 3600
+    usage_future_skew_s: int = 300
+    usage_retention_days: int = 90
 
     @model_validator(mode="after")
     def _normalise(self) -> Settings:

@@ -51,6 +51,7 @@ def create_app(runtime: Runtime, *, extra_lifespan: Any = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime.ledger.start()
+        runtime.sampler.start()
         try:
             if extra_lifespan is not None:
                 async with extra_lifespan(runtime):
@@ -58,7 +59,10 @@ def create_app(runtime: Runtime, *, extra_lifespan: Any = None) -> FastAPI:
             else:
                 yield
         finally:
+            runtime.sampler.stop()
             runtime.ledger.stop()
+            if runtime.licensing is not None:
+                runtime.licensing.audit.flush()  # nothing queued is lost on a clean shutdown
 
     app = FastAPI(
         title="Meterline",
@@ -79,6 +83,9 @@ def create_app(runtime: Runtime, *, extra_lifespan: Any = None) -> FastAPI:
     for profile_router in ROUTERS:
         app.include_router(profile_router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=runtime.settings.max_body_bytes)
+    from meterline.api.profiles.brinkbyte import ValidationFastPath
+
+    app.add_middleware(ValidationFastPath)
     app.add_middleware(MetricsMiddleware)
 
     @app.get("/", include_in_schema=False)

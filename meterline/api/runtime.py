@@ -1,4 +1,4 @@
-"""What a running server holds: settings, database, clock, ledger batcher, signing key.
+"""What a running server holds: settings, database, clock, ledger and sample batchers, signing key.
 
 Built once by `create_app` and stored on ``app.state.runtime``; request
 dependencies read it from there, so tests can build an app around a test
@@ -14,6 +14,8 @@ from meterline.config import Settings
 from meterline.db.engine import Database
 from meterline.ledger.batcher import LedgerBatcher
 from meterline.ledger.signing import Signer
+from meterline.licensing.runtime import LicensingRuntime, shared_runtime
+from meterline.rentals.sampler import SampleBatcher
 
 
 @dataclass
@@ -23,6 +25,8 @@ class Runtime:
     clock: Clock = field(default_factory=SystemClock)
     batcher: LedgerBatcher | None = None
     signer: Signer | None = None
+    samples: SampleBatcher | None = None
+    licensing: LicensingRuntime | None = None
 
     def __post_init__(self) -> None:
         if self.batcher is None:
@@ -32,8 +36,17 @@ class Runtime:
                 window_ms=self.settings.batch_window_ms,
                 max_transfers=self.settings.batch_max_transfers,
             )
+        if self.samples is None:
+            self.samples = SampleBatcher(self.db, self.clock, window_ms=self.settings.batch_window_ms)
+        if self.licensing is None:
+            self.licensing = shared_runtime(self.db, self.settings)
 
     @property
     def ledger(self) -> LedgerBatcher:
         assert self.batcher is not None
         return self.batcher
+
+    @property
+    def sampler(self) -> SampleBatcher:
+        assert self.samples is not None
+        return self.samples

@@ -17,6 +17,8 @@ from meterline.db import migrate
 from meterline.db.engine import Database
 from meterline.identity.service import identity_service
 from meterline.ledger.signing import load_signer
+from meterline.licensing.service import licensing_service
+from meterline.metering.service import metering_service
 from meterline.pricing.service import pricing_service
 from meterline.worker.runner import Worker
 
@@ -40,6 +42,8 @@ def seed_demo(db: Database, tenant_id: str) -> None:
         identity_service.ensure_tenant(session, tenant_id, now)
         catalog_service.seed_demo(session, tenant_id, now)
         pricing_service.seed_demo(session, tenant_id, now)
+        licensing_service.seed_demo(session, tenant_id, now)
+        metering_service.seed_demo(session, tenant_id, now)
 
 
 def build_server_app(settings: Settings, *, run_worker: bool, announce: bool = False) -> FastAPI:

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+# PostgreSQL partitions of partitioned tables: created by migrations and the worker at
+# run time (one per month), so they have no model. The partitioned parent has one and is
+# compared as usual; its partitions would otherwise show up as tables to drop.
+_PARTITIONS = re.compile(r"usage_events_(default|y\d{4}m\d{2})")
+
+
+def include_object(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+    """Alembic `include_object` hook: leave run-time partitions out of autogenerate."""
+    return not (type_ == "table" and reflected and compare_to is None and name and _PARTITIONS.fullmatch(name))
 
 
 def alembic_config(url: str) -> Config:

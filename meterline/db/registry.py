@@ -5,6 +5,8 @@ from meterline.db import idempotency  # noqa: F401
 from meterline.db.base import metadata
 from meterline.identity import models as identity_models  # noqa: F401
 from meterline.ledger import models as ledger_models  # noqa: F401
+from meterline.licensing import models as licensing_models  # noqa: F401
+from meterline.metering import models as metering_models  # noqa: F401
 from meterline.payments import models as payments_models  # noqa: F401
 from meterline.payouts import models as payouts_models  # noqa: F401
 from meterline.pricing import models as pricing_models  # noqa: F401

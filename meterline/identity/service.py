@@ -29,13 +29,18 @@ SCOPES = (
     "ledger:read",
     "ledger:write",
     "assets:write",
+    "usage:read",
+    "usage:write",
+    "licenses:read",
+    "licenses:write",
+    "licenses:validate",
 )
 DEFAULT_SCOPES = {
     "admin": ["admin"],
     "operator": ["ledger:read", "ledger:write"],
     "customer": ["ledger:read"],
     "provider": ["ledger:read"],
-    "device": [],
+    "device": ["licenses:validate"],
 }
 
 

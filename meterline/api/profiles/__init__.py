@@ -9,6 +9,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from meterline.api.profiles import dante, si64
+from meterline.api.profiles import brinkbyte, brinkbyte_usage, dante, si64
 
-ROUTERS: list[APIRouter] = [si64.router, dante.router]
+ROUTERS: list[APIRouter] = [si64.router, dante.router, brinkbyte_usage.router, brinkbyte.router]

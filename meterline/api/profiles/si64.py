@@ -2,7 +2,7 @@
 
     POST /api/rent                      → contract_service.rent (payment proof claimed once)
     GET  /api/contracts/{id}            → rental_service.get + accrual (cost computed on read)
-    POST /api/metrics/{id}              → rental_service.record_sample
+    POST /api/metrics/{id}              → the sample batcher (group commit; rentals/sampler.py)
     POST /api/contracts/{id}/extend     → contract_service.extend
     GET  /api/devices/{tier}            → catalog devices + active leases (one grouped query)
     GET  /api/billing/ledger            → SQL totals + a page of active contracts + recent settlements
@@ -25,10 +25,12 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel
 from sqlalchemy import Select, select, tuple_
 from sqlalchemy.orm import Session, load_only
+from starlette.concurrency import run_in_threadpool
 
 from meterline.api.body import Parsed, json_body, openapi_body
-from meterline.api.deps import ReadSession, RuntimeDep, WriteSession
+from meterline.api.deps import ReadSession, RuntimeDep, WriteSession, get_runtime
 from meterline.api.exact_json import ExactJSONResponse
+from meterline.api.idempotency import HEADER as IDEMPOTENCY_HEADER
 from meterline.api.idempotency import in_transaction
 from meterline.api.profiles.si64_schemas import (
     BillingLedger,
@@ -45,25 +47,32 @@ from meterline.api.profiles.si64_schemas import (
     SettleResponse,
     Stats,
 )
+from meterline.api.runtime import Runtime
 from meterline.api.v1.common import (
     InvalidCursor,
     LedgerRead,
+    LedgerReadAsync,
     LedgerWrite,
+    LedgerWriteAsync,
     decode_cursor,
     encode_cursor,
     errors,
 )
 from meterline.catalog.service import catalog_service
 from meterline.db.scoping import scoped
+from meterline.errors import ServiceUnavailable
 from meterline.money import STANDARD_ASSETS, parse_amount, to_major
 from meterline.rentals import accrual
 from meterline.rentals.contracts import active_leases, contract_service
 from meterline.rentals.models import Rental
+from meterline.rentals.sampler import SamplerStopped
 from meterline.rentals.service import (
     ACTIVE,
     SAMPLE_FIELDS,
     SETTLED,
+    Accrual,
     InvalidRentalRequest,
+    RentalState,
     parse_hours,
     rental_service,
 )
@@ -107,7 +116,7 @@ def _hours(seconds: int) -> Decimal:
     return d if d * 3600 == seconds else d.quantize(Decimal("0.000001"), rounding=ROUND_HALF_UP)
 
 
-def _status(rental: Rental, now_ns: int) -> str:
+def _status(rental: RentalState, now_ns: int) -> str:
     """ACTIVE, SETTLED, or EXPIRED for an active contract past its term that the worker has
     not settled yet (it accrues nothing more)."""
     if rental.status == ACTIVE and rental.expires_at is not None and now_ns >= rental.expires_at:
@@ -115,7 +124,7 @@ def _status(rental: Rental, now_ns: int) -> str:
     return rental.status
 
 
-def _remaining(rental: Rental, elapsed_s: int) -> int:
+def _remaining(rental: RentalState, elapsed_s: int) -> int:
     if rental.status != ACTIVE or rental.duration_s is None:
         return 0
     return max(0, rental.duration_s - elapsed_s)
@@ -196,12 +205,19 @@ def rent(
 
 @router.get("/contracts/{contract_id}", summary="A contract's live status", response_model=ContractStatus,
             responses=errors(_NOT_FOUND))
-def get_contract(contract_id: ContractId, principal: LedgerRead, session: ReadSession,
-                 runtime: RuntimeDep) -> Response:
+async def get_contract(request: Request, contract_id: ContractId, principal: LedgerReadAsync) -> Response:
     """Prepaid, used so far and refundable now — computed on read from the locked rate, so the
     three always add up (`prepaid_sol = used_sol + refund_available`)."""
-    rental = rental_service.get(session, principal.tenant_id, contract_id)
-    return _answer(_contract_status(rental, runtime.clock.now_ns()))
+    # Polled while devices stream samples: one primary-key read in a deferred (WAL snapshot)
+    # read transaction, which never waits for the sample writer, and a single threadpool hop
+    # (sync dependencies would cost one each, queued behind other requests for the pool).
+    return await run_in_threadpool(_read_contract, get_runtime(request), principal.tenant_id, contract_id)
+
+
+def _read_contract(runtime: Runtime, tenant: str, contract_id: str) -> Response:
+    with runtime.db.session(write=False) as session:
+        rental = rental_service.get(session, tenant, contract_id)
+        return _answer(_contract_status(rental, runtime.clock.now_ns()))
 
 
 @router.post(
@@ -210,30 +226,46 @@ def get_contract(contract_id: ContractId, principal: LedgerRead, session: ReadSe
     responses=errors({**_NOT_FOUND, 409: "`contract_already_settled`, `contract_expired`, "
                                          "`contract_not_active`", **_BAD_INPUT}),
 )
-def record_metrics(
+async def record_metrics(
     request: Request,
     contract_id: ContractId,
-    principal: LedgerWrite,
+    principal: LedgerWriteAsync,
     body: Annotated[Parsed[MetricsRequest], Depends(json_body(MetricsRequest))],
-    session: WriteSession,
-    runtime: RuntimeDep,
 ) -> Response:
     """Store a metrics sample and answer with the running cost. Nothing is written to the
-    ledger per sample; cost accrues with time (and metered power, when `power_w` is sent)."""
+    ledger per sample; cost accrues with time (and metered power, when `power_w` is sent).
+    Answered once the sample is committed (group commit with concurrent samples)."""
+    runtime = get_runtime(request)  # not RuntimeDep: a sync dependency would cost a threadpool hop
     tenant = principal.tenant_id
-    now = runtime.clock.now_ns()
     values = {k: v for k, v in body.value.model_dump().items() if k in SAMPLE_FIELDS and v is not None}
+    if IDEMPOTENCY_HEADER in request.headers:
+        # Claiming the key and storing the sample must commit together: the one-transaction path.
+        return await run_in_threadpool(_record_idempotent, request, runtime, tenant, contract_id, values, body.raw)
+    clean = rental_service.validate_sample(values)
+    try:
+        done = await runtime.sampler.record_async(tenant, contract_id, [clean])
+    except SamplerStopped:
+        raise ServiceUnavailable("samples are not being accepted right now") from None
+    return _metrics_answer(done.rental, done.accrual)
 
-    def work() -> Response:
-        rental, acc = rental_service.record_sample(session, tenant, contract_id, values, runtime.clock)
-        m = rental.scale
-        return _answer(MetricsResponse(
-            contract_id=rental.id, metrics_recorded=True, elapsed_hours=_elapsed_hours(acc.elapsed_s),
-            cost_so_far=to_major(acc.cost_minor, m), refund_available=to_major(acc.refund_minor, m),
-            remaining_seconds=_remaining(rental, acc.elapsed_s), samples=rental.sample_count,
-        ))
 
-    return in_transaction(request, tenant, body.raw, session, now, work)
+def _record_idempotent(request: Request, runtime: Runtime, tenant: str, contract_id: str,
+                       values: dict[str, Any], raw: bytes) -> Response:
+    with runtime.db.session(write=True) as session:
+        def work() -> Response:
+            rental, acc = rental_service.record_sample(session, tenant, contract_id, values, runtime.clock)
+            return _metrics_answer(rental, acc)
+
+        return in_transaction(request, tenant, raw, session, runtime.clock.now_ns(), work)
+
+
+def _metrics_answer(rental: RentalState, acc: Accrual) -> Response:
+    m = rental.scale
+    return _answer(MetricsResponse(
+        contract_id=rental.id, metrics_recorded=True, elapsed_hours=_elapsed_hours(acc.elapsed_s),
+        cost_so_far=to_major(acc.cost_minor, m), refund_available=to_major(acc.refund_minor, m),
+        remaining_seconds=_remaining(rental, acc.elapsed_s), samples=rental.sample_count,
+    ))
 
 
 @router.post(

@@ -8,6 +8,8 @@ from meterline.api.v1 import (
     blocks,
     catalog,
     holds,
+    licenses,
+    meters,
     payouts,
     pricing,
     rentals,
@@ -26,3 +28,5 @@ router.include_router(pricing.router)
 router.include_router(wallets.router)
 router.include_router(rentals.router)
 router.include_router(payouts.router)
+router.include_router(meters.router)
+router.include_router(licenses.router)

@@ -22,6 +22,7 @@ LedgerWrite = Annotated[Principal, Depends(require("ledger:write"))]
 Admin = Annotated[Principal, Depends(require("admin"))]
 # For the async hot path (POST /v1/transfers): no threadpool hop when the key is cached.
 LedgerWriteAsync = Annotated[Principal, Depends(require_async("ledger:write"))]
+LedgerReadAsync = Annotated[Principal, Depends(require_async("ledger:read"))]
 
 # -- path and query parameters ----------------------------------------------------------
 AccountIdPath = Annotated[str, Path(min_length=1, max_length=64, pattern=ID_PATTERN)]

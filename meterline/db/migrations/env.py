@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 
 from meterline.db.engine import make_nullpool_engine
+from meterline.db.migrate import include_object
 from meterline.db.registry import metadata
 
 config = context.config
@@ -13,7 +14,8 @@ config = context.config
 def run_migrations() -> None:
     connection = config.attributes.get("connection")
     if connection is not None:
-        context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
+        context.configure(connection=connection, target_metadata=metadata, render_as_batch=True,
+                          include_object=include_object)
         with context.begin_transaction():
             context.run_migrations()
         return
@@ -21,7 +23,8 @@ def run_migrations() -> None:
     assert url, "sqlalchemy.url is required"
     engine = make_nullpool_engine(url)
     with engine.connect() as conn:
-        context.configure(connection=conn, target_metadata=metadata, render_as_batch=True)
+        context.configure(connection=conn, target_metadata=metadata, render_as_batch=True,
+                          include_object=include_object)
         with context.begin_transaction():
             context.run_migrations()
     engine.dispose()

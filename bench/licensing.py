@@ -1,0 +1,167 @@
+"""License validation over HTTP: the seed's POST /api/v1/licenses/validate under load.
+
+One `meterline serve --dev` process on SQLite (the demo catalogue holds the
+seed's tenant-123: base license, 100 cameras). A warm-up validates each of the
+100 cameras once (activating them — the only database writes), then 32
+keep-alive clients (split over client processes) send validations for those
+cameras for `--seconds`, repeated `--reps` times; the median run is reported.
+Every answer must be 200 with `"is_valid":true`. The audit log is written in the
+background throughout, as in production.
+
+Target (issue): ≥ 5,000 requests/s with p99 < 10 ms, warm cache. The clients
+share the machine's cores with the server, so the load average is printed.
+
+Usage: python bench/licensing.py [--seconds S] [--reps N] [--client-procs P]
+The last line is `BENCH licensing key=value ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._common import fmt, median, percentile, summary_line
+from bench.ledger import _Conn, _free_port, _wait_ready
+
+CLIENTS = 32
+CAMERAS = 100
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _validate_request(port: int, camera: int) -> bytes:
+    body = f'{{"camera_id":"cam-{camera:03d}","tenant_id":"tenant-123","device_id":"device-001"}}'.encode()
+    return (f"POST /api/v1/licenses/validate HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+async def _load(port: int, clients: int, seconds: float, offset: int) -> tuple[int, int, list[float], float, list[str]]:
+    conns = []
+    for _ in range(clients):
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        conns.append(_Conn(r, w))
+    requests = [_validate_request(port, i) for i in range(CAMERAS)]
+    deadline = time.perf_counter() + seconds
+    ok = err = 0
+    lats: list[float] = []
+    samples: list[str] = []
+
+    async def one(c: int, conn: _Conn) -> None:
+        nonlocal ok, err
+        i = (offset + c) * 7
+        while time.perf_counter() < deadline:
+            raw = requests[i % CAMERAS]
+            i += 1
+            t0 = time.perf_counter()
+            try:
+                status, body = await conn.request(raw)
+            except (OSError, asyncio.IncompleteReadError) as exc:
+                err += 1
+                samples.append(repr(exc))
+                return
+            lats.append(time.perf_counter() - t0)
+            if status == 200 and b'"is_valid":true' in body:
+                ok += 1
+            else:
+                err += 1
+                if len(samples) < 3:
+                    samples.append(f"{status} {body[:200]!r}")
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(c, conn) for c, conn in enumerate(conns)))
+    elapsed = time.perf_counter() - t0
+    for conn in conns:
+        conn.writer.close()
+    return ok, err, lats, elapsed, samples
+
+
+def _run(port: int, clients: int, seconds: float, offset: int) -> Any:
+    try:
+        import uvloop
+
+        return uvloop.run(_load(port, clients, seconds, offset))
+    except ImportError:
+        return asyncio.run(_load(port, clients, seconds, offset))
+
+
+def _proc(port: int, clients: int, seconds: float, offset: int, q: Any) -> None:
+    q.put(_run(port, clients, seconds, offset))
+
+
+def drive(port: int, seconds: float, procs: int) -> dict[str, Any]:
+    per = [CLIENTS // procs + (1 if i < CLIENTS % procs else 0) for i in range(procs)]
+    if procs == 1:
+        results = [_run(port, per[0], seconds, 0)]
+    else:
+        ctx = mp.get_context("spawn")
+        q = ctx.Queue()
+        ps = [ctx.Process(target=_proc, args=(port, n, seconds, sum(per[:i]), q)) for i, n in enumerate(per)]
+        for p in ps:
+            p.start()
+        results = [q.get(timeout=seconds + 60) for _ in ps]
+        for p in ps:
+            p.join()
+    lats = sorted(x for r in results for x in r[2])
+    elapsed = max(r[3] for r in results)
+    ok = sum(r[0] for r in results)
+    return {"ok": ok, "err": sum(r[1] for r in results), "rps": ok / elapsed,
+            "p50": percentile(lats, 50) * 1000, "p99": percentile(lats, 99) * 1000,
+            "samples": [s for r in results for s in r[4]]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--client-procs", type=int, default=1)
+    args = ap.parse_args()
+    print(f"license validation over HTTP: {CLIENTS} keep-alive clients in {args.client_procs} process(es), "
+          f"{args.seconds:g}s x {args.reps}, one `meterline serve --dev` process on SQLite, cpus={os.cpu_count()}")
+    summary: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="meterline-bench-lic-") as d:
+        port = _free_port()
+        env = dict(os.environ, METERLINE_DATABASE_URL=f"sqlite:///{Path(d) / 'bench.db'}",
+                   METERLINE_DATA_DIR=str(Path(d) / "data"), PYTHONPATH=str(ROOT))
+        env.pop("METERLINE_REDIS_URL", None)
+        log = open(Path(d) / "server.log", "wb")
+        server = subprocess.Popen([sys.executable, "-m", "meterline.cli.main", "serve", "--dev", "--port", str(port)],
+                                  cwd=d, env=env, stdout=log, stderr=log)
+        try:
+            _wait_ready(port, server)
+            warm = drive(port, 1.0, 1)  # activates the 100 cameras and fills the cache
+            print(f"  warm-up: {warm['ok']} ok, {warm['err']} errors")
+            runs = []
+            for rep in range(args.reps):
+                r = drive(port, args.seconds, args.client_procs)
+                runs.append(r)
+                print(f"  run {rep + 1}: {r['rps']:.0f} req/s  p50 {r['p50']:.2f} ms  p99 {r['p99']:.2f} ms  "
+                      f"errors {r['err']}  load {os.getloadavg()[0]:.2f}")
+                if r["samples"]:
+                    print(f"    samples: {r['samples'][:3]}")
+            mid = sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
+            summary = {"rps": fmt(median([r["rps"] for r in runs])), "p50_ms": fmt(mid["p50"], 2),
+                       "p99_ms": fmt(mid["p99"], 2), "errors": str(sum(r["err"] for r in runs)),
+                       "clients": str(CLIENTS), "load1": fmt(os.getloadavg()[0], 2),
+                       "target": "rps>=5000,p99<10ms"}
+        finally:
+            server.send_signal(signal.SIGINT)
+            try:
+                server.wait(15)
+            except subprocess.TimeoutExpired:
+                server.kill()
+            log.close()
+    print(summary_line("licensing", summary))
+
+
+if __name__ == "__main__":
+    main()

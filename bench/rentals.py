@@ -1,0 +1,456 @@
+"""Rentals benchmark: metrics samples at a paced rate, contract status under that load, the billing ledger.
+
+Target (the issue): on this 2-core machine, one `meterline serve --dev` process on SQLite —
+1,000 active contracts each posting a metrics sample every 500 ms (2,000 samples/s) sustained
+for 60 s with p99 < 50 ms and no errors; contract status p99 < 10 ms under that load;
+`GET /api/billing/ledger` with 10,000 active contracts in < 100 ms.
+
+Parts:
+
+1. setup: a temporary SQLite database, `meterline serve --dev` on it (METERLINE_DATABASE_URL),
+   --contracts contracts created with `POST /api/rent` (a distinct tx_signature each);
+2. load (--only load): every contract POSTs `/api/metrics/{id}` (with `power_w`, so the
+   energy integral is exercised) every --interval-ms, on its own keep-alive connection,
+   phases spread evenly over the interval. Open-loop: each send has a scheduled time and its
+   latency is measured FROM THAT TIME, so a stalled server shows up as latency rather than
+   as fewer requests (no coordinated omission). Meanwhile a separate client process polls
+   `GET /api/contracts/{id}` of random contracts at --status-rps, also open-loop (a pool of
+   connections; a request waiting for a free connection is counted from its scheduled time).
+   After the run: Σ sample_count and the rows in rental_samples must equal the acknowledged
+   samples (every 2xx was committed, none twice) — printed OK/FAIL;
+3. ledger (--only ledger): active contracts are brought up to --ledger-contracts (the first
+   through HTTP as above, the rest as copies of those rows inserted directly into the
+   rentals table with new ids — the endpoint reads only that table), then
+   `GET /api/billing/ledger` is timed --ledger-calls times (after 2 warm-up calls).
+
+Every figure is printed with the load average at the time (the machine is shared).
+HTTP client: the lean asyncio keep-alive client of bench/ledger.py (+ uvloop).
+
+Usage: python bench/rentals.py [--seconds 60] [--contracts 1000] [--only load|ledger]
+The last line is `BENCH rentals key=value ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sqlalchemy import insert, select, text
+
+from bench._common import fmt, fresh_sqlite, median, percentile, summary_line
+from bench.ledger import _Conn, _free_port, _wait_ready
+from meterline.db.engine import Database
+from meterline.rentals.models import Rental
+
+TENANT = "default"  # dev mode: unauthenticated loopback calls act as this tenant's admin
+DURATION_HOURS = 2  # nothing expires during a run
+RENT_CONNECTIONS = 8
+STATUS_CONNECTIONS = 8
+REQUEST_TIMEOUT_S = 10.0  # a request unanswered this long is an error (its latency is recorded as ≥ this)
+
+
+def log(msg: str = "") -> None:
+    print(msg, flush=True)
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "NA"
+
+
+def _uvloop_run(coro: Any) -> Any:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:
+        return asyncio.run(coro)
+
+
+def _post(port: int, path: str, body: bytes) -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+def _get(port: int, path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+
+
+def _stats(lats: list[float]) -> dict[str, float]:
+    s = sorted(lats)
+    return {"p50": percentile(s, 50) * 1000, "p99": percentile(s, 99) * 1000,
+            "max": (s[-1] * 1000 if s else float("nan"))}
+
+
+# -- setup: contracts through POST /api/rent ----------------------------------------------------
+
+
+async def _rent(port: int, tag: str, start: int, n: int) -> tuple[list[str], list[str]]:
+    ids: list[str] = []
+    errors: list[str] = []
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(start, start + n):
+        queue.put_nowait(i)
+
+    async def worker() -> None:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        conn = _Conn(r, w)
+        try:
+            while True:
+                try:
+                    i = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                body = json.dumps({"wallet": f"bench-wallet-{i:05d}", "tier": "M2",
+                                   "duration_hours": DURATION_HOURS, "tx_signature": f"bench-{tag}-{i}"}).encode()
+                status, raw = await conn.request(_post(port, "/api/rent", body))
+                if status == 200:
+                    ids.append(json.loads(raw)["contract_id"])
+                elif len(errors) < 3:
+                    errors.append(f"{status} {raw[:200]!r}")
+                else:
+                    errors.append("")
+        finally:
+            w.close()
+
+    await asyncio.gather(*(worker() for _ in range(RENT_CONNECTIONS)))
+    return ids, errors
+
+
+def create_contracts(port: int, tag: str, start: int, n: int) -> list[str]:
+    t0 = time.perf_counter()
+    ids, errors = _uvloop_run(_rent(port, tag, start, n))
+    dt = time.perf_counter() - t0
+    log(f"  created {len(ids):,} contracts via POST /api/rent in {dt:.1f} s ({len(ids) / dt:,.0f}/s), "
+        f"errors {len(errors)}" + (f" e.g. {errors[0]}" if errors else "") + f"  [load {loadavg()}]")
+    if errors:
+        raise SystemExit("could not create the contracts")
+    return ids
+
+
+# -- part 2: paced samples and status polls ------------------------------------------------------
+
+
+async def _metrics_load(port: int, ids: list[str], interval: float, seconds: float, start_at: float
+                        ) -> dict[str, Any]:
+    conns: list[_Conn | None] = []
+    for _ in ids:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        conns.append(_Conn(r, w))
+    ok = 0
+    err = 0
+    lats: list[float] = []
+    samples: list[str] = []
+    late_sends = 0
+    not_sent = 0
+
+    async def device(k: int, cid: str, conn: _Conn | None) -> None:
+        nonlocal ok, err, late_sends, not_sent
+        rng = random.Random(k)
+        path = f"/api/metrics/{cid}"
+        due = start_at + interval * k / len(ids)
+        end = start_at + seconds
+        while due < end:
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif delay < -interval:
+                late_sends += 1
+            body = (f'{{"cpu_percent":{rng.randint(0, 100)},"memory_mb":{rng.randint(1000, 8000)},'
+                    f'"gpu_util_percent":{rng.randint(0, 100)},"power_w":{rng.randint(50, 450)}.{rng.randint(0, 9)}}}'
+                    ).encode()
+            try:
+                if conn is None:
+                    r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), REQUEST_TIMEOUT_S)
+                    conn = conns[k] = _Conn(r, w)
+                status, resp = await asyncio.wait_for(conn.request(_post(port, path, body)), REQUEST_TIMEOUT_S)
+            except (OSError, RuntimeError, asyncio.IncompleteReadError, TimeoutError) as exc:
+                err += 1
+                lats.append(time.perf_counter() - due)
+                if len(samples) < 3:
+                    samples.append(repr(exc))
+                if conn is not None:
+                    conn.writer.close()  # the connection's state is unknown: start a new one
+                conn = conns[k] = None
+                due += interval
+                while due < min(end, time.perf_counter()):  # slots that passed while waiting: not sent
+                    err += 1
+                    not_sent += 1
+                    due += interval
+                continue
+            lats.append(time.perf_counter() - due)  # from the scheduled time: no coordinated omission
+            if status == 200:
+                ok += 1
+            else:
+                err += 1
+                if len(samples) < 3:
+                    samples.append(f"{status} {resp[:200]!r}")
+            due += interval
+
+    delay = start_at - time.perf_counter()
+    if delay > 0:
+        await asyncio.sleep(delay)
+    await asyncio.gather(*(device(k, cid, c) for k, (cid, c) in enumerate(zip(ids, conns, strict=True))))
+    elapsed = time.perf_counter() - start_at
+    for c in conns:
+        if c is not None:
+            c.writer.close()
+    return {"ok": ok, "err": err, "lats": lats, "elapsed": elapsed, "samples": samples, "late": late_sends,
+            "not_sent": not_sent}
+
+
+async def _status_load(port: int, ids: list[str], rps: float, seconds: float, start_at: float) -> dict[str, Any]:
+    pool: asyncio.Queue[_Conn] = asyncio.Queue()
+    for _ in range(STATUS_CONNECTIONS):
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        pool.put_nowait(_Conn(r, w))
+    rng = random.Random(7)
+    ok = 0
+    err = 0
+    lats: list[float] = []
+    samples: list[str] = []
+
+    async def one(due: float, cid: str) -> None:
+        nonlocal ok, err
+        conn = await pool.get()
+        try:
+            status, resp = await asyncio.wait_for(conn.request(_get(port, f"/api/contracts/{cid}")),
+                                                  REQUEST_TIMEOUT_S)
+        except (OSError, RuntimeError, asyncio.IncompleteReadError, TimeoutError) as exc:
+            err += 1
+            lats.append(time.perf_counter() - due)
+            if len(samples) < 3:
+                samples.append(repr(exc))
+            conn.writer.close()
+            try:
+                r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), REQUEST_TIMEOUT_S)
+                pool.put_nowait(_Conn(r, w))
+            except (OSError, TimeoutError):
+                pool.put_nowait(conn)  # broken: its next request fails and tries again
+            return
+        lats.append(time.perf_counter() - due)
+        pool.put_nowait(conn)
+        if status == 200:
+            ok += 1
+        else:
+            err += 1
+            if len(samples) < 3:
+                samples.append(f"{status} {resp[:200]!r}")
+
+    tasks = []
+    n = int(seconds * rps)
+    for i in range(n):
+        due = start_at + i / rps
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(one(due, ids[rng.randrange(len(ids))])))
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - start_at
+    while not pool.empty():
+        pool.get_nowait().writer.close()
+    return {"ok": ok, "err": err, "lats": lats, "elapsed": elapsed, "samples": samples}
+
+
+def _proc(kind: str, args: tuple[Any, ...], q: Any) -> None:
+    fn = _metrics_load if kind == "metrics" else _status_load
+    q.put(_uvloop_run(fn(*args)))
+
+
+def run_load(port: int, ids: list[str], args: argparse.Namespace, db_url: str,
+             summary: dict[str, str]) -> None:
+    interval = args.interval_ms / 1000
+    target = len(ids) / interval
+    log(f"\n== load: {len(ids):,} contracts × 1 sample / {args.interval_ms:g} ms = {target:,.0f} samples/s "
+        f"for {args.seconds:g} s, + GET /api/contracts/{{id}} at {args.status_rps:g} req/s (separate client "
+        f"process)  [load {loadavg()}]")
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    start_at = time.perf_counter() + 3.0  # both processes connect first (perf_counter is system-wide)
+    procs = [
+        ctx.Process(target=_proc, args=("metrics", (port, ids, interval, args.seconds, start_at), q)),
+        ctx.Process(target=_proc, args=("status", (port, ids, args.status_rps, args.seconds, start_at), q)),
+    ]
+    for p in procs:
+        p.start()
+    results = [q.get(timeout=args.seconds + 3 * REQUEST_TIMEOUT_S + 60) for _ in procs]
+    for p in procs:
+        p.join()
+    load_end = loadavg()
+    metrics = next(r for r in results if "late" in r)
+    status = next(r for r in results if "late" not in r)
+    m = _stats(metrics["lats"])
+    s = _stats(status["lats"])
+    sps = metrics["ok"] / metrics["elapsed"]
+    log(f"  POST /api/metrics: {sps:,.0f} samples/s acknowledged (target {target:,.0f}), "
+        f"p50 {m['p50']:.1f} ms  p99 {m['p99']:.1f} ms  max {m['max']:.0f} ms  errors {metrics['err']}"
+        f"  sends >1 interval late {metrics['late']}  not sent (after a timeout) {metrics['not_sent']}"
+        + (f"  e.g. {metrics['samples'][0]}" if metrics["samples"] else "") + f"  [load {load_end}]")
+    log(f"  GET /api/contracts/{{id}}: {status['ok'] / status['elapsed']:,.0f} req/s, "
+        f"p50 {s['p50']:.1f} ms  p99 {s['p99']:.1f} ms  max {s['max']:.0f} ms  errors {status['err']}"
+        + (f"  e.g. {status['samples'][0]}" if status["samples"] else "") + f"  [load {load_end}]")
+    consistent = check_samples(db_url, ids, metrics["ok"])
+    summary.update(
+        samples_per_s=fmt(sps), samples_target=fmt(target), metrics_p50_ms=fmt(m["p50"], 1),
+        metrics_p99_ms=fmt(m["p99"], 1), metrics_max_ms=fmt(m["max"]), metrics_errors=str(metrics["err"]),
+        status_p50_ms=fmt(s["p50"], 1), status_p99_ms=fmt(s["p99"], 1), status_max_ms=fmt(s["max"]),
+        status_errors=str(status["err"]), samples_consistent="OK" if consistent else "FAIL",
+        load_after_run=load_end.replace(" ", "/"),
+    )
+
+
+def check_samples(db_url: str, ids: list[str], acked: int) -> bool:
+    """Every acknowledged sample is stored once, and counted once on its contract."""
+    db = Database(db_url)
+    try:
+        with db.engine.connect() as conn:
+            rows = conn.execute(text("SELECT COUNT(*) FROM rental_samples WHERE tenant_id = :t"), {"t": TENANT}).scalar()
+            counted = conn.execute(text("SELECT COALESCE(SUM(sample_count), 0) FROM rentals WHERE tenant_id = :t"),
+                                   {"t": TENANT}).scalar()
+    finally:
+        db.dispose()
+    ok = rows == counted and rows is not None and rows >= acked
+    # A sample whose response was lost (client error) may still have committed: rows ≥ acked.
+    log(f"  consistency: {rows:,} sample rows, Σ sample_count {counted:,}, {acked:,} acknowledged — "
+        f"{'OK' if ok else 'FAIL'}")
+    return ok
+
+
+# -- part 3: the billing ledger over many active contracts ---------------------------------------
+
+
+def fill_active(db_url: str, want: int) -> int:
+    """Copy existing active contracts (new ids) until `want` are active. Returns the count."""
+    db = Database(db_url)
+    try:
+        with db.engine.connect() as conn:
+            have = conn.execute(select(Rental.__table__).where(Rental.tenant_id == TENANT,
+                                                               Rental.status == "ACTIVE")).mappings().all()
+        if not have:
+            raise SystemExit("no active contracts to copy")
+        rows = []
+        for i in range(max(0, want - len(have))):
+            row = dict(have[i % len(have)])
+            row["id"] = f"CTR-B{i:07d}"
+            row["payment_proof"] = f"bench-copy-{i}"
+            rows.append(row)
+        if rows:
+            with db.write_connection() as conn:
+                conn.execute(insert(Rental), rows)
+            with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.exec_driver_sql("ANALYZE")
+        return len(have) + len(rows)
+    finally:
+        db.dispose()
+
+
+async def _time_ledger(port: int, calls: int) -> tuple[list[float], list[str], int]:
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    conn = _Conn(r, w)
+    raw = _get(port, "/api/billing/ledger")
+    lats: list[float] = []
+    errors: list[str] = []
+    count = -1
+    try:
+        for i in range(calls + 2):
+            t0 = time.perf_counter()
+            status, body = await conn.request(raw)
+            dt = time.perf_counter() - t0
+            if status != 200:
+                errors.append(f"{status} {body[:200]!r}")
+                continue
+            count = json.loads(body)["active_count"]
+            if i >= 2:  # two warm-up calls
+                lats.append(dt)
+    finally:
+        w.close()
+    return lats, errors, count
+
+
+def run_ledger(port: int, db_url: str, args: argparse.Namespace, summary: dict[str, str]) -> None:
+    n = fill_active(db_url, args.ledger_contracts)
+    log(f"\n== GET /api/billing/ledger with {n:,} active contracts, {args.ledger_calls} calls  [load {loadavg()}]")
+    lats, errors, count = _uvloop_run(_time_ledger(port, args.ledger_calls))
+    s = sorted(lats)
+    med = median(lats) * 1000
+    p99 = percentile(s, 99) * 1000
+    lavg = loadavg()
+    log(f"  median {med:.1f} ms  p99 {p99:.1f} ms  min {s[0] * 1000 if s else float('nan'):.1f} ms  "
+        f"active_count {count:,}  errors {len(errors)}" + (f" e.g. {errors[0]}" if errors else "")
+        + f"  [load {lavg}]")
+    summary.update(ledger_contracts=str(count), ledger_median_ms=fmt(med, 1), ledger_p99_ms=fmt(p99, 1),
+                   ledger_errors=str(len(errors)), load_after_ledger=lavg.replace(" ", "/"))
+
+
+# -- main ------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", choices=["load", "ledger"], help="run only this part")
+    ap.add_argument("--seconds", type=float, default=60.0, help="duration of the paced load")
+    ap.add_argument("--contracts", type=int, default=1000, help="contracts posting samples")
+    ap.add_argument("--interval-ms", type=float, default=500.0, help="each contract's sample interval")
+    ap.add_argument("--status-rps", type=float, default=100.0, help="GET /api/contracts/{id} rate")
+    ap.add_argument("--ledger-contracts", type=int, default=10_000, help="active contracts for the ledger part")
+    ap.add_argument("--ledger-calls", type=int, default=20, help="timed GET /api/billing/ledger calls")
+    args = ap.parse_args()
+
+    log(f"meterline rentals benchmark — {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
+        f"load {loadavg()}")
+    summary = {k: "NA" for k in (
+        "samples_per_s", "samples_target", "metrics_p50_ms", "metrics_p99_ms", "metrics_max_ms", "metrics_errors",
+        "status_p50_ms", "status_p99_ms", "status_max_ms", "status_errors", "samples_consistent",
+        "ledger_contracts", "ledger_median_ms", "ledger_p99_ms", "ledger_errors")}
+    summary["load_before"] = loadavg().replace(" ", "/")
+    with tempfile.TemporaryDirectory(prefix="meterline-bench-rentals-") as d:
+        with fresh_sqlite(d) as url:
+            port = _free_port()
+            env = dict(os.environ, METERLINE_DATABASE_URL=url, METERLINE_DATA_DIR=str(Path(d) / "data"))
+            exe = Path(sys.executable).with_name("meterline")
+            cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "meterline.cli.main"]
+            log(f"\n== setup: `meterline serve --dev` on {url}")
+            err_path = Path(d) / "server.err"  # a file, not a pipe nobody reads while the server runs
+            err_file = err_path.open("wb")
+            server = subprocess.Popen([*cmd, "serve", "--dev", "--port", str(port)], cwd=d, env=env,
+                                      stdout=subprocess.DEVNULL, stderr=err_file)
+            try:
+                _wait_ready(port, server)
+                ids = create_contracts(port, "c", 0, args.contracts)
+                if args.only in (None, "load"):
+                    run_load(port, ids, args, url, summary)
+                if args.only in (None, "ledger"):
+                    run_ledger(port, url, args, summary)
+            finally:
+                server.send_signal(signal.SIGINT)
+                try:
+                    server.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    server.kill()
+                    server.wait()
+                err_file.close()
+                tail = [ln for ln in err_path.read_text(errors="replace").splitlines()
+                        if "Traceback" in ln or "Error" in ln][:5]
+                if tail:
+                    log("  server stderr: " + " | ".join(tail))
+    log()
+    print(summary_line("rentals", summary), flush=True)
+
+
+if __name__ == "__main__":
+    main()

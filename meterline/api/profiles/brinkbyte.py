@@ -1,0 +1,287 @@
+"""The BrinkByte profile (seeds/002): license validation and entitlements for edge video devices.
+
+    POST /api/v1/licenses/validate   → LicensingRuntime.validate (cache first; a new camera activates)
+    POST /api/v1/entitlements/check  → LicensingRuntime.entitlement
+    POST /api/v1/heartbeat           → licensing_service.heartbeat (registers the device on first call)
+    GET  /stats                      → licensing counts, cache and audit figures
+    GET  /health                     → meterline.api.health (already `{"status": "ok", ...}`)
+    POST /api/v1/usage/batch         → the metering profile (not here)
+
+The body's ``tenant_id`` is BrinkByte's customer — a *licensee* inside the
+caller's Meterline tenant (the API key's tenant, or the dev default tenant).
+One Meterline tenant never sees another's licensees: every lookup is keyed by
+the caller's tenant first.
+
+Validation answers are 200s with ``is_valid`` and, when not valid, a reason
+``code`` and ``detail``; only malformed bodies (422), a missing key (401) or
+scope (403) are errors. The validate and entitlement handlers are ``async``:
+on a warm cache they answer on the event loop with no I/O; a miss goes to the
+threadpool. Every answer is queued for the audit log.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from meterline.api.body import json_body, openapi_body, read_json, validate
+from meterline.api.deps import ReadSession, RuntimeDep, require, require_async
+from meterline.api.runtime import Runtime
+from meterline.api.v1.common import errors
+from meterline.clock import to_rfc3339
+from meterline.identity.service import Principal, hash_key, identity_service
+from meterline.licensing.runtime import Answer, LicensingRuntime
+from meterline.licensing.schemas import (
+    EntitlementRequest,
+    EntitlementResponse,
+    HeartbeatRequest,
+    HeartbeatResponse,
+    ValidateRequest,
+    ValidateResponse,
+)
+from meterline.licensing.service import CODE_DETAIL, LicenseCode, licensing_service
+
+router = APIRouter(tags=["profile: brinkbyte"])
+
+_validate_scope = require_async("licenses:validate")
+_BAD_INPUT = errors({401: "`unauthenticated`", 403: "`forbidden`", 413: "`payload_too_large`",
+                     422: "`validation_error`"})
+
+
+def _who(principal: Principal) -> str:
+    return principal.key_id or f"{principal.kind}:dev"
+
+
+def _license_body(answer: Answer) -> dict[str, Any]:
+    snap = answer.snapshot
+    body: dict[str, Any] = {
+        "is_valid": answer.allowed,
+        "license_mode": snap.mode if snap else None,
+        "enabled_growth_packs": list(snap.packs) if snap else [],
+        "valid_until": to_rfc3339(snap.valid_until) if snap else None,
+        "cameras_allowed": snap.cameras_allowed if snap else 0,
+    }
+    if not answer.allowed:
+        body["code"] = answer.code
+        body["detail"] = CODE_DETAIL.get(answer.code, answer.code)
+    return body
+
+
+def _json(body: dict[str, Any]) -> Response:
+    # A plain Response with compact JSON: the hot path skips FastAPI's response-model pass.
+    return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
+
+
+def _lic(runtime: Runtime) -> LicensingRuntime:
+    assert runtime.licensing is not None
+    return runtime.licensing
+
+
+@router.post(
+    "/api/v1/licenses/validate", summary="Validate a camera's license (activates a new camera)",
+    response_model=ValidateResponse, responses=_BAD_INPUT, openapi_extra=openapi_body(ValidateRequest),
+)
+async def validate_license(request: Request, principal: Principal = Depends(_validate_scope)) -> Response:
+    """Is this camera licensed? A camera is activated on its first successful validation;
+    past the allowance a new camera gets `camera_limit_exceeded` while activated ones stay
+    valid. Other codes: `license_not_found`, `license_suspended`, `license_expired`,
+    `trial_expired`, `license_not_yet_valid`."""
+    runtime: Runtime = request.app.state.runtime
+    data, _ = await read_json(request, max_bytes=runtime.settings.max_body_bytes)
+    body = validate(ValidateRequest, data)
+    lic = _lic(runtime)
+    now = runtime.clock.now_ns()
+    tenant = principal.tenant_id
+    answer = lic.validate_cached(tenant, body.tenant_id, body.camera_id, now)
+    if answer is None:
+        answer = await run_in_threadpool(lic.validate, tenant, body.tenant_id, body.camera_id, body.device_id, now)
+    lic.record(tenant, _who(principal), "validate", body.tenant_id, answer, now, camera_id=body.camera_id,
+               device_id=body.device_id)
+    return _json(_license_body(answer))
+
+
+@router.post(
+    "/api/v1/entitlements/check", summary="May this tenant (and camera) use a feature?",
+    response_model=EntitlementResponse, responses=_BAD_INPUT, openapi_extra=openapi_body(EntitlementRequest),
+)
+async def check_entitlement(request: Request, principal: Principal = Depends(_validate_scope)) -> Response:
+    """`allowed` with the growth pack that grants the feature. Codes: `ok`,
+    `feature_not_found`, `growth_pack_not_enabled`, `camera_not_activated` (a camera_id
+    was given and is not activated), and the license codes of validation."""
+    runtime: Runtime = request.app.state.runtime
+    data, _ = await read_json(request, max_bytes=runtime.settings.max_body_bytes)
+    body = validate(EntitlementRequest, data)
+    lic = _lic(runtime)
+    now = runtime.clock.now_ns()
+    tenant = principal.tenant_id
+    answer = lic.entitlement_cached(tenant, body.tenant_id, body.camera_id, body.feature, now)
+    if answer is None:
+        answer = await run_in_threadpool(lic.entitlement, tenant, body.tenant_id, body.camera_id, body.feature, now)
+    lic.record(tenant, _who(principal), "entitlement", body.tenant_id, answer, now, camera_id=body.camera_id,
+               feature=body.feature)
+    return _json({"allowed": answer.allowed, "feature": body.feature, "growth_pack": answer.growth_pack,
+                  "code": answer.code})
+
+
+@router.post(
+    "/api/v1/heartbeat", summary="A device is alive: register it, answer with the license status",
+    response_model=HeartbeatResponse, responses=_BAD_INPUT, openapi_extra=openapi_body(HeartbeatRequest),
+)
+def heartbeat(
+    runtime: RuntimeDep, principal: Principal = Depends(require("licenses:validate")),
+    parsed: Any = Depends(json_body(HeartbeatRequest)),
+) -> Response:
+    """The first heartbeat registers the device (within `devices_allowed`, else the license
+    answer carries `device_limit_exceeded`); a device silent for longer than
+    `METERLINE_DEVICE_DEAD_AFTER_S` is marked dead by the worker, and a later heartbeat revives it."""
+    body: HeartbeatRequest = parsed.value
+    lic = _lic(runtime)
+    now = runtime.clock.now_ns()
+    cameras = body.cameras if isinstance(body.cameras, int) else body.cameras[:10_000]
+    with runtime.db.session() as session:
+        lic.bind(session)
+        result = licensing_service.heartbeat(
+            session, principal.tenant_id, body.tenant_id, body.device_id, software_version=body.version,
+            cameras=cameras, now_ns=now)  # type: ignore[arg-type]
+        device_status = result.device.state if result.device is not None and result.code != \
+            LicenseCode.DEVICE_LIMIT_EXCEEDED else None
+    answer = Answer(result.code == LicenseCode.OK, result.code, result.snapshot)
+    lic.record(principal.tenant_id, _who(principal), "heartbeat", body.tenant_id, answer, now,
+               device_id=body.device_id)
+    return _json({"status": "ok", "server_time": to_rfc3339(now), "device_id": body.device_id,
+                  "device_status": device_status, "license": _license_body(answer)})
+
+
+@router.get("/stats", summary="Licensing statistics for the caller's tenant")
+def stats(runtime: RuntimeDep, session: ReadSession,
+          principal: Principal = Depends(require("licenses:read"))) -> dict[str, Any]:
+    """Counts from the database plus this process's cache and audit-queue figures."""
+    lic = _lic(runtime)
+    figures: dict[str, Any] = dict(licensing_service.stats(session, principal.tenant_id))
+    figures["cache"] = {"hits": lic.cache.hits, "misses": lic.cache.misses, "shared": lic.cache.shared}
+    figures["audit"] = {"queued": lic.audit.pending(), "dropped": lic.audit.dropped}
+    figures["server_time"] = to_rfc3339(runtime.clock.now_ns())
+    return figures
+
+
+
+# -- the warm-cache fast path ---------------------------------------------------------------------
+
+
+class _RouteLabel:
+    """What the metrics middleware reads from scope["route"]: the route template."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+_FAST_PATHS = {"/api/v1/licenses/validate": _RouteLabel("/api/v1/licenses/validate"),
+               "/api/v1/entitlements/check": _RouteLabel("/api/v1/entitlements/check")}
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+class ValidationFastPath:
+    """Answers warm validations and entitlement checks before FastAPI's router sees them.
+
+    Why: with ~90 routes, matching the path and solving dependencies costs several
+    times more than the answer itself (a dict lookup). This ASGI middleware handles
+    only the case that needs no I/O at all — a POST to one of the two paths whose
+    key is already cached (or a dev-mode loopback call), whose body validates, and
+    whose answer is in the license cache — and hands everything else (misses,
+    errors, auth failures, oversized bodies) to the normal route with the body
+    replayed, so both paths give identical answers and errors.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        label = _FAST_PATHS.get(scope.get("path", "")) if scope["type"] == "http" else None
+        if label is None or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        runtime: Runtime = scope["app"].state.runtime
+        limit = runtime.settings.max_body_bytes
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunk = message.get("body", b"")
+            chunks.append(chunk)
+            size += len(chunk)
+            if not message.get("more_body", False) or size > limit:
+                more = message.get("more_body", False)
+                break
+        raw = b"".join(chunks)
+        answer = None if more or size > limit else self._answer(scope, runtime, label.path, raw)
+        if answer is None:
+            replayed = False
+
+            async def replay() -> Any:
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": raw, "more_body": more}
+                return await receive()
+
+            await self.app(scope, replay, send)
+            return
+        scope["route"] = label
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [*_JSON_HEADERS, (b"content-length", str(len(answer)).encode())]})
+        await send({"type": "http.response.body", "body": answer})
+
+    @staticmethod
+    def _principal(scope: Any, runtime: Runtime) -> Principal | None:
+        secret = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, token = value.decode("latin-1").partition(" ")
+                if scheme.lower() != "bearer" or not token:
+                    return None
+                secret = token.strip()
+                break
+            if name == b"x-api-key":
+                secret = value.decode("latin-1")
+        if secret is None:
+            client = scope.get("client")
+            if runtime.settings.dev and client and client[0] in ("127.0.0.1", "::1"):
+                return Principal(runtime.settings.default_tenant, "admin", None, frozenset({"admin"}))
+            return None
+        principal = identity_service.cache.get(hash_key(secret), runtime.settings.key_cache_ttl_s)
+        return principal if principal is not None and principal.has("licenses:validate") else None
+
+    def _answer(self, scope: Any, runtime: Runtime, path: str, raw: bytes) -> bytes | None:
+        principal = self._principal(scope, runtime)
+        lic = runtime.licensing
+        if principal is None or lic is None:
+            return None
+        try:
+            data = json.loads(raw)
+            if path == "/api/v1/licenses/validate":
+                v = ValidateRequest.model_validate(data)
+            else:
+                e = EntitlementRequest.model_validate(data)
+        except ValueError:  # not JSON, or not valid: the route renders the 422
+            return None
+        now = runtime.clock.now_ns()
+        tenant = principal.tenant_id
+        if path == "/api/v1/licenses/validate":
+            answer = lic.validate_cached(tenant, v.tenant_id, v.camera_id, now)
+            if answer is None:
+                return None
+            lic.record(tenant, _who(principal), "validate", v.tenant_id, answer, now, camera_id=v.camera_id,
+                       device_id=v.device_id)
+            return json.dumps(_license_body(answer), separators=(",", ":")).encode()
+        answer = lic.entitlement_cached(tenant, e.tenant_id, e.camera_id, e.feature, now)
+        if answer is None:
+            return None
+        lic.record(tenant, _who(principal), "entitlement", e.tenant_id, answer, now, camera_id=e.camera_id,
+                   feature=e.feature)
+        return json.dumps({"allowed": answer.allowed, "feature": e.feature, "growth_pack": answer.growth_pack,
+                           "code": answer.code}, separators=(",", ":")).encode()

@@ -1,0 +1,63 @@
+"""BrinkByte profile: usage reporting (`POST /api/v1/usage/batch`).
+
+The edge device (tAPI's usage tracker) reports batches of up to 1000 events:
+
+    {"tenant_id": "tenant-123", "device_id": "device-001",
+     "events": [{"event_id": "…", "camera_id": "cam-001", "meter": "frames_processed",
+                 "quantity": 30, "timestamp": "2025-10-20T10:00:00Z", "properties": {…}}]}
+    → {"accepted": 1, "duplicates": 0, "rejected": [{"index": 3, "code": "unknown_meter", "detail": "…"}]}
+
+The body's `tenant_id` is BrinkByte's licensee: a customer *inside* the caller's
+Meterline tenant (the API key's, or the dev default tenant). Events are stored under
+the Meterline tenant + that licensee, with the camera as the subject and the device as
+the reporter; they never cross Meterline tenants. Same engine, same codes as the
+native `POST /v1/usage/events`. (Licensing routes live in `brinkbyte.py`.)
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from meterline.api.body import openapi_body
+from meterline.api.deps import require_async
+from meterline.api.v1.common import errors
+from meterline.api.v1.meters import UsageBatchOut, ingest_request
+from meterline.identity.service import Principal
+
+router = APIRouter(tags=["profile: brinkbyte"])
+
+UsageWriteAsync = Annotated[Principal, Depends(require_async("usage:write"))]
+
+
+class BrinkByteUsageEvent(BaseModel):
+    event_id: str = Field(max_length=128)
+    camera_id: str = Field(max_length=128)
+    meter: str = Field(description="frames_processed, detections, events_uploaded, inference_seconds, …")
+    quantity: Any = Field(description="JSON number (parsed exactly), up to 6 decimal places")
+    timestamp: Any = Field(description="RFC 3339, or Unix seconds as a number")
+    properties: dict[str, Any] | None = None
+
+
+class BrinkByteUsageBatch(BaseModel):
+    tenant_id: str = Field(max_length=128, description="BrinkByte licensee (a customer inside your tenant)")
+    device_id: str = Field(max_length=128)
+    events: list[BrinkByteUsageEvent] = Field(max_length=1000)
+
+
+@router.post(
+    "/api/v1/usage/batch", response_model=UsageBatchOut, summary="Report a batch of usage events",
+    openapi_extra=openapi_body(BrinkByteUsageBatch),
+    responses=errors({413: "`payload_too_large`, `batch_too_large` (more than 1000 events)",
+                      422: "`validation_error`: tenant_id, device_id or events missing or malformed"}),
+)
+async def usage_batch(request: Request, principal: UsageWriteAsync) -> Response:
+    """Each event is accepted, a duplicate (`event_id` seen before: deduplicated forever) or
+    rejected by itself with a `code` (`unknown_meter`, `invalid_quantity`, `too_late`,
+    `in_future`, `invalid_timestamp`, `invalid_event`, …); its neighbours still count."""
+    out = await ingest_request(request, principal, licensee_key="tenant_id", device_key="device_id",
+                               subject_key="camera_id")
+    return JSONResponse(out.model_dump())

@@ -1,0 +1,200 @@
+"""Licenses as /v1 resources: plans, growth packs, licenses, their cameras and devices, and the
+validation / entitlement / heartbeat calls of the BrinkByte profile under resource paths.
+
+Reads need `licenses:read`, changes `licenses:write`, and the device-facing calls
+`licenses:validate`. A licensee id (BrinkByte's "tenant-123") lives inside the
+caller's tenant; another tenant's licensee is a 404 like any missing one.
+Every change is published to the license cache when its transaction commits.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query, Response
+from starlette.concurrency import run_in_threadpool
+
+from meterline.api.body import Parsed, json_body, openapi_body
+from meterline.api.deps import ReadSession, RuntimeDep, WriteSession, require
+from meterline.api.v1.common import errors
+from meterline.clock import to_rfc3339
+from meterline.identity.service import Principal
+from meterline.licensing.models import License, LicenseCamera, LicenseDevice
+from meterline.licensing.schemas import (
+    ID,
+    CameraOut,
+    DeviceOut,
+    LicenseCreate,
+    LicenseList,
+    LicenseOut,
+    LicenseUpdate,
+    PackOut,
+    PlanOut,
+)
+from meterline.licensing.service import CODE_DETAIL, licensing_service
+
+router = APIRouter(tags=["licenses"])
+
+LicRead = Annotated[Principal, Depends(require("licenses:read"))]
+LicWrite = Annotated[Principal, Depends(require("licenses:write"))]
+LicValidate = Annotated[Principal, Depends(require("licenses:validate"))]
+LicenseePath = Annotated[str, Path(min_length=1, max_length=128, pattern=ID)]
+CameraPath = Annotated[str, Path(min_length=1, max_length=128, pattern=ID)]
+FeaturePath = Annotated[str, Path(min_length=1, max_length=64, pattern=ID)]
+
+_NOT_FOUND = {404: "`license_not_found` (also another tenant's licensee)"}
+
+
+def _ns(dt: datetime | None) -> int | None:
+    if dt is None:
+        return None
+    if dt.tzinfo is None:
+        from meterline.licensing.service import InvalidLicenseRequest
+
+        raise InvalidLicenseRequest("times need a UTC offset (RFC 3339)")
+    return int(dt.timestamp()) * 1_000_000_000 + dt.microsecond * 1000
+
+
+def license_out(row: License) -> LicenseOut:
+    return LicenseOut(
+        id=row.id, tenant_id=row.licensee_id, plan_id=row.plan_id, license_mode=row.mode, status=row.status,
+        valid_from=to_rfc3339(row.valid_from), valid_until=to_rfc3339(row.valid_until),
+        cameras_allowed=row.cameras_allowed, cameras_active=row.cameras_active,
+        devices_allowed=row.devices_allowed, devices_active=row.devices_active,
+        enabled_growth_packs=list(row.packs or []), version=row.version,
+    )
+
+
+def _camera(c: LicenseCamera) -> CameraOut:
+    return CameraOut(camera_id=c.camera_id, device_id=c.device_id, activated_at=to_rfc3339(c.activated_at))
+
+
+def _device(d: LicenseDevice) -> DeviceOut:
+    return DeviceOut(device_id=d.device_id, state=d.state, version=d.software_version, cameras=d.cameras_reported,
+                     registered_at=to_rfc3339(d.registered_at), last_heartbeat_at=to_rfc3339(d.last_heartbeat_at))
+
+
+# -- catalogue ---------------------------------------------------------------------------------
+@router.get("/license-plans", response_model=list[PlanOut], summary="Plans (prices in minor units)")
+def list_plans(principal: LicRead, session: ReadSession) -> list[PlanOut]:
+    return [PlanOut(id=p.id, name=p.name, kind=p.kind, unit=p.unit, price_minor=p.price_minor, currency=p.currency,
+                    trial_cameras=p.trial_cameras, trial_days=p.trial_days)
+            for p in licensing_service.list_plans(session, principal.tenant_id)]
+
+
+@router.get("/growth-packs", response_model=list[PackOut], summary="Growth packs and their features")
+def list_packs(principal: LicRead, session: ReadSession) -> list[PackOut]:
+    features = licensing_service.feature_map(session, principal.tenant_id)
+    return [PackOut(id=p.id, name=p.name, unit=p.unit, price_minor=p.price_minor, currency=p.currency,
+                    features=sorted(f for f, pk in features.items() if pk == p.id))
+            for p in licensing_service.list_packs(session, principal.tenant_id)]
+
+
+# -- licenses ----------------------------------------------------------------------------------
+@router.post("/licenses", status_code=201, response_model=LicenseOut, summary="Issue a license",
+             openapi_extra=openapi_body(LicenseCreate),
+             responses=errors({404: "`plan_not_found`, `growth_pack_not_found`", 409: "`license_exists`",
+                               422: "`validation_error`, `invalid_license_request`"}))
+def create_license(runtime: RuntimeDep, principal: LicWrite, session: WriteSession,
+                   parsed: Parsed[LicenseCreate] = Depends(json_body(LicenseCreate))) -> LicenseOut:
+    b = parsed.value
+    assert runtime.licensing is not None
+    runtime.licensing.bind(session)
+    row = licensing_service.create_license(
+        session, principal.tenant_id, licensee_id=b.tenant_id, plan_id=b.plan_id, now_ns=runtime.clock.now_ns(),
+        cameras_allowed=b.cameras_allowed, devices_allowed=b.devices_allowed, packs=b.growth_packs,
+        valid_from=_ns(b.valid_from), valid_until=_ns(b.valid_until))
+    return license_out(row)
+
+
+@router.get("/licenses", response_model=LicenseList, summary="List licenses")
+def list_licenses(principal: LicRead, session: ReadSession,
+                  after: Annotated[str | None, Query(max_length=128, pattern=ID)] = None,
+                  limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> LicenseList:
+    rows = licensing_service.list_licenses(session, principal.tenant_id, after=after, limit=limit)
+    return LicenseList(data=[license_out(r) for r in rows],
+                       next_cursor=rows[-1].licensee_id if len(rows) == limit else None)
+
+
+@router.get("/licenses/{licensee_id}", response_model=LicenseOut, summary="A license",
+            responses=errors(_NOT_FOUND))
+def get_license(licensee_id: LicenseePath, principal: LicRead, session: ReadSession) -> LicenseOut:
+    return license_out(licensing_service.get_license(session, principal.tenant_id, licensee_id))
+
+
+@router.patch("/licenses/{licensee_id}", response_model=LicenseOut,
+              summary="Change a license (suspend, resume, allowances, packs, renewal)",
+              openapi_extra=openapi_body(LicenseUpdate),
+              responses=errors({**_NOT_FOUND, 409: "`allowance_below_active`",
+                                422: "`validation_error`, `invalid_license_request`"}))
+def update_license(licensee_id: LicenseePath, runtime: RuntimeDep, principal: LicWrite, session: WriteSession,
+                   parsed: Parsed[LicenseUpdate] = Depends(json_body(LicenseUpdate))) -> LicenseOut:
+    b = parsed.value
+    assert runtime.licensing is not None
+    runtime.licensing.bind(session)
+    row = licensing_service.update_license(
+        session, principal.tenant_id, licensee_id, now_ns=runtime.clock.now_ns(), status=b.status,
+        plan_id=b.plan_id, cameras_allowed=b.cameras_allowed, devices_allowed=b.devices_allowed,
+        packs=b.growth_packs, valid_until=_ns(b.valid_until))
+    return license_out(row)
+
+
+@router.get("/licenses/{licensee_id}/cameras", response_model=list[CameraOut], summary="Activated cameras",
+            responses=errors(_NOT_FOUND))
+def list_cameras(licensee_id: LicenseePath, principal: LicRead, session: ReadSession) -> list[CameraOut]:
+    return [_camera(c) for c in licensing_service.list_cameras(session, principal.tenant_id, licensee_id)]
+
+
+@router.delete("/licenses/{licensee_id}/cameras/{camera_id}", status_code=204,
+               summary="Release a camera's slot", responses=errors({404: "`license_not_found`, `camera_not_activated`"}))
+def release_camera(licensee_id: LicenseePath, camera_id: CameraPath, runtime: RuntimeDep, principal: LicWrite,
+                   session: WriteSession) -> Response:
+    assert runtime.licensing is not None
+    runtime.licensing.bind(session)
+    licensing_service.release_camera(session, principal.tenant_id, licensee_id, camera_id)
+    return Response(status_code=204)
+
+
+@router.get("/licenses/{licensee_id}/devices", response_model=list[DeviceOut], summary="Registered devices",
+            responses=errors(_NOT_FOUND))
+def list_devices(licensee_id: LicenseePath, principal: LicRead, session: ReadSession) -> list[DeviceOut]:
+    return [_device(d) for d in licensing_service.list_devices(session, principal.tenant_id, licensee_id)]
+
+
+# -- the device-facing calls as resources ------------------------------------------------------
+@router.post("/licenses/{licensee_id}/cameras/{camera_id}/validation", summary="Validate a camera",
+             responses=errors({}))
+async def validate_camera(licensee_id: LicenseePath, camera_id: CameraPath, runtime: RuntimeDep,
+                          principal: LicValidate,
+                          device_id: Annotated[str | None, Query(max_length=128, pattern=ID)] = None) -> dict[str, Any]:
+    """The profile's `POST /api/v1/licenses/validate`, as a resource. Same answer and codes."""
+    lic = runtime.licensing
+    assert lic is not None
+    now = runtime.clock.now_ns()
+    answer = lic.validate_cached(principal.tenant_id, licensee_id, camera_id, now)
+    if answer is None:
+        answer = await run_in_threadpool(lic.validate, principal.tenant_id, licensee_id, camera_id, device_id, now)
+    lic.record(principal.tenant_id, principal.key_id or "dev", "validate", licensee_id, answer, now,
+               camera_id=camera_id, device_id=device_id)
+    snap = answer.snapshot
+    return {"valid": answer.allowed, "code": answer.code, "detail": CODE_DETAIL.get(answer.code),
+            "license_mode": snap.mode if snap else None, "valid_until": to_rfc3339(snap.valid_until) if snap else None,
+            "cameras_allowed": snap.cameras_allowed if snap else 0,
+            "enabled_growth_packs": list(snap.packs) if snap else []}
+
+
+@router.get("/licenses/{licensee_id}/entitlements/{feature}", summary="Check a feature")
+async def get_entitlement(licensee_id: LicenseePath, feature: FeaturePath, runtime: RuntimeDep,
+                          principal: LicValidate,
+                          camera_id: Annotated[str | None, Query(max_length=128, pattern=ID)] = None) -> dict[str, Any]:
+    """The profile's `POST /api/v1/entitlements/check`, as a resource."""
+    lic = runtime.licensing
+    assert lic is not None
+    now = runtime.clock.now_ns()
+    answer = lic.entitlement_cached(principal.tenant_id, licensee_id, camera_id, feature, now)
+    if answer is None:
+        answer = await run_in_threadpool(lic.entitlement, principal.tenant_id, licensee_id, camera_id, feature, now)
+    lic.record(principal.tenant_id, principal.key_id or "dev", "entitlement", licensee_id, answer, now,
+               camera_id=camera_id, feature=feature)
+    return {"allowed": answer.allowed, "feature": feature, "growth_pack": answer.growth_pack, "code": answer.code}

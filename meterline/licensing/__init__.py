@@ -1,0 +1,1 @@
+"""Licensing: plans, growth packs, licenses, cameras, devices, validation and offline files."""

@@ -1,0 +1,1 @@
+"""Usage metering: meters, deduplicated usage events and their hourly rollups."""

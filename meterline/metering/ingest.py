@@ -1,0 +1,376 @@
+"""The ingestion engine: validate a batch in memory, then write it set-based.
+
+One `apply()` runs inside the caller's transaction (nothing here commits):
+
+1. read the tenant's meters (one query),
+2. validate every event in memory; the first of two events with the same id in
+   one batch wins, the other is a `duplicate`,
+3. claim the ids: ``INSERT … ON CONFLICT DO NOTHING RETURNING event_id`` into
+   `usage_event_ids` — the returned ids are this batch's, every other one was
+   accepted before (or is being accepted by a concurrent transaction, which
+   PostgreSQL makes this one wait for; if that one rolls back, this one claims it),
+4. write the claimed events' raw rows (COPY on PostgreSQL, executemany on SQLite),
+5. fold them into hourly and daily rollups in memory and upsert each touched rollup
+   once; for `unique_count` meters also insert-or-ignore the (bucket, value) pairs.
+
+Because the claim, the raw rows and the rollups share one transaction, a failed
+write rolls the claim back with everything else: an id is never left claimed by
+an event that was not counted. Rows are written in key order so concurrent
+batches on PostgreSQL lock in the same order and cannot deadlock each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection
+from sqlalchemy.orm import Session
+
+from meterline.metering.values import BadValue, properties_json, quantity_micro, timestamp_ns
+
+HOUR_NS = 3600 * 1_000_000_000
+DAY_NS = 24 * HOUR_NS
+MAX_ID = 128
+MAX_SUBJECT = 128
+MAX_UNIQUE_VALUE = 256
+_SQLITE_ROWS = 400  # rows per multi-row VALUES statement (2 parameters each)
+_COPY_MIN_ROWS = 32
+
+ACCEPTED = "accepted"
+DUPLICATE = "duplicate"
+# Rejection codes (stable API).
+UNKNOWN_METER = "unknown_meter"
+INVALID_QUANTITY = "invalid_quantity"
+INVALID_TIMESTAMP = "invalid_timestamp"
+TOO_LATE = "too_late"
+IN_FUTURE = "in_future"
+INVALID_EVENT = "invalid_event"
+INVALID_PROPERTIES = "invalid_properties"
+MISSING_PROPERTY = "missing_property"
+
+
+@dataclass(slots=True)
+class UsageEventIn:
+    """One event as submitted. `timestamp`: Unix ns (int), RFC 3339 (str) or Unix seconds
+    (Decimal). `quantity`: int, Decimal or decimal string (never float)."""
+
+    event_id: Any
+    subject: Any
+    meter: Any
+    quantity: Any
+    timestamp: Any
+    properties: Any = None
+
+
+@dataclass(slots=True)
+class Rejection:
+    index: int
+    event_id: str | None
+    code: str
+    detail: str
+
+
+@dataclass(slots=True)
+class IngestResult:
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+    # One code per submitted event, in order: "accepted", "duplicate" or a rejection code.
+    results: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """Which event times are acceptable at `now_ns`."""
+
+    now_ns: int
+    lateness_s: int
+    future_skew_s: int
+
+
+def _connection(target: Session | Connection) -> Connection:
+    return target.connection() if isinstance(target, Session) else target
+
+
+def _cursor(conn: Connection) -> Any:
+    return conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+
+
+def load_meters(conn: Connection, tenant_id: str) -> dict[str, tuple[str, str | None]]:
+    p = "%s" if conn.dialect.name == "postgresql" else "?"
+    cur = _cursor(conn)
+    try:
+        cur.execute(f"SELECT id, aggregation, field FROM meters WHERE tenant_id = {p}", (tenant_id,))
+        return {r[0]: (r[1], r[2]) for r in cur.fetchall()}
+    finally:
+        cur.close()
+
+
+def apply(
+    target: Session | Connection,
+    tenant_id: str,
+    licensee: str,
+    device: str,
+    events: Sequence[UsageEventIn],
+    window: Window,
+) -> IngestResult:
+    if not tenant_id:
+        raise ValueError("tenant_id is required")
+    conn = _connection(target)
+    pg = conn.dialect.name == "postgresql"
+    meters = load_meters(conn, tenant_id)
+    now = window.now_ns
+    earliest = now - window.lateness_s * 1_000_000_000
+    latest_ok = now + window.future_skew_s * 1_000_000_000
+
+    res = IngestResult(results=[""] * len(events))
+    codes = res.results
+    rejected = res.rejected
+    # Valid candidates: index -> (event_id, subject, meter, micro, ts, props_json, unique_value)
+    cand: dict[str, tuple[int, str, str, int, int, str | None, str | None]] = {}
+    for i, ev in enumerate(events):
+        eid = ev.event_id
+        try:
+            if type(eid) is not str or not eid or len(eid) > MAX_ID:
+                eid = eid if type(eid) is str and len(eid) <= MAX_ID else None
+                raise _Reject(INVALID_EVENT, f"event_id must be 1-{MAX_ID} characters")
+            subject = ev.subject
+            if type(subject) is not str or not subject or len(subject) > MAX_SUBJECT:
+                raise _Reject(INVALID_EVENT, f"the subject must be 1-{MAX_SUBJECT} characters")
+            meter = meters.get(ev.meter) if type(ev.meter) is str else None
+            if meter is None:
+                raise _Reject(UNKNOWN_METER, f"no meter named {str(ev.meter)[:64]!r}")
+            try:
+                micro = quantity_micro(ev.quantity)
+            except BadValue as exc:
+                raise _Reject(INVALID_QUANTITY, exc.detail) from None
+            try:
+                ts = timestamp_ns(ev.timestamp)
+            except BadValue as exc:
+                raise _Reject(INVALID_TIMESTAMP, exc.detail) from None
+            if ts < earliest:
+                raise _Reject(TOO_LATE, f"events older than {window.lateness_s} s are not accepted")
+            if ts > latest_ok:
+                raise _Reject(IN_FUTURE, f"the timestamp is more than {window.future_skew_s} s ahead")
+            props = ev.properties
+            try:
+                props_text = properties_json(props) if props is not None else None
+            except BadValue as exc:
+                raise _Reject(INVALID_PROPERTIES, exc.detail) from None
+            unique = None
+            if meter[0] == "unique_count":
+                unique = _unique_value(props, meter[1] or "")
+        except _Reject as rej:
+            codes[i] = rej.code
+            rejected.append(Rejection(i, eid, rej.code, rej.detail))
+            continue
+        if eid in cand:
+            codes[i] = DUPLICATE
+            res.duplicates += 1
+            continue
+        cand[eid] = (i, subject, ev.meter, micro, ts, props_text, unique)
+
+    if not cand:
+        return res
+    claimed = _claim(conn, pg, tenant_id, sorted(cand))
+    rows: list[tuple[Any, ...]] = []
+    rollups: dict[tuple[str, str, int], list[int]] = {}
+    uniques: set[tuple[str, str, int, str]] = set()
+    for eid, (i, subject, meter_id, micro, ts, props_text, unique) in cand.items():
+        if eid not in claimed:
+            codes[i] = DUPLICATE
+            res.duplicates += 1
+            continue
+        codes[i] = ACCEPTED
+        rows.append((tenant_id, ts, eid, licensee, device, subject, meter_id, micro, props_text, now))
+        bucket = ts - ts % HOUR_NS
+        key = (meter_id, subject, bucket)
+        agg = rollups.get(key)
+        if agg is None:
+            rollups[key] = [micro, 1, micro, micro, ts]
+        else:
+            agg[0] += micro
+            agg[1] += 1
+            if micro > agg[2]:
+                agg[2] = micro
+            if ts >= agg[4]:  # on a timestamp tie the later-submitted event wins
+                agg[3] = micro
+                agg[4] = ts
+        if unique is not None:
+            uniques.add((meter_id, subject, bucket, unique))
+    res.accepted = len(rows)
+    if rows:
+        rows.sort(key=_by_ts)  # key order: appends to the b-tree instead of scattering page splits
+        _write(conn, pg, tenant_id, licensee, rows, rollups, uniques)
+    return res
+
+
+def _by_ts(row: tuple[Any, ...]) -> Any:
+    return row[1]
+
+
+class _Reject(Exception):
+    def __init__(self, code: str, detail: str) -> None:
+        self.code = code
+        self.detail = detail
+
+
+def _unique_value(props: Any, field_name: str) -> str:
+    value = props.get(field_name) if isinstance(props, dict) else None
+    if value is None or isinstance(value, dict | list):
+        raise _Reject(MISSING_PROPERTY, f"a unique_count event needs properties.{field_name} (a string or number)")
+    text = value if isinstance(value, str) else str(value)
+    if not text or len(text) > MAX_UNIQUE_VALUE:
+        raise _Reject(INVALID_PROPERTIES, f"properties.{field_name} must be 1-{MAX_UNIQUE_VALUE} characters")
+    return text
+
+
+def _claim(conn: Connection, pg: bool, tenant_id: str, ids: list[str]) -> set[str]:
+    """Insert the ids (sorted, so concurrent claimers lock in one order); return the new ones."""
+    cur = _cursor(conn)
+    try:
+        if pg:
+            cur.execute(
+                "INSERT INTO usage_event_ids (tenant_id, event_id) "
+                "SELECT %s, k FROM unnest(%s::text[]) WITH ORDINALITY AS v(k, n) ORDER BY n "
+                "ON CONFLICT DO NOTHING RETURNING event_id",
+                (tenant_id, ids),
+            )
+            return {r[0] for r in cur.fetchall()}
+        out: set[str] = set()
+        for start in range(0, len(ids), _SQLITE_ROWS):
+            chunk = ids[start : start + _SQLITE_ROWS]
+            params: list[str] = []
+            for k in chunk:
+                params.append(tenant_id)
+                params.append(k)
+            cur.execute(
+                "INSERT INTO usage_event_ids (tenant_id, event_id) VALUES "
+                + ",".join(["(?,?)"] * len(chunk))
+                + " ON CONFLICT DO NOTHING RETURNING event_id",
+                params,
+            )
+            out.update(r[0] for r in cur.fetchall())
+        return out
+    finally:
+        cur.close()
+
+
+_COPY_NULL = "\\N"
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_EVENT_COLS = "tenant_id, ts, event_id, licensee, device, subject, meter, quantity_micro, properties, received_at"
+_ROLLUP_KEY = "tenant_id, meter, licensee, subject, bucket_start"
+_ROLLUP_COLS = f"{_ROLLUP_KEY}, sum_micro, event_count, max_micro, latest_micro, latest_ts"
+
+
+def _rollup_update(pg: bool, table: str) -> str:
+    greatest = "GREATEST" if pg else "max"
+    r = f"{table}."
+    return (
+        f"ON CONFLICT ({_ROLLUP_KEY}) DO UPDATE SET "
+        f"sum_micro = {r}sum_micro + excluded.sum_micro, "
+        f"event_count = {r}event_count + excluded.event_count, "
+        f"max_micro = {greatest}({r}max_micro, excluded.max_micro), "
+        # Both sides of SET read the row as it was, so this compares with the old latest_ts.
+        f"latest_micro = CASE WHEN excluded.latest_ts >= {r}latest_ts THEN excluded.latest_micro "
+        f"ELSE {r}latest_micro END, "
+        f"latest_ts = {greatest}({r}latest_ts, excluded.latest_ts)"
+    )
+
+
+def _daily(
+    hourly: dict[tuple[str, str, int], list[int]], uniques: set[tuple[str, str, int, str]],
+) -> tuple[dict[tuple[str, str, int], list[int]], set[tuple[str, str, int, str]]]:
+    """Fold the batch's hourly aggregates into daily ones (a few dozen entries, not events)."""
+    daily: dict[tuple[str, str, int], list[int]] = {}
+    for (meter, subject, bucket), a in hourly.items():
+        key = (meter, subject, bucket - bucket % DAY_NS)
+        d = daily.get(key)
+        if d is None:
+            daily[key] = list(a)
+        else:
+            d[0] += a[0]
+            d[1] += a[1]
+            if a[2] > d[2]:
+                d[2] = a[2]
+            if a[4] > d[4]:
+                d[3] = a[3]
+                d[4] = a[4]
+    return daily, {(m, s, b - b % DAY_NS, v) for m, s, b, v in uniques}
+
+
+def _write(
+    conn: Connection,
+    pg: bool,
+    tenant_id: str,
+    licensee: str,
+    rows: list[tuple[Any, ...]],
+    rollups: dict[tuple[str, str, int], list[int]],
+    uniques: set[tuple[str, str, int, str]],
+) -> None:
+    daily, daily_uniques = _daily(rollups, uniques)
+    cur = _cursor(conn)
+    try:
+        if pg:
+            if len(rows) >= _COPY_MIN_ROWS:
+                # COPY's text format built as one string: psycopg's per-row write_row costs more
+                # than the rows' own insert. Only client-supplied strings need escaping.
+                esc = _COPY_ESCAPES
+                head = f"{tenant_id.translate(esc)}\t"
+                mid = f"\t{licensee.translate(esc)}\t{rows[0][4].translate(esc)}\t"  # one device per batch
+                lines = [
+                    f"{head}{ts}\t{e.translate(esc)}{mid}{sub.translate(esc)}\t{m.translate(esc)}\t{q}\t"
+                    f"{_COPY_NULL if pr is None else pr.translate(esc)}\t{rec}\n"
+                    for _t, ts, e, _lic, _dev, sub, m, q, pr, rec in rows
+                ]
+                with cur.copy(f"COPY usage_events ({_EVENT_COLS}) FROM STDIN") as cp:
+                    cp.write("".join(lines))
+            else:
+                cur.executemany(f"INSERT INTO usage_events ({_EVENT_COLS}) VALUES ({', '.join(['%s'] * 10)})",
+                                rows)
+        else:
+            cur.executemany(f"INSERT INTO usage_events ({_EVENT_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+        for table, aggs in (("usage_rollups", rollups), ("usage_rollups_daily", daily)):
+            _upsert_rollups(cur, pg, table, tenant_id, licensee, aggs)
+        for table, values in (("usage_rollup_uniques", uniques), ("usage_rollup_uniques_daily", daily_uniques)):
+            if values:
+                _insert_uniques(cur, pg, table, tenant_id, licensee, sorted(values))
+    finally:
+        cur.close()
+
+
+def _upsert_rollups(cur: Any, pg: bool, table: str, tenant_id: str, licensee: str,
+                    rollups: dict[tuple[str, str, int], list[int]]) -> None:
+    keys = sorted(rollups)  # one lock order for every writer
+    update = _rollup_update(pg, table)
+    if pg:
+        aggs = [rollups[k] for k in keys]
+        cur.execute(
+            f"INSERT INTO {table} ({_ROLLUP_COLS}) "
+            "SELECT %s, m, %s, s, b, su, c, mx, lv, lt FROM unnest("
+            "%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], "
+            "%s::bigint[], %s::bigint[]) WITH ORDINALITY AS v(m, s, b, su, c, mx, lv, lt, n) ORDER BY n " + update,
+            (tenant_id, licensee, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
+             [a[0] for a in aggs], [a[1] for a in aggs], [a[2] for a in aggs], [a[3] for a in aggs],
+             [a[4] for a in aggs]),
+        )
+    else:
+        cur.executemany(f"INSERT INTO {table} ({_ROLLUP_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?) " + update,
+                        [(tenant_id, k[0], licensee, k[1], k[2], *rollups[k]) for k in keys])
+
+
+def _insert_uniques(cur: Any, pg: bool, table: str, tenant_id: str, licensee: str,
+                    values: list[tuple[str, str, int, str]]) -> None:
+    cols = "tenant_id, meter, licensee, subject, bucket_start, value"
+    if pg:
+        cur.execute(
+            f"INSERT INTO {table} ({cols}) SELECT %s, m, %s, s, b, x FROM unnest(%s::text[], %s::text[], "
+            "%s::bigint[], %s::text[]) WITH ORDINALITY AS v(m, s, b, x, n) ORDER BY n ON CONFLICT DO NOTHING",
+            (tenant_id, licensee, [k[0] for k in values], [k[1] for k in values], [k[2] for k in values],
+             [k[3] for k in values]),
+        )
+    else:
+        cur.executemany(f"INSERT INTO {table} ({cols}) VALUES (?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+                        [(tenant_id, k[0], licensee, k[1], k[2], k[3]) for k in values])

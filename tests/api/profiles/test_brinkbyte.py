@@ -1,0 +1,198 @@
+"""The BrinkByte profile (seeds/002) over HTTP: the seed's calls and shapes, every endpoint's
+bad input, the access matrix, tenant isolation, and the /v1 resource twins."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from meterline.clock import FrozenClock
+from meterline.db.engine import Database
+from tests.api.conftest import ApiTenant, MakeClient, assert_problem, create_tenant
+from tests.factories import make_key, make_licensing_catalogue
+
+VALIDATE = "/api/v1/licenses/validate"
+CHECK = "/api/v1/entitlements/check"
+HEARTBEAT = "/api/v1/heartbeat"
+SEED_BODY = {"camera_id": "cam-001", "tenant_id": "tenant-123", "device_id": "device-001"}
+RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
+
+
+@pytest.fixture
+def t(db: Database, clock: FrozenClock, tenant_id: str) -> ApiTenant:
+    tenant = create_tenant(db, clock, tenant_id)
+    with db.session() as s:
+        make_licensing_catalogue(s, tenant_id, clock)
+    return tenant
+
+
+@pytest.fixture
+def device_key(db: Database, clock: FrozenClock, t: ApiTenant) -> dict[str, str]:
+    with db.session() as s:
+        return ApiTenant.auth(make_key(s, t.id, clock, kind="device").secret)
+
+
+def test_seed_validate_call(client: TestClient, t: ApiTenant, device_key: dict[str, str]) -> None:
+    r = client.post(VALIDATE, json=SEED_BODY, headers=device_key)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["is_valid"] is True and body["license_mode"] == "base"
+    assert body["enabled_growth_packs"] == ["advanced_analytics", "active_transport"]  # the seed's order
+    assert body["cameras_allowed"] == 100 and RFC3339.match(body["valid_until"])
+    assert "code" not in body
+
+
+def test_refusals_are_200_with_code_and_detail(client: TestClient, t: ApiTenant) -> None:
+    r = client.post(VALIDATE, json={**SEED_BODY, "tenant-id": "x", "tenant_id": "tenant-999"}, headers=t.a)
+    assert r.status_code == 200
+    assert r.json() == {"is_valid": False, "license_mode": None, "enabled_growth_packs": [], "valid_until": None,
+                        "cameras_allowed": 0, "code": "license_not_found",
+                        "detail": "no license exists for this tenant"}
+    assert client.patch("/v1/licenses/tenant-123", json={"status": "suspended"}, headers=t.a).status_code == 200
+    body = client.post(VALIDATE, json=SEED_BODY, headers=t.a).json()
+    assert (body["is_valid"], body["code"], body["license_mode"]) == (False, "license_suspended", "base")
+
+
+def test_camera_limit_over_http(client: TestClient, t: ApiTenant) -> None:
+    r = client.post("/v1/licenses", json={"tenant_id": "small", "plan_id": "trial"}, headers=t.a)
+    assert r.status_code == 201, r.text
+    assert r.json()["cameras_allowed"] == 2 and r.json()["license_mode"] == "trial"
+    codes = [client.post(VALIDATE, json={"camera_id": f"c{i}", "tenant_id": "small"}, headers=t.a).json()
+             .get("code", "ok") for i in range(3)]
+    assert codes == ["ok", "ok", "camera_limit_exceeded"]
+    cams = client.get("/v1/licenses/small/cameras", headers=t.a).json()
+    assert [c["camera_id"] for c in cams] == ["c0", "c1"]
+    assert client.delete("/v1/licenses/small/cameras/c0", headers=t.a).status_code == 204
+    assert client.post(VALIDATE, json={"camera_id": "c2", "tenant_id": "small"}, headers=t.a).json()["is_valid"]
+    assert_problem(client.delete("/v1/licenses/small/cameras/c0", headers=t.a), 404, "camera_not_activated")
+
+
+def test_entitlement_check(client: TestClient, t: ApiTenant) -> None:
+    r = client.post(CHECK, json={"tenant_id": "tenant-123", "feature": "heatmaps"}, headers=t.a)
+    assert r.json() == {"allowed": True, "feature": "heatmaps", "growth_pack": "advanced_analytics", "code": "ok"}
+    r = client.post(CHECK, json={"tenant_id": "tenant-123", "feature": "anomaly_detection"}, headers=t.a)
+    assert r.json() == {"allowed": False, "feature": "anomaly_detection", "growth_pack": "intelligence",
+                        "code": "growth_pack_not_enabled"}
+    r = client.post(CHECK, json={"tenant_id": "tenant-123", "camera_id": "cam-9", "feature": "heatmaps"},
+                    headers=t.a)
+    assert r.json()["code"] == "camera_not_activated"
+    client.post(VALIDATE, json={"camera_id": "cam-9", "tenant_id": "tenant-123"}, headers=t.a)
+    r = client.post(CHECK, json={"tenant_id": "tenant-123", "camera_id": "cam-9", "feature": "vehicle_counting"},
+                    headers=t.a)
+    assert r.json() == {"allowed": True, "feature": "vehicle_counting", "growth_pack": "active_transport",
+                        "code": "ok"}
+    r = client.get("/v1/licenses/tenant-123/entitlements/nope", headers=t.a)
+    assert r.json()["code"] == "feature_not_found"
+
+
+def test_heartbeat(client: TestClient, t: ApiTenant, device_key: dict[str, str], clock: FrozenClock) -> None:
+    body = {"device_id": "device-001", "tenant_id": "tenant-123", "version": "1.4.2", "cameras": ["cam-001"]}
+    r = client.post(HEARTBEAT, json=body, headers=device_key)
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert got["status"] == "ok" and RFC3339.match(got["server_time"]) and got["device_status"] == "alive"
+    assert got["license"]["is_valid"] is True and got["license"]["cameras_allowed"] == 100
+    assert client.post(HEARTBEAT, json={**body, "cameras": 3}, headers=device_key).status_code == 200
+    devices = client.get("/v1/licenses/tenant-123/devices", headers=t.a).json()
+    assert devices[0]["device_id"] == "device-001" and devices[0]["version"] == "1.4.2"
+    assert client.post(HEARTBEAT, json={**body, "tenant_id": "nobody"}, headers=device_key).json()[
+        "license"]["code"] == "license_not_found"
+
+
+def test_stats_and_health(client: TestClient, t: ApiTenant) -> None:
+    client.post(VALIDATE, json=SEED_BODY, headers=t.a)
+    stats = client.get("/stats", headers=t.a).json()
+    assert stats["licenses"] == 1 and stats["cameras_active"] == 1 and "cache" in stats and "audit" in stats
+    assert client.get("/health").json()["status"] == "ok"
+
+
+BAD: list[tuple[str, Any]] = [
+    (VALIDATE, {}),
+    (VALIDATE, {"camera_id": "", "tenant_id": "tenant-123"}),
+    (VALIDATE, {"camera_id": "cam", "tenant_id": "x" * 129}),
+    (VALIDATE, {"camera_id": "a|b", "tenant_id": "tenant-123"}),
+    (VALIDATE, {"camera_id": 7, "tenant_id": "tenant-123"}),
+    (VALIDATE, [1, 2]),
+    (CHECK, {"tenant_id": "tenant-123"}),
+    (CHECK, {"tenant_id": "tenant-123", "feature": "bad feature"}),
+    (CHECK, {"tenant_id": None, "feature": "heatmaps"}),
+    (HEARTBEAT, {"tenant_id": "tenant-123"}),
+    (HEARTBEAT, {"device_id": "d", "tenant_id": "tenant-123", "cameras": "many"}),
+    (HEARTBEAT, {"device_id": "d", "tenant_id": "tenant-123", "version": "v" * 65}),
+    ("/v1/licenses", {"tenant_id": "x", "plan_id": "base_license", "cameras_allowed": -1}),
+]
+
+
+@pytest.mark.parametrize(("path", "payload"), BAD)
+def test_bad_input_is_422(client: TestClient, t: ApiTenant, path: str, payload: Any) -> None:
+    assert_problem(client.post(path, json=payload, headers=t.a), 422, "validation_error")
+
+
+@pytest.mark.parametrize("path", [VALIDATE, CHECK, HEARTBEAT])
+def test_not_json_and_too_large(make_client: MakeClient, t: ApiTenant, path: str) -> None:
+    client = make_client(max_body_bytes=200)
+    assert_problem(client.post(path, content=b"{nope", headers={**t.a, "content-type": "application/json"}),
+                   422, "validation_error")
+    assert_problem(client.post(path, json={"camera_id": "x" * 300}, headers=t.a), 413, "payload_too_large")
+
+
+def test_management_errors_over_http(client: TestClient, t: ApiTenant) -> None:
+    assert_problem(client.post("/v1/licenses", json={"tenant_id": "x", "plan_id": "nope", "cameras_allowed": 1},
+                               headers=t.a), 404, "plan_not_found")
+    assert_problem(client.post("/v1/licenses", json={"tenant_id": "tenant-123", "plan_id": "trial"}, headers=t.a),
+                   409, "license_exists")
+    assert_problem(client.get("/v1/licenses/nobody", headers=t.a), 404, "license_not_found")
+    assert client.get("/v1/license-plans", headers=t.a).json()[0]["price_minor"] in (6000, 5000, 6500, 0)
+    packs = {p["id"]: p for p in client.get("/v1/growth-packs", headers=t.a).json()}
+    assert sum(len(p["features"]) for p in packs.values()) == 33
+
+
+def test_access_matrix(client: TestClient, t: ApiTenant, device_key: dict[str, str]) -> None:
+    for path in (VALIDATE, CHECK, HEARTBEAT):
+        assert_problem(client.post(path, json=SEED_BODY), 401, "unauthenticated")
+        assert_problem(client.post(path, json=SEED_BODY, headers=t.r), 403, "forbidden")
+    assert_problem(client.get("/stats", headers=device_key), 403, "forbidden")
+    assert_problem(client.patch("/v1/licenses/tenant-123", json={"status": "suspended"}, headers=device_key),
+                   403, "forbidden")
+
+
+def test_tenant_isolation(client: TestClient, db: Database, clock: FrozenClock, t: ApiTenant) -> None:
+    other = create_tenant(db, clock, t.id + "-b")  # no catalogue, no licensees
+    assert client.post(VALIDATE, json=SEED_BODY, headers=other.a).json()["code"] == "license_not_found"
+    assert_problem(client.get("/v1/licenses/tenant-123", headers=other.a), 404, "license_not_found")
+    assert client.get("/v1/licenses", headers=other.a).json()["data"] == []
+    assert client.get("/stats", headers=other.a).json()["licenses"] == 0
+
+
+def test_dev_mode_loopback_uses_the_default_tenant(make_client: MakeClient, db: Database, clock: FrozenClock,
+                                                   tenant_id: str) -> None:
+    with db.session() as s:
+        make_licensing_catalogue(s, tenant_id, clock)
+    client = make_client(dev=True, default_tenant=tenant_id)
+    assert client.post(VALIDATE, json=SEED_BODY).json()["is_valid"] is True
+
+
+def test_warm_answers_skip_the_router_and_match_it(client: TestClient, t: ApiTenant,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from meterline.api.profiles import brinkbyte
+
+    first = client.post(VALIDATE, json=SEED_BODY, headers=t.a)  # key not cached yet: the route answers
+    check = client.post(CHECK, json={"tenant_id": "tenant-123", "feature": "heatmaps"}, headers=t.a)
+
+    def no_router(*a: object, **k: object) -> None:
+        raise AssertionError("the router handled a warm request")
+
+    monkeypatch.setattr(brinkbyte, "read_json", no_router)
+    again = client.post(VALIDATE, json=SEED_BODY, headers=t.a)
+    assert again.status_code == 200 and again.json() == first.json()
+    assert again.headers["content-type"] == "application/json"
+    assert client.post(CHECK, json={"tenant_id": "tenant-123", "feature": "heatmaps"}, headers=t.a).json() == \
+        check.json()
+    # Anything the fast path can't answer from memory still reaches the route (and its errors).
+    assert client.post(VALIDATE, json={"camera_id": "cam-new", "tenant_id": "tenant-123"}, headers=t.a) \
+        .status_code == 500
+    monkeypatch.undo()
+    assert_problem(client.post(VALIDATE, json={"camera_id": ""}, headers=t.a), 422, "validation_error")
