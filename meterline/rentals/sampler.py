@@ -24,21 +24,18 @@ is retried alone so a poisoned request cannot fail the others.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import logging
-import queue
-import threading
-import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, cast
 
 from sqlalchemy import Connection, Table, bindparam, insert, select, tuple_, update
 
 from meterline.clock import Clock
-from meterline.db.engine import WRITE, Database
+from meterline.db.engine import Database
+from meterline.db.group_commit import CommitterStopped, GroupCommitter
 from meterline.rentals.models import Rental, RentalSample
 from meterline.rentals.service import Accrual, RentalNotFound, rental_service, sample_values
 
@@ -100,42 +97,23 @@ class _Item:
     rental_id: str
     samples: list[dict[str, Decimal]]
     owner: str | None
-    future: Future[Recorded] = field(default_factory=Future)
 
 
-class SamplerStopped(RuntimeError):
+class SamplerStopped(CommitterStopped):
     pass
 
 
-class SampleBatcher:
+class SampleBatcher(GroupCommitter[_Item, Recorded]):
+    name = "sample-batcher"
+    stopped = SamplerStopped
+
     def __init__(self, db: Database, clock: Clock, *, window_ms: float = 1.0, max_samples: int = 4000) -> None:
-        self.db = db
+        super().__init__(db, window_ms=window_ms, max_size=max_samples)
         self.clock = clock
-        self.window_s = window_ms / 1000
-        self.max_samples = max_samples
-        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._running = False
-        self._lock = threading.Lock()
-        self._conn: Connection | None = None
 
-    # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> SampleBatcher:
-        with self._lock:
-            if not self._running:
-                self._running = True
-                self._thread = threading.Thread(target=self._run, name="sample-batcher", daemon=True)
-                self._thread.start()
+        super().start()
         return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        with self._lock:
-            if not self._running:
-                return
-            self._running = False
-            self._queue.put(None)
-        if self._thread is not None:
-            self._thread.join(timeout)
 
     def __enter__(self) -> SampleBatcher:
         return self.start()
@@ -148,11 +126,7 @@ class SampleBatcher:
                owner: str | None = None) -> Future[Recorded]:
         """Queue validated samples (`rental_service.validate_sample`) for one rental; all or none
         are stored. `owner`: the customer id a non-staff caller must be (None: any)."""
-        if not self._running:
-            raise SamplerStopped("the sample batcher is not running")
-        item = _Item(tenant_id, rental_id, list(samples), owner)
-        self._queue.put(item)
-        return item.future
+        return self.submit_item(_Item(tenant_id, rental_id, list(samples), owner))
 
     def record(self, tenant_id: str, rental_id: str, samples: list[dict[str, Decimal]], *,
                owner: str | None = None) -> Recorded:
@@ -161,95 +135,13 @@ class SampleBatcher:
 
     async def record_async(self, tenant_id: str, rental_id: str, samples: list[dict[str, Decimal]], *,
                            owner: str | None = None) -> Recorded:
-        # Shielded: a request cancelled mid-flight (client gone) must not cancel the batcher's
-        # future; a cancel while still queued is honoured by `_claim` instead.
-        return await asyncio.shield(asyncio.wrap_future(self.submit(tenant_id, rental_id, samples, owner=owner)))
+        return await self.submit_item_async(_Item(tenant_id, rental_id, list(samples), owner))
 
-    # -- the writer thread ---------------------------------------------------------------
-    def _run(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                self._drain_on_stop()
-                self._close_connection()
-                return
-            items = [first]
-            stop_after = self._gather(items, len(first.samples))
-            self._commit(self._claim(items))
-            if stop_after:
-                self._drain_on_stop()
-                self._close_connection()
-                return
+    # -- applying ------------------------------------------------------------------------
+    def size(self, item: _Item) -> int:
+        return len(item.samples)
 
-    def _gather(self, items: list[_Item], count: int) -> bool:
-        """Take what is queued; if the batch is small, wait up to the window for more."""
-        deadline = time.monotonic() + self.window_s
-        while count < self.max_samples:
-            try:
-                nxt = self._queue.get_nowait()
-            except queue.Empty:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    nxt = self._queue.get(timeout=remaining)
-                except queue.Empty:
-                    break
-            if nxt is None:
-                return True
-            items.append(nxt)
-            count += len(nxt.samples)
-        return False
-
-    def _drain_on_stop(self) -> None:
-        leftovers: list[_Item] = []
-        while True:
-            try:
-                nxt = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if nxt is not None:
-                leftovers.append(nxt)
-        if leftovers:
-            self._commit(self._claim(leftovers))
-
-    @staticmethod
-    def _claim(items: list[_Item]) -> list[_Item]:
-        """Drop callers that cancelled while queued (their samples are never stored) and mark
-        the rest running, so a late cancel can no longer race the result."""
-        return [item for item in items if item.future.set_running_or_notify_cancel()]
-
-    def _commit(self, items: list[_Item]) -> None:
-        if not items:
-            return
-        try:
-            outcomes = self._apply(items)
-        except Exception as exc:
-            if len(items) == 1:
-                log.exception("sample batch failed")
-                items[0].future.set_exception(exc)
-                return
-            log.warning("group commit of %d sample requests failed (%s); retrying one by one", len(items), exc)
-            for item in items:
-                self._commit([item])
-            return
-        for item, outcome in zip(items, outcomes, strict=True):
-            if isinstance(outcome, Exception):
-                item.future.set_exception(outcome)
-            else:
-                item.future.set_result(outcome)
-
-    def _apply(self, items: list[_Item]) -> list[Recorded | Exception]:
-        conn = self._writer_connection()
-        try:
-            with conn.begin():
-                return self._apply_in(conn, items)
-        except BaseException:
-            # After any failure start the next batch on a fresh connection: this one may be broken.
-            self._close_connection()
-            raise
-
-    def _apply_in(self, conn: Connection, items: list[_Item]) -> list[Recorded | Exception]:
+    def apply(self, conn: Connection, items: list[_Item]) -> list[Recorded | Exception]:
         keys = sorted({(i.tenant_id, i.rental_id) for i in items})
         stmt = _SELECT.where(tuple_(_T.c.tenant_id, _T.c.id).in_(keys))
         if not self.db.is_sqlite:
@@ -287,18 +179,3 @@ class SampleBatcher:
                 for k, r in touched.items()
             ])
         return outcomes
-
-    def _writer_connection(self) -> Connection:
-        """The writer thread's own connection, kept across batches (as the ledger batcher's)."""
-        if self._conn is None:
-            conn = self.db.engine.connect()
-            self._conn = conn.execution_options(**WRITE) if self.db.is_sqlite else conn
-        return self._conn
-
-    def _close_connection(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except Exception:
-                log.warning("closing the sample batcher's connection failed", exc_info=True)
-            self._conn = None
