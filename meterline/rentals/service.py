@@ -605,15 +605,19 @@ class RentalService:
         out[-1].flags = int(out[-1].flags) & ~LINKED  # the last transfer closes the chain
         return out
 
-    def due_for_settlement(self, session: Session, now_ns: int, limit: int = 200) -> list[tuple[str, str]]:
-        """(tenant, id) of active prepaid contracts past their expiry, oldest first."""
-        stmt = (
-            select(Rental.tenant_id, Rental.id)
-            .where(Rental.status == ACTIVE, Rental.expires_at.is_not(None), Rental.expires_at <= now_ns)
-            .order_by(Rental.expires_at)
-            .limit(limit)
-        )
-        return [(r[0], r[1]) for r in session.execute(stmt)]
+    def due_for_settlement(self, session: Session, now_ns: int, limit: int = 200,
+                           after: tuple[int, str, str] | None = None) -> list[tuple[int, str, str]]:
+        """(expires_at, tenant, id) of active contracts past their expiry, oldest first.
+
+        Keyset-paged by `after`, so a sweep moves past rentals it could not settle
+        instead of re-reading them: one broken row never stalls the ones behind it.
+        """
+        stmt = select(Rental.expires_at, Rental.tenant_id, Rental.id).where(
+            Rental.status == ACTIVE, Rental.expires_at.is_not(None), Rental.expires_at <= now_ns)
+        if after is not None:
+            stmt = stmt.where(tuple_(Rental.expires_at, Rental.tenant_id, Rental.id) > tuple_(*after))
+        stmt = stmt.order_by(Rental.expires_at, Rental.tenant_id, Rental.id).limit(limit)
+        return [(int(r[0] or 0), r[1], r[2]) for r in session.execute(stmt)]
 
     def active_sessions(self, session: Session, limit: int = 1000,
                         after: tuple[str, str] | None = None) -> list[tuple[str, str]]:

@@ -29,14 +29,13 @@ def settle_expired(db: Database, clock: Clock, *, limit: int = 200) -> int:
     pass. Returns how many this pass settled.
     """
     settled = 0
-    failed: set[tuple[str, str]] = set()
+    after: tuple[int, str, str] | None = None
     for _ in range(_MAX_ROUNDS):
         with db.session(write=False) as session:
-            due = [d for d in rental_service.due_for_settlement(session, clock.now_ns(), limit)
-                   if d not in failed]
+            due = rental_service.due_for_settlement(session, clock.now_ns(), limit, after=after)
         if not due:
             break
-        for tenant_id, rental_id in due:
+        for _expires, tenant_id, rental_id in due:
             try:
                 with db.session() as session:
                     # Lock and re-check first: the list was read without locks, and a contract
@@ -49,11 +48,11 @@ def settle_expired(db: Database, clock: Clock, *, limit: int = 200) -> int:
             except RentalAlreadySettled:
                 pass  # another worker (or the customer) settled it first
             except Exception:
-                # Keep sweeping the rest; this one is retried on the next pass.
+                # Keep sweeping the rest (the page moves past it); retried on the next pass.
                 log.exception("could not settle expired rental %s/%s", tenant_id, rental_id)
-                failed.add((tenant_id, rental_id))
         if len(due) < limit:
             break
+        after = due[-1]
     return settled
 
 

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from meterline.clock import FrozenClock
 from meterline.config import Settings
@@ -177,8 +177,8 @@ def test_a_contract_extended_after_the_sweep_listed_it_is_not_settled(db, tenant
     clock.advance(60)
     real = rental_service.due_for_settlement
 
-    def listed_then_extended(session, now_ns, limit=200):
-        due = real(session, now_ns, limit)
+    def listed_then_extended(session, now_ns, limit=200, after=None):
+        due = real(session, now_ns, limit, after=after)
         # Between the sweep's read and its settlement the contract gets more time (e.g. an
         # API process whose clock is a little behind accepted an extension).
         with db.session() as s:
@@ -190,3 +190,22 @@ def test_a_contract_extended_after_the_sweep_listed_it_is_not_settled(db, tenant
     rental_tasks.settle_expired(db, clock)
     monkeypatch.undo()
     assert get(db, tenant, rid).status == ACTIVE
+
+
+def test_a_broken_rental_does_not_stall_the_sweep(db, tenant, clock):
+    """Rentals the sweep cannot settle (here: a corrupt stored quote) are logged and passed
+    over; the valid contracts behind them, even beyond the first page, still settle."""
+    good = rent(db, tenant, clock, seconds=60)
+    with db.session() as s:
+        row = rental_service.get(s, tenant, good)
+        template = {c.key: getattr(row, c.key) for c in Rental.__table__.columns}
+    with db.session() as s:
+        for i in range(5):  # expire before the good one, so they come first in every page
+            s.add(Rental(**{**template, "id": f"CTR-BAD{i:05d}", "quote": {},
+                            "expires_at": template["expires_at"] - (10 - i) * NS}))
+    clock.advance(120)
+    rental_tasks.settle_expired(db, clock, limit=2)
+    assert get(db, tenant, good).status == SETTLED
+    assert all(get(db, tenant, f"CTR-BAD{i:05d}").status == ACTIVE for i in range(5))
+    with db.session() as s:  # leave nothing broken behind for other tests' sweeps
+        s.execute(delete(Rental).where(Rental.tenant_id == tenant, Rental.id.like("CTR-BAD%")))

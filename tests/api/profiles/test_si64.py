@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import insert
+from sqlalchemy import delete, insert
 
 from meterline.catalog.service import catalog_service
 from meterline.clock import FrozenClock
@@ -470,9 +470,18 @@ def _bulk_active(db: Database, tenant: str, clock: FrozenClock, n: int) -> None:
         s.execute(insert(Rental), rows)
 
 
-def test_ledger_answers_fast_with_10000_active_contracts(client: TestClient, t: ApiTenant, clock: FrozenClock,
-                                                           db: Database):
+@pytest.fixture
+def bulk_contracts(db: Database, t: ApiTenant, clock: FrozenClock):
+    """10,000 synthetic active contracts, removed afterwards: they have no holds or quote, and
+    the database is shared with other tests whose worker sweeps scan every tenant."""
     _bulk_active(db, t.id, clock, 10_000)
+    yield
+    with db.session() as s:
+        s.execute(delete(Rental).where(Rental.tenant_id == t.id, Rental.id.like("CTR-B%")))
+
+
+def test_ledger_answers_fast_with_10000_active_contracts(client: TestClient, t: ApiTenant, clock: FrozenClock,
+                                                           db: Database, bulk_contracts: None):
     r = client.get("/api/billing/ledger", headers=t.r)  # warm up (key cache, statement cache)
     timings = []
     for _ in range(5):
