@@ -1,8 +1,11 @@
 """Prepaid contracts (the SI64 style): pay for a term up front, extend, settle with a refund.
 
 A rent call is one transaction: the payment proof is verified and claimed once
-(a replayed proof is 409), it funds the customer's wallet, and the term's
-price is held wallet → escrow. Under the simulation rail (the dev default) an
+(a replayed proof is 409), it funds the customer's wallet, and the whole
+payment is held wallet → escrow. The cost can never exceed the term's price
+(billing stops at the term), so an overpayment comes back with the refund,
+through the rail it came from, instead of lingering in a wallet the SI64
+interface has no way to withdraw from. Under the simulation rail (the dev default) an
 extension the wallet cannot cover is funded by a simulated payment, recorded
 as such, so the documented extend call (which carries no payment) works.
 """
@@ -99,7 +102,7 @@ class ContractService:
         rental = rental_service.create(
             session, tenant_id, style=PREPAID, customer_type=WALLET_OWNER, customer_id=wallet,
             wallet_account_id=deposit.account_id, escrow_account_id=escrow.id, asset=quote.asset, scale=scale,
-            quote=quote, duration_s=duration_s, initial_hold_minor=price, payment_rail=rail_.name,
+            quote=quote, duration_s=duration_s, initial_hold_minor=paid, payment_rail=rail_.name,
             payment_proof=proof, refund_to_rail=True, provider_id=device.provider_id, device_id=device.id,
             tier=tier, gpu_model=device.gpu_model_id, vram_gb=None, clock=clock,
         )

@@ -39,6 +39,7 @@ from meterline.rentals.service import (
     parse_hours,
     rental_service,
 )
+from meterline.wallets.service import wallet_service
 from tests.factories import make_demo_tenant
 
 NS = 1_000_000_000
@@ -156,17 +157,18 @@ def test_a_short_payment_is_402_and_writes_nothing(db, tenant, clock):
     assert transfers(db, tenant) == []
 
 
-def test_an_overpayment_stays_in_the_wallet_and_funds_a_later_extend(db, tenant, clock):
+def test_an_overpayment_is_held_and_refunded_through_the_rail(db, tenant, clock):
+    """Paying 1.5× the price: everything paid is held, billing stops at the price, and the
+    surplus returns with the refund — nothing is left stranded in the wallet."""
     rid = rent(db, tenant, clock, paid=1_500_000)
-    assert balance(db, tenant, WAL) == (1_500_000, 1_000_000)
-    clock.advance(600)
-    with db.session() as s:
-        res = contract_service.extend(s, tenant, rid, added_s=HOUR // 2, proof=None, paid_minor=None, clock=clock)
-        assert (res.added_seconds, res.added_minor) == (1800, 500_000)
     r = rental_row(db, tenant, rid)
-    assert r.held_minor == 1_500_000 and r.duration_s == 5400 and r.expires_at == r.started_at + 5400 * NS
-    assert balance(db, tenant, WAL) == (1_500_000, 1_500_000)
-    assert len(transfers(db, tenant, code="deposit")) == 1  # no simulated top-up was needed
+    assert r.held_minor == 1_500_000
+    clock.advance(2 * HOUR)  # past the one-hour term
+    with db.session() as s:
+        done = rental_service.settle(s, tenant, rid, clock)
+    assert (done.used_minor, done.refund_minor) == (1_000_000, 500_000)  # the price, never more
+    assert done.refund_tx == "SIMULATION_MODE"
+    assert balance(db, tenant, WAL) == (0, 0)  # the surplus went back through the rail with the refund
     ledger_ok(db, tenant)
 
 
@@ -233,7 +235,10 @@ def test_extend_covers_a_shortfall_with_a_labelled_simulated_payment(db, tenant,
 
 
 def test_a_simulated_top_up_covers_only_the_shortfall(db, tenant, clock):
-    rid = rent(db, tenant, clock, paid=1_200_000)  # 200,000 left in the wallet
+    rid = rent(db, tenant, clock)
+    with db.session() as s:  # 200,000 of standing balance in the wallet
+        wallet_service.deposit(s, tenant, owner_type="wallet", owner_id=rental_service.get(s, tenant, rid).customer_id,
+                               asset="SOL", amount_minor=200_000, rail="simulation", proof="standing", clock=clock)
     with db.session() as s:
         contract_service.extend(s, tenant, rid, added_s=HOUR, proof=None, paid_minor=None, clock=clock)
     [sim] = [t for t in transfers(db, tenant, code="deposit") if "sim-extend" in t.id]
