@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol
 
-from sqlalchemy import Select, func, literal, select, tuple_
+from sqlalchemy import BigInteger, Select, func, literal, select, tuple_
 from sqlalchemy.orm import Session
 
 from meterline.clock import Clock
@@ -220,10 +220,13 @@ class RentalService:
         status: str | None = None,
         statuses: tuple[str, ...] | None = None,
         customer: tuple[str, str] | None = None,
+        style: str | None = None,
         after: str | None = None,
         limit: int = 100,
         newest_first: bool = False,
     ) -> tuple[list[Rental], str | None]:
+        """Rentals in creation order (contract ids are random, so id order means nothing to a
+        reader), keyset-paged: `after` is the previous page's cursor, "<created_at>:<id>"."""
         stmt: Select[Any] = select(Rental).where(Rental.tenant_id == tenant_id)
         if status:
             stmt = stmt.where(Rental.status == status)
@@ -231,13 +234,20 @@ class RentalService:
             stmt = stmt.where(Rental.status.in_(statuses))
         if customer:
             stmt = stmt.where(Rental.customer_type == customer[0], Rental.customer_id == customer[1])
+        if style:
+            stmt = stmt.where(Rental.style == style)
         if after:
-            stmt = stmt.where(Rental.id < after if newest_first else Rental.id > after)
-        order = Rental.id.desc() if newest_first else Rental.id
-        rows = list(session.scalars(stmt.order_by(order).limit(limit + 1)))
+            created, _, rid = after.partition(":")
+            if not created.isdigit() or not rid:
+                raise InvalidRentalRequest("the cursor is not valid")
+            key = tuple_(Rental.created_at, Rental.id)
+            mark = tuple_(literal(int(created), BigInteger), literal(rid))
+            stmt = stmt.where(key < mark if newest_first else key > mark)
+        order = (Rental.created_at.desc(), Rental.id.desc()) if newest_first else (Rental.created_at, Rental.id)
+        rows = list(session.scalars(stmt.order_by(*order).limit(limit + 1)))
         more = len(rows) > limit
         rows = rows[:limit]
-        return rows, (rows[-1].id if more and rows else None)
+        return rows, (f"{rows[-1].created_at:019d}:{rows[-1].id}" if more and rows else None)
 
     def totals(self, session: Session, tenant_id: str, now_ns: int, *, asset: str | None = None) -> dict[str, int]:
         """Held, used and refundable over all active rentals — in SQL, exactly as shown per rental.

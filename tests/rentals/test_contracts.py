@@ -491,3 +491,23 @@ def test_concurrent_settle_extend_and_metrics_settle_exactly_once(db, tenant, cl
     assert balance(db, tenant, ESCROW) == (0, 0)
     assert balance(db, tenant, WAL)[1] == 0  # no hold left open
     ledger_ok(db, tenant)
+
+
+def test_rentals_list_in_creation_order_and_page_by_keyset(db, tenant, clock):
+    """Contract ids are random, so listing follows creation time; a cursor walks every row once."""
+    created = []
+    for i in range(5):
+        created.append(rent(db, tenant, clock, proof=f"tx-order-{i}"))
+        clock.advance(1)
+    seen, cursor = [], None
+    with db.session(write=False) as s:
+        while True:
+            rows, cursor = rental_service.list_rentals(s, tenant, after=cursor, limit=2)
+            seen += [r.id for r in rows]
+            if cursor is None:
+                break
+        newest, _ = rental_service.list_rentals(s, tenant, limit=10, newest_first=True)
+        with pytest.raises(InvalidRentalRequest):
+            rental_service.list_rentals(s, tenant, after="not-a-cursor")
+    assert seen == created
+    assert [r.id for r in newest] == created[::-1]

@@ -403,7 +403,7 @@ def current_usage(principal: LedgerRead, session: ReadSession, runtime: RuntimeD
     what is held for each and what would be released if it ended now."""
     uid = user_for(principal, user_id)
     now = runtime.clock.now_ns()
-    rows, after = rental_service.list_rentals(session, principal.tenant_id, status=ACTIVE,
+    rows, after = rental_service.list_rentals(session, principal.tenant_id, status=ACTIVE, style=PAYG,
                                               customer=(USER_OWNER, uid), after=decode_cursor(cursor), limit=limit)
     return s.CurrentUsageOut(
         user_id=uid, as_of=to_rfc3339(now),
@@ -417,10 +417,11 @@ def current_usage(principal: LedgerRead, session: ReadSession, runtime: RuntimeD
 def billing_history(principal: LedgerRead, session: ReadSession, user_id: UserQuery = None, limit: Limit = 100,
                     cursor: Cursor = None) -> s.BillingHistoryOut:
     """The user's settled sessions with what each cost, what was refunded, and the provider's
-    and platform's shares. Ordered by session id."""
+    and platform's shares. Newest first."""
     uid = user_for(principal, user_id)
-    rows, after = rental_service.list_rentals(session, principal.tenant_id, status=SETTLED,
-                                              customer=(USER_OWNER, uid), after=decode_cursor(cursor), limit=limit)
+    rows, after = rental_service.list_rentals(session, principal.tenant_id, status=SETTLED, style=PAYG,
+                                              customer=(USER_OWNER, uid), after=decode_cursor(cursor), limit=limit,
+                                              newest_first=True)
     return s.BillingHistoryOut(
         user_id=uid, data=[s.SettledSessionOut.model_validate(_settled(r)) for r in rows if r.style == PAYG],
         next_cursor=encode_cursor(after),

@@ -163,7 +163,7 @@ def list_rentals(
     limit: Limit = 100,
     cursor: Cursor = None,
 ) -> RentalPage:
-    """Rentals in id order, with their live accrual, filtered by `status` and `customer`.
+    """Rentals in creation order, with their live accrual, filtered by `status` and `customer`.
     A non-staff key lists only its own (the `customer` filter is then implied)."""
     tenant = principal.tenant_id
     after = decode_cursor(cursor)
@@ -178,7 +178,7 @@ def list_rentals(
         rows, nxt = merge_pages(
             [rental_service.list_rentals(session, tenant, status=status, customer=(kind, customer), after=after,
                                          limit=limit) for kind in CUSTOMER_TYPES],
-            limit, key=lambda r: r.id,
+            limit, key=lambda r: f"{r.created_at:019d}:{r.id}",
         )
     now = runtime.clock.now_ns()
     return RentalPage(data=[_out(r, now) for r in rows], next_cursor=encode_cursor(nxt))
