@@ -27,7 +27,7 @@ from __future__ import annotations
 import copy
 import logging
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from decimal import Decimal
 from typing import Any, cast
 
@@ -43,11 +43,6 @@ log = logging.getLogger(__name__)
 
 _T = cast(Table, Rental.__table__)
 _SAMPLES = cast(Table, RentalSample.__table__)
-# The columns a sample reads or writes (RentalState), plus the owner for the visibility check.
-_COLUMNS = ("id", "status", "customer_id", "quote", "scale", "held_minor", "duration_s", "started_at",
-            "expires_at", "ended_at", "settled_at", "used_minor", "rate_num", "rate_den", "rounding",
-            "power_cost_e6", "energy2_mw_ms", "last_sample_at", "last_power_mw", "sample_count")
-_SELECT = select(_T.c.tenant_id, *(_T.c[c] for c in _COLUMNS))
 _UPDATE = (
     update(_T)
     .where(_T.c.tenant_id == bindparam("k_tenant"), _T.c.id == bindparam("k_id"))
@@ -81,6 +76,12 @@ class SampledRental:
     last_sample_at: int | None
     last_power_mw: int | None
     sample_count: int
+
+
+# The columns a sample reads or writes are SampledRental's fields, in its order (rows are
+# built positionally from them), so the list lives in one place.
+_COLUMNS = tuple(f.name for f in fields(SampledRental))
+_SELECT = select(_T.c.tenant_id, *(_T.c[c] for c in _COLUMNS))
 
 
 @dataclass(frozen=True, slots=True)
