@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from meterline import __version__
 from meterline.api import health, problems
+from meterline.api.fastpath import FastPathMiddleware, FastRoute
 from meterline.api.observability import MetricsMiddleware
 from meterline.api.runtime import Runtime
 
@@ -47,6 +48,29 @@ class BodyLimitMiddleware:
         await self.app(scope, receive, send)
 
 
+class MeterlineApp(FastAPI):
+    """FastAPI with Meterline's own ASGI layers *outside* Starlette's middleware stack.
+
+    Metrics, the body limit and the fast path (meterline.api.fastpath) wrap the whole
+    application, so a hot route costs a dict lookup and its handler — not FastAPI's
+    seven middleware layers, router walk and dependency solving. Everything the fast
+    path hands on goes through FastAPI exactly as before.
+    """
+
+    front: ASGIApp | None = None
+
+    def install_front(self, routes: list[FastRoute], max_body_bytes: int) -> None:
+        inner = super().__call__
+        self.front = MetricsMiddleware(BodyLimitMiddleware(FastPathMiddleware(inner, routes), max_body_bytes))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.front is not None:
+            scope["app"] = self  # what Starlette would set; fast handlers read app.state.runtime
+            await self.front(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+
 def create_app(runtime: Runtime, *, extra_lifespan: Any = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -64,7 +88,7 @@ def create_app(runtime: Runtime, *, extra_lifespan: Any = None) -> FastAPI:
             if runtime.licensing is not None:
                 runtime.licensing.audit.flush()  # nothing queued is lost on a clean shutdown
 
-    app = FastAPI(
+    app = MeterlineApp(
         title="Meterline",
         version=__version__,
         description=DESCRIPTION,
@@ -82,11 +106,11 @@ def create_app(runtime: Runtime, *, extra_lifespan: Any = None) -> FastAPI:
 
     for profile_router in ROUTERS:
         app.include_router(profile_router)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=runtime.settings.max_body_bytes)
-    from meterline.api.profiles.brinkbyte import ValidationFastPath
+    from meterline.api.profiles import FAST_ROUTES as PROFILE_FAST_ROUTES
+    from meterline.api.v1 import FAST_ROUTES as V1_FAST_ROUTES
 
-    app.add_middleware(ValidationFastPath)
-    app.add_middleware(MetricsMiddleware)
+    # Outermost first: metrics → body limit → the fast path (hot routes) → FastAPI.
+    app.install_front([*V1_FAST_ROUTES, *PROFILE_FAST_ROUTES], runtime.settings.max_body_bytes)
 
     @app.get("/", include_in_schema=False)
     async def root(request: Request) -> JSONResponse:

@@ -9,6 +9,7 @@ from loopback is the default tenant's admin.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Annotated
@@ -51,7 +52,12 @@ ReadSession = Annotated[Session, Depends(read_session, scope="function")]
 
 
 def _is_loopback(request: Request) -> bool:
-    host = request.client.host if request.client else ""
+    return _loopback_host(request.client.host if request.client else "")
+
+
+@functools.lru_cache(maxsize=1024)
+def _loopback_host(host: str) -> bool:
+    # Cached: parsing the address on every dev-mode request showed up in profiles.
     if host in ("testclient", "localhost"):
         return True
     try:

@@ -46,25 +46,27 @@ def field_errors(errors: list[Any]) -> list[dict[str, Any]]:
             for e in errors]
 
 
-def install(app: FastAPI) -> None:
-    @app.exception_handler(MeterlineError)
-    async def _domain(request: Request, exc: MeterlineError) -> JSONResponse:
-        return from_error(exc, request.url.path)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+def render(exc: Exception, instance: str | None) -> JSONResponse:
+    """The problem response for any exception — the one mapping from errors to HTTP, shared by
+    the app's exception handlers and the fast path (meterline.api.fastpath)."""
+    if isinstance(exc, MeterlineError):
+        return from_error(exc, instance)
+    if isinstance(exc, RequestValidationError):
         return problem(422, "validation_error", "The request is not valid",
-                       "one or more fields are invalid", request.url.path,
+                       "one or more fields are invalid", instance,
                        errors=field_errors(list(exc.errors())))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if isinstance(exc, StarletteHTTPException):
         code = {404: "not_found", 405: "method_not_allowed", 401: "unauthenticated"}.get(
             exc.status_code, "http_error")
-        return problem(exc.status_code, code, str(exc.detail), str(exc.detail), request.url.path)
+        return problem(exc.status_code, code, str(exc.detail), str(exc.detail), instance)
+    log.error("unhandled error on %s", instance, exc_info=exc)
+    return problem(500, "internal_error", "Internal error", "an unexpected error occurred; it was logged",
+                   instance)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem(500, "internal_error", "Internal error", "an unexpected error occurred; it was logged",
-                       request.url.path)
+
+def install(app: FastAPI) -> None:
+    async def _handler(request: Request, exc: Exception) -> JSONResponse:
+        return render(exc, request.url.path)
+
+    for kind in (MeterlineError, RequestValidationError, StarletteHTTPException, Exception):
+        app.add_exception_handler(kind, _handler)

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from meterline.api.fastpath import FastRoute
 from meterline.api.profiles import brinkbyte, brinkbyte_usage, dante, si64
 
 ROUTERS: list[APIRouter] = [si64.router, dante.router, brinkbyte_usage.router, brinkbyte.router]
+# Hot routes dispatched ahead of the router (meterline.api.fastpath); each is also in ROUTERS.
+FAST_ROUTES: list[FastRoute] = [*si64.FAST_ROUTES, *brinkbyte_usage.FAST_ROUTES, *brinkbyte.FAST_ROUTES]

@@ -14,9 +14,9 @@ the caller's tenant first.
 
 Validation answers are 200s with ``is_valid`` and, when not valid, a reason
 ``code`` and ``detail``; only malformed bodies (422), a missing key (401) or
-scope (403) are errors. The validate and entitlement handlers are ``async``:
-on a warm cache they answer on the event loop with no I/O; a miss goes to the
-threadpool. Every answer is queued for the audit log.
+scope (403) are errors. The validate and entitlement handlers are ``async`` and
+dispatched on the fast path: on a warm cache they answer on the event loop with
+no I/O; a miss goes to the threadpool. Every answer is queued for the audit log.
 """
 
 from __future__ import annotations
@@ -29,10 +29,11 @@ from starlette.concurrency import run_in_threadpool
 
 from meterline.api.body import json_body, openapi_body, read_json, validate
 from meterline.api.deps import ReadSession, RuntimeDep, require, require_async
+from meterline.api.fastpath import FastRoute, authorized
 from meterline.api.runtime import Runtime
 from meterline.api.v1.common import errors
 from meterline.clock import to_rfc3339
-from meterline.identity.service import Principal, hash_key, identity_service
+from meterline.identity.service import Principal
 from meterline.licensing.runtime import Answer, LicensingRuntime
 from meterline.licensing.schemas import (
     EntitlementRequest,
@@ -167,121 +168,6 @@ def stats(runtime: RuntimeDep, session: ReadSession,
     return figures
 
 
-
-# -- the warm-cache fast path ---------------------------------------------------------------------
-
-
-class _RouteLabel:
-    """What the metrics middleware reads from scope["route"]: the route template."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-
-_FAST_PATHS = {"/api/v1/licenses/validate": _RouteLabel("/api/v1/licenses/validate"),
-               "/api/v1/entitlements/check": _RouteLabel("/api/v1/entitlements/check")}
-_JSON_HEADERS = [(b"content-type", b"application/json")]
-
-
-class ValidationFastPath:
-    """Answers warm validations and entitlement checks before FastAPI's router sees them.
-
-    Why: with ~90 routes, matching the path and solving dependencies costs several
-    times more than the answer itself (a dict lookup). This ASGI middleware handles
-    only the case that needs no I/O at all — a POST to one of the two paths whose
-    key is already cached (or a dev-mode loopback call), whose body validates, and
-    whose answer is in the license cache — and hands everything else (misses,
-    errors, auth failures, oversized bodies) to the normal route with the body
-    replayed, so both paths give identical answers and errors.
-    """
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        label = _FAST_PATHS.get(scope.get("path", "")) if scope["type"] == "http" else None
-        if label is None or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
-        runtime: Runtime = scope["app"].state.runtime
-        limit = runtime.settings.max_body_bytes
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away
-            chunk = message.get("body", b"")
-            chunks.append(chunk)
-            size += len(chunk)
-            if not message.get("more_body", False) or size > limit:
-                more = message.get("more_body", False)
-                break
-        raw = b"".join(chunks)
-        answer = None if more or size > limit else self._answer(scope, runtime, label.path, raw)
-        if answer is None:
-            replayed = False
-
-            async def replay() -> Any:
-                nonlocal replayed
-                if not replayed:
-                    replayed = True
-                    return {"type": "http.request", "body": raw, "more_body": more}
-                return await receive()
-
-            await self.app(scope, replay, send)
-            return
-        scope["route"] = label
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [*_JSON_HEADERS, (b"content-length", str(len(answer)).encode())]})
-        await send({"type": "http.response.body", "body": answer})
-
-    @staticmethod
-    def _principal(scope: Any, runtime: Runtime) -> Principal | None:
-        secret = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                scheme, _, token = value.decode("latin-1").partition(" ")
-                if scheme.lower() != "bearer" or not token:
-                    return None
-                secret = token.strip()
-                break
-            if name == b"x-api-key":
-                secret = value.decode("latin-1")
-        if secret is None:
-            client = scope.get("client")
-            if runtime.settings.dev and client and client[0] in ("127.0.0.1", "::1"):
-                return Principal(runtime.settings.default_tenant, "admin", None, frozenset({"admin"}))
-            return None
-        principal = identity_service.cache.get(hash_key(secret), runtime.settings.key_cache_ttl_s)
-        return principal if principal is not None and principal.has("licenses:validate") else None
-
-    def _answer(self, scope: Any, runtime: Runtime, path: str, raw: bytes) -> bytes | None:
-        principal = self._principal(scope, runtime)
-        lic = runtime.licensing
-        if principal is None or lic is None:
-            return None
-        try:
-            data = json.loads(raw)
-            if path == "/api/v1/licenses/validate":
-                v = ValidateRequest.model_validate(data)
-            else:
-                e = EntitlementRequest.model_validate(data)
-        except ValueError:  # not JSON, or not valid: the route renders the 422
-            return None
-        now = runtime.clock.now_ns()
-        tenant = principal.tenant_id
-        if path == "/api/v1/licenses/validate":
-            answer = lic.validate_cached(tenant, v.tenant_id, v.camera_id, now)
-            if answer is None:
-                return None
-            lic.record(tenant, _who(principal), "validate", v.tenant_id, answer, now, camera_id=v.camera_id,
-                       device_id=v.device_id)
-            return json.dumps(_license_body(answer), separators=(",", ":")).encode()
-        answer = lic.entitlement_cached(tenant, e.tenant_id, e.camera_id, e.feature, now)
-        if answer is None:
-            return None
-        lic.record(tenant, _who(principal), "entitlement", e.tenant_id, answer, now, camera_id=e.camera_id,
-                   feature=e.feature)
-        return json.dumps({"allowed": answer.allowed, "feature": e.feature, "growth_pack": answer.growth_pack,
-                           "code": answer.code}, separators=(",", ":")).encode()
+# A warm validation is a dict lookup: dispatched ahead of FastAPI's router (meterline.api.fastpath).
+FAST_ROUTES = [FastRoute("POST", "/api/v1/licenses/validate", authorized(_validate_scope, validate_license)),
+               FastRoute("POST", "/api/v1/entitlements/check", authorized(_validate_scope, check_entitlement))]

@@ -24,13 +24,15 @@ from pydantic import BaseModel, Field
 
 from meterline.api.body import openapi_body
 from meterline.api.deps import require_async
+from meterline.api.fastpath import FastRoute, authorized
 from meterline.api.v1.common import errors
 from meterline.api.v1.meters import UsageBatchOut, ingest_request
 from meterline.identity.service import Principal
 
 router = APIRouter(tags=["profile: brinkbyte"])
 
-UsageWriteAsync = Annotated[Principal, Depends(require_async("usage:write"))]
+_usage_write = require_async("usage:write")
+UsageWriteAsync = Annotated[Principal, Depends(_usage_write)]
 
 
 class BrinkByteUsageEvent(BaseModel):
@@ -61,3 +63,6 @@ async def usage_batch(request: Request, principal: UsageWriteAsync) -> Response:
     out = await ingest_request(request, principal, licensee_key="tenant_id", device_key="device_id",
                                subject_key="camera_id")
     return JSONResponse(out.model_dump())
+
+
+FAST_ROUTES = [FastRoute("POST", "/api/v1/usage/batch", authorized(_usage_write, usage_batch))]

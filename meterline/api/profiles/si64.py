@@ -30,6 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from meterline.api.body import Parsed, json_body, openapi_body
 from meterline.api.deps import ReadSession, RuntimeDep, WriteSession, get_runtime
 from meterline.api.exact_json import ExactJSONResponse
+from meterline.api.fastpath import FastRoute
 from meterline.api.idempotency import HEADER as IDEMPOTENCY_HEADER
 from meterline.api.idempotency import in_transaction
 from meterline.api.profiles.si64_schemas import (
@@ -57,6 +58,8 @@ from meterline.api.v1.common import (
     decode_cursor,
     encode_cursor,
     errors,
+    ledger_read_async,
+    ledger_write_async,
 )
 from meterline.catalog.service import catalog_service
 from meterline.db.scoping import scoped
@@ -90,6 +93,7 @@ _HOURS_PLACES = Decimal("0.0001")  # the seed shows elapsed_hours to 4 places (0
 _EXACT = Context(prec=40)
 
 ContractId = Annotated[str, Path(min_length=1, max_length=64, description="`CTR-` and 8 letters/digits.")]
+_metrics_body = json_body(MetricsRequest)
 PageLimit = Annotated[int, Query(ge=1, le=1000, description="Active contracts per page (newest first).")]
 SettledLimit = Annotated[int, Query(ge=0, le=1000, description="How many recent settlements to list.")]
 PageCursor = Annotated[str | None, Query(max_length=200, pattern=r"^[A-Za-z0-9_-]*$",
@@ -230,7 +234,7 @@ async def record_metrics(
     request: Request,
     contract_id: ContractId,
     principal: LedgerWriteAsync,
-    body: Annotated[Parsed[MetricsRequest], Depends(json_body(MetricsRequest))],
+    body: Annotated[Parsed[MetricsRequest], Depends(_metrics_body)],
 ) -> Response:
     """Store a metrics sample and answer with the running cost. Nothing is written to the
     ledger per sample; cost accrues with time (and metered power, when `power_w` is sent).
@@ -247,6 +251,33 @@ async def record_metrics(
     except SamplerStopped:
         raise ServiceUnavailable("samples are not being accepted right now") from None
     return _metrics_answer(done.rental, done.accrual)
+
+
+def _fast_contract_id(request: Request) -> str | None:
+    """The path's contract id when it satisfies `ContractId`; otherwise the route renders the 422."""
+    contract_id: str = request.path_params["contract_id"]
+    return contract_id if 1 <= len(contract_id) <= 64 else None
+
+
+async def _fast_get_contract(request: Request) -> Response | None:
+    contract_id = _fast_contract_id(request)
+    if contract_id is None:
+        return None
+    return await get_contract(request, contract_id, await ledger_read_async(request))
+
+
+async def _fast_record_metrics(request: Request) -> Response | None:
+    contract_id = _fast_contract_id(request)
+    if contract_id is None:
+        return None
+    principal = await ledger_write_async(request)
+    return await record_metrics(request, contract_id, principal, await _metrics_body(request))
+
+
+# Devices stream samples and poll status thousands of times a second: both are dispatched
+# ahead of FastAPI's router (meterline.api.fastpath), through the same functions.
+FAST_ROUTES = [FastRoute("GET", "/api/contracts/{contract_id}", _fast_get_contract),
+               FastRoute("POST", "/api/metrics/{contract_id}", _fast_record_metrics)]
 
 
 def _record_idempotent(request: Request, runtime: Runtime, tenant: str, contract_id: str,

@@ -30,3 +30,6 @@ router.include_router(rentals.router)
 router.include_router(payouts.router)
 router.include_router(meters.router)
 router.include_router(licenses.router)
+
+# Hot routes dispatched ahead of the router (meterline.api.fastpath); each is also declared above.
+FAST_ROUTES = [*transfers.FAST_ROUTES]

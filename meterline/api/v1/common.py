@@ -20,9 +20,11 @@ from meterline.ledger.schemas import ASSET_PATTERN, ID_PATTERN, TEXT_PATTERN
 LedgerRead = Annotated[Principal, Depends(require("ledger:read"))]
 LedgerWrite = Annotated[Principal, Depends(require("ledger:write"))]
 Admin = Annotated[Principal, Depends(require("admin"))]
-# For the async hot path (POST /v1/transfers): no threadpool hop when the key is cached.
-LedgerWriteAsync = Annotated[Principal, Depends(require_async("ledger:write"))]
-LedgerReadAsync = Annotated[Principal, Depends(require_async("ledger:read"))]
+# For the async hot paths (POST /v1/transfers, …): no threadpool hop when the key is cached.
+ledger_write_async = require_async("ledger:write")
+ledger_read_async = require_async("ledger:read")
+LedgerWriteAsync = Annotated[Principal, Depends(ledger_write_async)]
+LedgerReadAsync = Annotated[Principal, Depends(ledger_read_async)]
 
 # -- path and query parameters ----------------------------------------------------------
 AccountIdPath = Annotated[str, Path(min_length=1, max_length=64, pattern=ID_PATTERN)]

@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from meterline.api.body import openapi_body, read_json, validate
 from meterline.api.deps import ReadSession, get_runtime
+from meterline.api.fastpath import FastRoute, authorized
 from meterline.api.idempotency import IdempotentRequest, json_response
 from meterline.api.problems import field_errors, problem
 from meterline.api.runtime import Runtime
@@ -33,6 +34,7 @@ from meterline.api.v1.common import (
     decode_seq_cursor,
     encode_cursor,
     errors,
+    ledger_write_async,
 )
 from meterline.errors import MeterlineError, PayloadTooLarge, ServiceUnavailable
 from meterline.ledger.batcher import BatcherStopped
@@ -203,6 +205,9 @@ async def create_transfers(request: Request, principal: LedgerWriteAsync) -> Res
     if idem is not None:
         await run_in_threadpool(idem.store, runtime.db, response, runtime.clock.now_ns())
     return response
+
+
+FAST_ROUTES = [FastRoute("POST", "/v1/transfers", authorized(ledger_write_async, create_transfers))]
 
 
 async def _post_single(runtime: Runtime, tenant: str, item: TransferCreate, path: str) -> Response:

@@ -175,24 +175,19 @@ def test_dev_mode_loopback_uses_the_default_tenant(make_client: MakeClient, db: 
     assert client.post(VALIDATE, json=SEED_BODY).json()["is_valid"] is True
 
 
-def test_warm_answers_skip_the_router_and_match_it(client: TestClient, t: ApiTenant,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from meterline.api.profiles import brinkbyte
+def test_warm_answers_are_served_on_the_fast_path_and_match_the_router(
+        client: TestClient, t: ApiTenant) -> None:
+    from tests.api.test_fastpath import router_disabled
 
-    first = client.post(VALIDATE, json=SEED_BODY, headers=t.a)  # key not cached yet: the route answers
+    first = client.post(VALIDATE, json=SEED_BODY, headers=t.a)  # through the router: key not cached yet
     check = client.post(CHECK, json={"tenant_id": "tenant-123", "feature": "heatmaps"}, headers=t.a)
-
-    def no_router(*a: object, **k: object) -> None:
-        raise AssertionError("the router handled a warm request")
-
-    monkeypatch.setattr(brinkbyte, "read_json", no_router)
-    again = client.post(VALIDATE, json=SEED_BODY, headers=t.a)
-    assert again.status_code == 200 and again.json() == first.json()
-    assert again.headers["content-type"] == "application/json"
-    assert client.post(CHECK, json={"tenant_id": "tenant-123", "feature": "heatmaps"}, headers=t.a).json() == \
-        check.json()
-    # Anything the fast path can't answer from memory still reaches the route (and its errors).
-    assert client.post(VALIDATE, json={"camera_id": "cam-new", "tenant_id": "tenant-123"}, headers=t.a) \
-        .status_code == 500
-    monkeypatch.undo()
-    assert_problem(client.post(VALIDATE, json={"camera_id": ""}, headers=t.a), 422, "validation_error")
+    with router_disabled(client):
+        again = client.post(VALIDATE, json=SEED_BODY, headers=t.a)
+        assert again.status_code == 200 and again.json() == first.json()
+        assert again.headers["content-type"] == "application/json"
+        assert client.post(CHECK, json={"tenant_id": "tenant-123", "feature": "heatmaps"},
+                           headers=t.a).json() == check.json()
+        # A cache miss (a new camera) is answered on the fast path too, through the threadpool.
+        assert client.post(VALIDATE, json={"camera_id": "cam-new", "tenant_id": "tenant-123"},
+                           headers=t.a).json()["is_valid"] is True
+        assert_problem(client.post(VALIDATE, json={"camera_id": ""}, headers=t.a), 422, "validation_error")
