@@ -67,31 +67,51 @@ def _loopback_host(host: str) -> bool:
 
 
 def _presented_key(request: Request) -> str | None:
-    auth = request.headers.get("authorization")
+    # Read straight from the ASGI headers: building Starlette's Headers mapping and looking
+    # up two names in it cost more than the rest of a cached authentication.
+    auth = api_key = None
+    for name, value in request.scope["headers"]:
+        if name == b"authorization" and auth is None:
+            auth = value.decode("latin-1")
+        elif name == b"x-api-key" and api_key is None:
+            api_key = value.decode("latin-1")
     if auth:
         scheme, _, value = auth.partition(" ")
         if scheme.lower() != "bearer" or not value:
             raise Unauthenticated("use 'Authorization: Bearer <api key>'")
         return value.strip()
-    return request.headers.get("x-api-key")
+    return api_key
+
+
+@functools.lru_cache(maxsize=64)
+def _dev_admin(tenant_id: str) -> Principal:
+    return Principal(tenant_id, "admin", None, frozenset({"admin"}))
+
+
+def _keyless(request: Request) -> Principal:
+    """No key presented: the default tenant's admin for a dev-mode loopback call, else 401."""
+    runtime = get_runtime(request)
+    if runtime.settings.dev and _is_loopback(request):
+        return _dev_admin(runtime.settings.default_tenant)
+    raise Unauthenticated("an API key is required (Authorization: Bearer ml_live_…)")
+
+
+_PRINCIPAL = "meterline.principal"  # the request's resolved caller, kept in the ASGI scope
 
 
 def current_principal(request: Request) -> Principal:
-    cached = getattr(request.state, "principal", None)
+    cached: Principal | None = request.scope.get(_PRINCIPAL)
     if cached is not None:
-        return cached  # type: ignore[no-any-return]
+        return cached
     runtime = get_runtime(request)
     secret = _presented_key(request)
     if secret is None:
-        if runtime.settings.dev and _is_loopback(request):
-            principal = Principal(runtime.settings.default_tenant, "admin", None, frozenset({"admin"}))
-        else:
-            raise Unauthenticated("an API key is required (Authorization: Bearer ml_live_…)")
+        principal = _keyless(request)
     else:
         principal = identity_service.authenticate(
             lambda: runtime.db.session(write=False), secret, ttl=runtime.settings.key_cache_ttl_s
         )
-    request.state.principal = principal
+    request.scope[_PRINCIPAL] = principal
     return principal
 
 
@@ -116,16 +136,16 @@ def require_async(scope: str) -> Callable[[Request], Awaitable[Principal]]:
     for the pool's limited tokens.)"""
 
     async def dependency(request: Request) -> Principal:
-        principal: Principal | None = getattr(request.state, "principal", None)
+        principal: Principal | None = request.scope.get(_PRINCIPAL)
         if principal is None:
             secret = _presented_key(request)
             if secret is None:
-                principal = current_principal(request)  # dev loopback or 401: no I/O either way
+                principal = request.scope[_PRINCIPAL] = _keyless(request)  # no I/O either way
             else:
                 ttl = get_runtime(request).settings.key_cache_ttl_s
                 principal = identity_service.cache.get(hash_key(secret), ttl)
                 if principal is not None:
-                    request.state.principal = principal
+                    request.scope[_PRINCIPAL] = principal
                 else:
                     principal = await run_in_threadpool(current_principal, request)
         if not principal.has(scope):

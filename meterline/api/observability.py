@@ -20,6 +20,10 @@ LATENCY = Histogram(
 class MetricsMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # Label children resolved once per label set: `labels()` validates and hashes its
+        # arguments on every call, a visible share of a hot request.
+        self._counters: dict[tuple[str, str, int], Any] = {}
+        self._latencies: dict[tuple[str, str], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -40,5 +44,12 @@ class MetricsMiddleware:
             route: Any = scope.get("route")
             # The route template, not the raw path, keeps label cardinality bounded.
             name = getattr(route, "path", "unmatched")
-            REQUESTS.labels(scope["method"], name, str(status)).inc()
-            LATENCY.labels(scope["method"], name).observe(time.perf_counter() - started)
+            method = scope["method"]
+            counter = self._counters.get((method, name, status))
+            if counter is None:
+                counter = self._counters[(method, name, status)] = REQUESTS.labels(method, name, str(status))
+            latency = self._latencies.get((method, name))
+            if latency is None:
+                latency = self._latencies[(method, name)] = LATENCY.labels(method, name)
+            counter.inc()
+            latency.observe(time.perf_counter() - started)

@@ -51,8 +51,30 @@ class CommitterStopped(RuntimeError):
 
 @dataclass(slots=True)
 class _Entry(Generic[T, R]):
+    """One submitted item. A thread caller waits on `future`; an event-loop caller on
+    `waiter`, which the writer resolves with one `call_soon_threadsafe` per batch and loop
+    (a concurrent Future wrapped for asyncio costs a wakeup and several callbacks per item)."""
+
     item: T
-    future: Future[R]
+    future: Future[R] | None
+    loop: asyncio.AbstractEventLoop | None = None
+    waiter: asyncio.Future[R] | None = None
+
+    def claim(self) -> bool:
+        if self.future is not None:
+            return self.future.set_running_or_notify_cancel()
+        return True  # an event-loop caller's item, once queued, is applied even if it stops waiting
+
+
+def _resolve(outcomes: list[tuple[asyncio.Future[R], R | BaseException]]) -> None:
+    """On the caller's loop: hand each waiter its outcome (one gone waiter is skipped)."""
+    for waiter, outcome in outcomes:
+        if waiter.done():
+            continue
+        if isinstance(outcome, BaseException):
+            waiter.set_exception(outcome)
+        else:
+            waiter.set_result(outcome)
 
 
 class GroupCommitter(ABC, Generic[T, R]):
@@ -107,14 +129,20 @@ class GroupCommitter(ABC, Generic[T, R]):
     def submit_item(self, item: T) -> Future[R]:
         if not self._running:
             raise self.stopped(f"the {self.name} writer is not running")
-        entry: _Entry[T, R] = _Entry(item, Future())
-        self._queue.put(entry)
-        return entry.future
+        future: Future[R] = Future()
+        self._queue.put(_Entry(item, future))
+        return future
 
     async def submit_item_async(self, item: T) -> R:
-        # Shielded: a request cancelled mid-flight (client gone) must not cancel work that may
-        # already be committing; a cancel while still queued is honoured when it is dequeued.
-        return await asyncio.shield(asyncio.wrap_future(self.submit_item(item)))
+        """Submit from the event loop. A request cancelled mid-flight (client gone) stops
+        waiting, but its item — already queued — is still applied and committed (a retry
+        then answers as for a duplicate); nothing the writer does depends on the waiter."""
+        if not self._running:
+            raise self.stopped(f"the {self.name} writer is not running")
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[R] = loop.create_future()
+        self._queue.put(_Entry(item, None, loop, waiter))
+        return await waiter
 
     # -- the writer thread ------------------------------------------------------------
     def _run(self) -> None:
@@ -167,7 +195,25 @@ class GroupCommitter(ABC, Generic[T, R]):
 
     @staticmethod
     def _claim(entries: list[_Entry[T, R]]) -> list[_Entry[T, R]]:
-        return [e for e in entries if e.future.set_running_or_notify_cancel()]
+        return [e for e in entries if e.claim()]
+
+    @staticmethod
+    def _settle(entries: list[_Entry[T, R]], outcomes: list[R | Exception]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[R], R | BaseException]]] = {}
+        for entry, outcome in zip(entries, outcomes, strict=True):
+            if entry.future is not None:
+                if isinstance(outcome, Exception):
+                    entry.future.set_exception(outcome)
+                else:
+                    entry.future.set_result(outcome)
+            else:
+                assert entry.loop is not None and entry.waiter is not None
+                by_loop.setdefault(entry.loop, []).append((entry.waiter, outcome))
+        for loop, pairs in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_resolve, pairs)
+            except RuntimeError:  # that loop has closed: nobody is waiting any more
+                pass
 
     def _commit(self, entries: list[_Entry[T, R]]) -> None:
         if not entries:
@@ -179,7 +225,7 @@ class GroupCommitter(ABC, Generic[T, R]):
         except Exception as exc:
             if len(entries) == 1:
                 log.exception("%s: batch failed", self.name)
-                entries[0].future.set_exception(exc)
+                self._settle(entries, [exc])
                 return
             log.warning("%s: group commit of %d items failed (%s); retrying one by one",
                         self.name, len(entries), exc)
@@ -187,11 +233,7 @@ class GroupCommitter(ABC, Generic[T, R]):
                 self._commit([entry])
             return
         self.observe(items, time.perf_counter() - started)
-        for entry, outcome in zip(entries, outcomes, strict=True):
-            if isinstance(outcome, Exception):
-                entry.future.set_exception(outcome)
-            else:
-                entry.future.set_result(outcome)
+        self._settle(entries, outcomes)
 
     def _apply(self, items: list[T]) -> list[R | Exception]:
         conn = self._connection()

@@ -38,8 +38,17 @@ TRANSFER_FLAG_NAMES = {
 }
 
 
+_FLAG_NAMES: dict[tuple[tuple[tuple[str, Any], ...], int], tuple[str, ...]] = {}
+
+
 def flag_names(value: int, names: dict[str, Any]) -> list[str]:
-    return [name for name, bit in names.items() if value & bit]
+    # Memoised per (mapping, value): every transfer answer renders its flags, and testing
+    # each enum bit costs more than the rest of the rendering.
+    key = (tuple(names.items()), value)
+    found = _FLAG_NAMES.get(key)
+    if found is None:
+        found = _FLAG_NAMES[key] = tuple(name for name, bit in names.items() if value & bit)
+    return list(found)
 
 
 class HoldState:

@@ -10,7 +10,6 @@ sent, costs one read before and one write after.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -137,11 +136,10 @@ def _asset(assets: dict[str, Asset | None], code: str) -> Asset:
 
 
 async def _post(runtime: Runtime, tenant_id: str, transfers: list[TransferIn]) -> list[TransferResult]:
-    # Shielded: a request cancelled mid-flight (client gone, shutdown) must not cancel the
-    # batcher's future. The transfers are queued and commit regardless (a retry answers
-    # `exists`), and the batcher resolving a cancelled future would kill its writer thread.
+    # A request cancelled mid-flight (client gone, shutdown) stops waiting, but its transfers
+    # are queued and commit regardless (a retry answers `exists`): see submit_item_async.
     try:
-        return await asyncio.shield(runtime.ledger.post_async(tenant_id, transfers))
+        return await runtime.ledger.post_async(tenant_id, transfers)
     except BatcherStopped:
         raise ServiceUnavailable("the ledger is not accepting transfers right now") from None
 
@@ -201,7 +199,7 @@ async def create_transfers(request: Request, principal: LedgerWriteAsync) -> Res
     if batch:
         response = await _post_batch(runtime, tenant, envelope.transfers)
     else:
-        response = await _post_single(runtime, tenant, single, request.url.path)
+        response = await _post_single(runtime, tenant, single, request.scope["path"])
     if idem is not None:
         await run_in_threadpool(idem.store, runtime.db, response, runtime.clock.now_ns())
     return response
