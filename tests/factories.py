@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -114,3 +115,15 @@ def make_license(session: Session, tenant_id: str, clock: Clock, *, licensee_id:
         cameras_allowed=None if plan_id == "trial" else cameras_allowed, devices_allowed=devices_allowed,
         packs=packs if packs is not None else ["advanced_analytics"], valid_until=valid_until)
     return licensee
+
+
+def make_subscription(session: Session, tenant_id: str, clock: Clock, *, customer_id: str = "tenant-123",
+                      items: list[Any] | None = None, customer_type: str = "licensee") -> str:
+    """A subscription starting now (default: the licensee's base license at 100 cameras and the
+    advanced_analytics pack; needs `make_licensing_catalogue` for catalogue items)."""
+    from meterline.billing.service import ItemSpec, billing_service
+
+    specs = items if items is not None else [ItemSpec(plan_id="base_license"), ItemSpec(pack_id="advanced_analytics")]
+    sub = billing_service.create_subscription(session, tenant_id, customer_id=customer_id, items=specs,
+                                              customer_type=customer_type, now_ns=clock.now_ns())
+    return sub.id

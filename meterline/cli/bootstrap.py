@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from meterline.api.app import create_app
 from meterline.api.runtime import Runtime
+from meterline.billing.service import billing_service
 from meterline.catalog.service import catalog_service
 from meterline.clock import system_clock
 from meterline.config import Settings
@@ -44,6 +45,7 @@ def seed_demo(db: Database, tenant_id: str) -> None:
         pricing_service.seed_demo(session, tenant_id, now)
         licensing_service.seed_demo(session, tenant_id, now)
         metering_service.seed_demo(session, tenant_id, now)
+        billing_service.seed_demo(session, tenant_id, now)
 
 
 def build_server_app(settings: Settings, *, run_worker: bool, announce: bool = False) -> FastAPI:

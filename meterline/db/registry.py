@@ -1,5 +1,6 @@
 """Imports every table module so `metadata` is complete (Alembic, test setup)."""
 
+from meterline.billing import models as billing_models  # noqa: F401
 from meterline.catalog import models as catalog_models  # noqa: F401
 from meterline.db import idempotency  # noqa: F401
 from meterline.db.base import metadata

@@ -34,6 +34,8 @@ SCOPES = (
     "licenses:read",
     "licenses:write",
     "licenses:validate",
+    "billing:read",
+    "billing:write",
 )
 DEFAULT_SCOPES = {
     "admin": ["admin"],

@@ -14,6 +14,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 
+from meterline.billing import tasks as billing_tasks
 from meterline.clock import Clock
 from meterline.config import Settings
 from meterline.db.engine import Database
@@ -38,6 +39,8 @@ PAYOUT_INTERVAL_S = 5.0
 # Devices die after minutes of silence and audit entries after days: sweeping often is waste.
 LICENSING_SWEEP_S = 15.0
 LICENSING_PRUNE_S = 3600.0
+# Periods end on the second but a minute's delay in invoicing is invisible; retries wait days.
+BILLING_INTERVAL_S = 30.0
 
 _MAX_TRANSFER_ID = 128
 # Outcomes meaning the hold was resolved by someone else first: nothing left to do.
@@ -124,4 +127,7 @@ def default_jobs(ctx: JobContext) -> list[Job]:
             lambda: licensing_tasks.prune_audit(shared_runtime(ctx.db, ctx.settings), ctx.clock, ctx.settings)),
         Job(metering_tasks.PRUNE, metering_tasks.PRUNE_INTERVAL_S,
             lambda: metering_tasks.prune(ctx.db, ctx.clock, ctx.settings.usage_retention_days)),
+        Job(billing_tasks.CLOSE_PERIODS, BILLING_INTERVAL_S, lambda: billing_tasks.close_periods(ctx.db, ctx.clock)),
+        Job(billing_tasks.COLLECT_PAYMENTS, BILLING_INTERVAL_S,
+            lambda: billing_tasks.collect_payments(ctx.db, ctx.clock)),
     ]

@@ -5,6 +5,7 @@ from fastapi import APIRouter
 from meterline.api.v1 import (
     accounts,
     assets,
+    billing,
     blocks,
     catalog,
     holds,
@@ -30,6 +31,7 @@ router.include_router(rentals.router)
 router.include_router(payouts.router)
 router.include_router(meters.router)
 router.include_router(licenses.router)
+router.include_router(billing.router)
 
 # Hot routes dispatched ahead of the router (meterline.api.fastpath); each is also declared above.
 FAST_ROUTES = [*transfers.FAST_ROUTES]

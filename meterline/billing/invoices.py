@@ -1,0 +1,382 @@
+"""Invoices: composed from a period's recurring charges and the pending lines, then
+draft → open → paid | void.
+
+    draft ──finalize (number assigned)──► open ──pay (wallet → platform revenue)──► paid
+      └──────────────void──────────────────┴──void──► void
+
+Every transition locks the invoice row and checks the state it starts from; any
+other is 409 `invalid_invoice_state`. Paying is one ledger transfer from the
+customer's wallet to the tenant's `platform_revenue` account, whose id is
+derived from the invoice (`inv:<id>:payment`), so no retry can pay twice. A
+wallet that does not cover the amount due pays nothing: the invoice stays open
+with the reason in `last_payment_error` and a next attempt scheduled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from meterline.billing.models import Invoice, InvoiceCounter, InvoiceLine, Subscription
+from meterline.clock import Clock
+from meterline.db.scoping import scoped
+from meterline.errors import AmountOverflow, Conflict, MeterlineError, NotFound
+from meterline.ledger.service import Page, ledger_service, new_id
+from meterline.ledger.types import TransferIn
+from meterline.money import MAX_AMOUNT, format_amount
+from meterline.wallets.service import InsufficientFunds, raise_for_result, wallet_service
+
+NS = 1_000_000_000
+# After a failed automatic attempt n, the next one waits RETRY_AFTER_S[n-1]; after the last
+# the invoice stays open for someone to pay by hand (the customer tops up and calls pay).
+RETRY_AFTER_S = (86_400, 3 * 86_400, 5 * 86_400, 7 * 86_400)
+PAYMENT_CODE = "invoice_payment"
+
+# -- errors -------------------------------------------------------------------------
+
+
+class InvoiceError(MeterlineError):
+    code = "invoice_error"
+
+
+class InvoiceNotFound(InvoiceError, NotFound):
+    code = "invoice_not_found"
+    title = "No such invoice"
+
+
+class InvalidInvoiceState(InvoiceError, Conflict):
+    code = "invalid_invoice_state"
+    title = "The invoice is not in a state that allows this"
+
+
+class InvoiceExists(InvoiceError, Conflict):
+    code = "invoice_exists"
+    title = "This period is already invoiced"
+
+
+# -- values -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class InvoiceDocument:
+    """An invoice with its lines in display order. A preview's rows are never saved."""
+
+    invoice: Invoice
+    lines: list[InvoiceLine]
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentOutcome:
+    invoice: Invoice
+    error: InsufficientFunds | None  # None: paid
+
+    @property
+    def paid(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """One recurring charge of a period: an item's name, quantity and unit price."""
+
+    item_id: str
+    name: str
+    quantity: int
+    unit_price_minor: int
+
+
+def payment_transfer_id(invoice_id: str) -> str:
+    return f"inv:{invoice_id}:payment"
+
+
+def when(ns: int) -> str:
+    """How a moment reads in a line description (UTC, to the second)."""
+    return datetime.fromtimestamp(ns // NS, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _pending_order(lines: list[InvoiceLine]) -> list[InvoiceLine]:
+    return sorted(lines, key=lambda ln: (ln.created_at, ln.position, ln.id))
+
+
+class InvoiceService:
+    # -- composing ------------------------------------------------------------------
+    def compose(
+        self, sub: Subscription, invoice_id: str | None, start: int, end: int, charges: list[Charge],
+        pending: list[InvoiceLine], now_ns: int,
+    ) -> tuple[list[InvoiceLine], InvoiceLine | None, int]:
+        """The new lines of an invoice (recurring charges, and a balancing line when credits
+        exceed charges), the pending credit to carry forward (or None), and the total.
+
+        Pure: nothing is added to a session, so a preview can use it as it is. A negative
+        total is never billed or paid out: it is brought to zero here and the same amount
+        waits, as a pending credit, for the subscription's next invoice (Stripe's customer
+        balance, kept per subscription).
+        """
+        new: list[InvoiceLine] = [
+            self._line(sub, invoice_id, c.item_id, "subscription", c.name, c.quantity, c.unit_price_minor,
+                       c.quantity * c.unit_price_minor, start, end, now_ns, i)
+            for i, c in enumerate(charges)
+        ]
+        total = sum(ln.amount_minor for ln in pending) + sum(ln.amount_minor for ln in new)
+        carry = None
+        if total < 0:
+            new.append(self._line(sub, invoice_id, None, "balance", "Credit carried forward to the next invoice",
+                                  1, -total, -total, start, end, now_ns, len(new)))
+            carry = self._line(sub, None, None, "balance",
+                               f"Credit carried forward from invoice {invoice_id or '(upcoming)'}",
+                               1, total, total, start, end, now_ns, 0)
+            total = 0
+        if total > MAX_AMOUNT:
+            raise AmountOverflow("the invoice total does not fit in 64 bits of minor units")
+        return new, carry, total
+
+    def create(
+        self, session: Session, sub: Subscription, start: int, end: int, charges: list[Charge], now_ns: int,
+    ) -> Invoice:
+        """A draft invoice for [start, end): the charges plus every pending line of the
+        subscription. The caller holds the subscription's lock; the unique (subscription,
+        period start) index turns a concurrent second invoice into `InvoiceExists`."""
+        inv = Invoice(
+            tenant_id=sub.tenant_id, id=new_id("in"), subscription_id=sub.id, customer_type=sub.customer_type,
+            customer_id=sub.customer_id, currency=sub.currency, number=None, status="draft", period_start=start,
+            period_end=end, total_minor=0, amount_paid_minor=0, payment_attempts=0, created_at=now_ns,
+            updated_at=now_ns,
+        )
+        pending = self.pending_lines(session, sub.tenant_id, sub.id)
+        new, carry, total = self.compose(sub, inv.id, start, end, charges, pending, now_ns)
+        inv.total_minor = total
+        try:
+            with session.begin_nested():
+                session.add(inv)
+                session.flush()
+        except IntegrityError:
+            raise InvoiceExists(f"subscription {sub.id} already has an invoice for this period") from None
+        # An invoice's order is fixed here: what was pending (oldest first), then its own lines.
+        for position, ln in enumerate([*pending, *new]):
+            ln.position = position
+        for ln in pending:  # every pending line is written under the subscription's lock too
+            ln.invoice_id = inv.id
+        session.add_all(new)
+        if carry is not None:
+            session.add(carry)
+        session.flush()
+        return inv
+
+    @staticmethod
+    def _line(
+        sub: Subscription, invoice_id: str | None, item_id: str | None, kind: str, description: str, quantity: int,
+        unit_price_minor: int, amount_minor: int, start: int, end: int, now_ns: int, position: int,
+    ) -> InvoiceLine:
+        return InvoiceLine(
+            tenant_id=sub.tenant_id, id=new_id("il"), subscription_id=sub.id, invoice_id=invoice_id,
+            item_id=item_id, kind=kind, description=description[:300], quantity=quantity,
+            unit_price_minor=unit_price_minor, amount_minor=amount_minor, period_start=start, period_end=end,
+            created_at=now_ns, position=position,
+        )
+
+    def pending_line(
+        self, sub: Subscription, item_id: str, description: str, quantity: int, unit_price_minor: int,
+        amount_minor: int, start: int, end: int, now_ns: int, position: int,
+    ) -> InvoiceLine:
+        """A proration line waiting for the next invoice (the caller adds it to the session)."""
+        return self._line(sub, None, item_id, "proration", description, quantity, unit_price_minor, amount_minor,
+                          start, end, now_ns, position)
+
+    # -- transitions ----------------------------------------------------------------
+    def finalize(self, session: Session, tenant_id: str, invoice_id: str, now_ns: int) -> Invoice:
+        """Draft → open: the invoice gets its number and becomes immutable. An invoice with
+        nothing to pay is paid on the spot; any other is due at once and collected from
+        the wallet by the worker (or by `pay`)."""
+        inv = self.lock(session, tenant_id, invoice_id)
+        if inv.status != "draft":
+            raise InvalidInvoiceState(f"invoice {invoice_id} is {inv.status}; only a draft can be finalized",
+                                      invoice_status=inv.status)
+        return self.finalize_locked(session, inv, now_ns)
+
+    def finalize_locked(self, session: Session, inv: Invoice, now_ns: int) -> Invoice:
+        inv.number = self._next_number(session, inv.tenant_id)
+        inv.status = "open"
+        inv.finalized_at = now_ns
+        inv.updated_at = now_ns
+        inv.next_payment_attempt_at = now_ns
+        if inv.total_minor == 0:
+            self._mark_paid(inv, None, now_ns)
+        session.flush()
+        return inv
+
+    def pay(self, session: Session, tenant_id: str, invoice_id: str, clock: Clock) -> PaymentOutcome:
+        """Open → paid from the customer's wallet, in full or not at all."""
+        inv = self.lock(session, tenant_id, invoice_id)
+        if inv.status != "open":
+            hint = "finalize it first" if inv.status == "draft" else "there is nothing left to pay"
+            raise InvalidInvoiceState(f"invoice {invoice_id} is {inv.status}; {hint}", invoice_status=inv.status)
+        return self.attempt_payment(session, inv, clock)
+
+    def void(self, session: Session, tenant_id: str, invoice_id: str, now_ns: int) -> Invoice:
+        """Draft or open → void: nothing is owed. Its lines stay with it (they are not
+        offered to the next invoice again); a paid invoice cannot be voided."""
+        inv = self.lock(session, tenant_id, invoice_id)
+        if inv.status not in ("draft", "open"):
+            raise InvalidInvoiceState(f"invoice {invoice_id} is {inv.status}; only a draft or open invoice can "
+                                      "be voided", invoice_status=inv.status)
+        inv.status = "void"
+        inv.voided_at = inv.updated_at = now_ns
+        inv.next_payment_attempt_at = None
+        session.flush()
+        return inv
+
+    def attempt_payment(self, session: Session, inv: Invoice, clock: Clock) -> PaymentOutcome:
+        """One attempt to collect an open invoice (locked by the caller) from the wallet.
+
+        The balance is checked first for a clear reason; the ledger's no-overdraft flag on
+        the wallet is what actually guards against a concurrent spend (`exceeds_credits`)."""
+        now = clock.now_ns()
+        due = inv.total_minor - inv.amount_paid_minor
+        inv.payment_attempts += 1
+        inv.updated_at = now
+        if due <= 0:
+            self._mark_paid(inv, None, now)
+            session.flush()
+            return PaymentOutcome(inv, None)
+        tenant, owner = inv.tenant_id, (inv.customer_type, inv.customer_id)
+        balance = wallet_service.balance(session, tenant, *owner, inv.currency)
+        refused = balance.available < due
+        transfer_id = payment_transfer_id(inv.id)
+        if not refused:
+            wallet = wallet_service.wallet_account(session, tenant, owner_type=owner[0], owner_id=owner[1],
+                                                   asset=inv.currency, now_ns=now, create=False)
+            revenue = wallet_service.system_account(session, tenant, "platform_revenue", inv.currency, now)
+            [result] = ledger_service.post(session, tenant, [TransferIn(
+                transfer_id, wallet.id, revenue.id, due, inv.currency, code=PAYMENT_CODE, reference=inv.id,
+                metadata={"invoice_number": inv.number, "subscription_id": inv.subscription_id},
+            )], clock)
+            refused = result.result == "exceeds_credits"
+            if not refused:
+                raise_for_result(result, "invoice payment")
+        if refused:
+            s = balance.scale
+            reason = (f"the {inv.currency} wallet of {owner[0]} {owner[1]} has {format_amount(balance.available, s)} "
+                      f"available; the invoice is due {format_amount(due, s)}")
+            inv.last_payment_error = reason
+            attempt = inv.payment_attempts
+            inv.next_payment_attempt_at = (now + RETRY_AFTER_S[attempt - 1] * NS
+                                           if attempt <= len(RETRY_AFTER_S) else None)
+            session.flush()
+            return PaymentOutcome(inv, InsufficientFunds(
+                reason, invoice_id=inv.id, amount_due=format_amount(due, s),
+                available=format_amount(balance.available, s), currency=inv.currency))
+        self._mark_paid(inv, transfer_id, now)
+        session.flush()
+        return PaymentOutcome(inv, None)
+
+    @staticmethod
+    def _mark_paid(inv: Invoice, transfer_id: str | None, now_ns: int) -> None:
+        inv.status = "paid"
+        inv.amount_paid_minor = inv.total_minor
+        inv.payment_transfer_id = transfer_id
+        inv.paid_at = inv.updated_at = now_ns
+        inv.next_payment_attempt_at = None
+        inv.last_payment_error = None
+
+    @staticmethod
+    def _next_number(session: Session, tenant_id: str) -> str:
+        """The tenant's next invoice number, from a counter row locked for the rest of the
+        transaction: finalizations queue on it, and a rollback returns the number."""
+        stmt = (select(InvoiceCounter).where(InvoiceCounter.tenant_id == tenant_id).with_for_update()
+                .execution_options(populate_existing=True))
+        counter = session.scalars(stmt).first()
+        if counter is None:
+            try:
+                with session.begin_nested():
+                    session.add(InvoiceCounter(tenant_id=tenant_id, last_number=0))
+                    session.flush()
+            except IntegrityError:
+                pass  # created by a concurrent finalization; lock theirs
+            counter = session.scalars(stmt).one()
+        counter.last_number += 1
+        session.flush()
+        return f"INV-{counter.last_number:06d}"
+
+    # -- reads ----------------------------------------------------------------------
+    def get(self, session: Session, tenant_id: str, invoice_id: str) -> Invoice:
+        row = session.get(Invoice, (tenant_id, invoice_id))
+        if row is None:
+            raise InvoiceNotFound(f"invoice {invoice_id} does not exist")
+        return row
+
+    def document(self, session: Session, inv: Invoice) -> InvoiceDocument:
+        return InvoiceDocument(inv, self.lines_for(session, inv.tenant_id, [inv.id]).get(inv.id, []))
+
+    def lines_for(self, session: Session, tenant_id: str, invoice_ids: list[str]) -> dict[str, list[InvoiceLine]]:
+        """The lines of several invoices in one query (a list page)."""
+        if not invoice_ids:
+            return {}
+        rows = session.scalars(scoped(select(InvoiceLine), InvoiceLine, tenant_id)
+                               .where(InvoiceLine.invoice_id.in_(invoice_ids)))
+        out: dict[str, list[InvoiceLine]] = {i: [] for i in invoice_ids}
+        for ln in rows:
+            assert ln.invoice_id is not None
+            out[ln.invoice_id].append(ln)
+        return {k: sorted(v, key=lambda ln: (ln.position, ln.id)) for k, v in out.items()}
+
+    def pending_lines(self, session: Session, tenant_id: str, subscription_id: str) -> list[InvoiceLine]:
+        stmt = scoped(select(InvoiceLine), InvoiceLine, tenant_id).where(
+            InvoiceLine.subscription_id == subscription_id, InvoiceLine.invoice_id.is_(None))
+        return _pending_order(list(session.scalars(stmt)))
+
+    def for_period(self, session: Session, tenant_id: str, subscription_id: str, start: int) -> Invoice | None:
+        stmt = scoped(select(Invoice), Invoice, tenant_id).where(
+            Invoice.subscription_id == subscription_id, Invoice.period_start == start)
+        return session.scalars(stmt).first()
+
+    def list_invoices(
+        self, session: Session, tenant_id: str, *, subscription_id: str | None = None,
+        customer_id: str | None = None, status: str | None = None, after: str | None = None, limit: int = 100,
+    ) -> Page:
+        stmt = scoped(select(Invoice), Invoice, tenant_id)
+        if subscription_id is not None:
+            stmt = stmt.where(Invoice.subscription_id == subscription_id)
+        if customer_id is not None:
+            stmt = stmt.where(Invoice.customer_id == customer_id)
+        if status is not None:
+            stmt = stmt.where(Invoice.status == status)
+        if after is not None:
+            stmt = stmt.where(Invoice.id > after)
+        rows = list(session.scalars(stmt.order_by(Invoice.id).limit(limit + 1)))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return Page(rows, rows[-1].id if more and rows else None)
+
+    # -- collection -----------------------------------------------------------------
+    def due_for_collection(self, session: Session, now_ns: int, limit: int = 100) -> list[tuple[str, str]]:
+        """(tenant, invoice) of open invoices whose next payment attempt is due, across tenants."""
+        stmt = (select(Invoice.tenant_id, Invoice.id)
+                .where(Invoice.status == "open", Invoice.next_payment_attempt_at <= now_ns)
+                .order_by(Invoice.next_payment_attempt_at).limit(limit))
+        return [(t, i) for t, i in session.execute(stmt)]
+
+    def collect(self, session: Session, tenant_id: str, invoice_id: str, clock: Clock) -> PaymentOutcome | None:
+        """The collection job's attempt: locked and re-checked, since another worker (or a
+        `pay` call) may have settled it after the list was read."""
+        inv = self.lock(session, tenant_id, invoice_id)
+        due_at = inv.next_payment_attempt_at
+        if inv.status != "open" or due_at is None or due_at > clock.now_ns():
+            return None
+        return self.attempt_payment(session, inv, clock)
+
+    @staticmethod
+    def lock(session: Session, tenant_id: str, invoice_id: str) -> Invoice:
+        # FOR UPDATE on PostgreSQL (SQLite's single writer already serialises): a payment, a
+        # void and a collection of one invoice never interleave.
+        stmt = scoped(select(Invoice), Invoice, tenant_id).where(Invoice.id == invoice_id)
+        row = session.scalars(stmt.with_for_update().execution_options(populate_existing=True)).first()
+        if row is None:
+            raise InvoiceNotFound(f"invoice {invoice_id} does not exist")
+        return row
+
+
+invoice_service = InvoiceService()
