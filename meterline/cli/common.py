@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 from meterline.config import Settings, set_settings
 
 
@@ -12,3 +14,18 @@ def load_settings(database_url: str | None = None, **overrides: object) -> Setti
     settings = Settings(**values)  # type: ignore[arg-type]
     set_settings(settings)
     return settings
+
+
+def tune_gc() -> None:
+    """Keep the garbage collector off the hot paths of a long-running process.
+
+    Called once startup is done (server, worker). Everything loaded by then — modules, the
+    app, its routes and schemas — is moved out of the collector's reach with `gc.freeze()`,
+    so full collections stop walking it; and the youngest generation is collected every
+    10,000 net allocations instead of 700. A request or a batch allocates many short-lived
+    objects that reference counting frees; with the defaults, collections of a large heap
+    landed in the middle of commits and showed up as tail latency.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 20)
