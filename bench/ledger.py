@@ -174,6 +174,17 @@ def check_ledger(db: Database, tenant: str, expected_ok: int | None) -> bool:
 # -- part 1: batches of 1000 --------------------------------------------------------------
 
 
+def analyze(db: Database) -> None:
+    """What autovacuum would have done by now (it is off on this machine): give the planner
+    statistics for the tables the warm-up filled. Without them PostgreSQL can cost the
+    (tenant_id, seq) index like the primary key for the ledger's key lookups and scan every
+    transfer of the tenant per key — 250–800 ms per batch of 1,000 (docs/operations.md)."""
+    if db.is_sqlite:
+        return
+    with db.engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("ANALYZE")
+
+
 def bench_batches(db: Database, backend: str, args: argparse.Namespace) -> dict[str, float]:
     tenant = "bench-batch"
     ids = setup_ledger(db, tenant)
@@ -183,13 +194,11 @@ def bench_batches(db: Database, backend: str, args: argparse.Namespace) -> dict[
     with LedgerBatcher(db, SystemClock()) as batcher:
         for mode in ("spread", "hot"):
             rng = random.Random(f"{backend}-{mode}")
-            # Warm-up: caches, prepared statements, the first touch of every page — and, on
-            # PostgreSQL, past the first few thousand transfers, where a table without
-            # statistics (autovacuum is off on this machine) gets a tenant-scan plan for the
-            # key lookups (docs/operations.md). Steady state is what the target is about.
-            for w in range(2 if backend == "sqlite" else 5):
+            # Warm-up: caches, prepared statements, the first touch of every page.
+            for w in range(2):
                 res = batcher.post(tenant, make_transfers(f"{mode}-w{w}", BATCH, ids, mode == "hot", rng))
                 acked += sum(r.result == "ok" for r in res)
+            analyze(db)
             rates = []
             for rep in range(args.reps):
                 batches = [make_transfers(f"{mode}-r{rep}-b{b}", BATCH, ids, mode == "hot", rng)
@@ -222,6 +231,10 @@ def bench_single(db: Database, backend: str, args: argparse.Namespace) -> dict[s
     errors = 0
     with LedgerBatcher(db, SystemClock(), window_ms=args.window_ms) as batcher:
         for mode in ("spread", "hot"):
+            warm = batcher.post(tenant, make_transfers(f"s-{mode}-warm", BATCH, ids, mode == "hot",
+                                                       random.Random(mode)))
+            acked += sum(r.result == "ok" for r in warm)
+            analyze(db)
             rates: list[float] = []
             lats: list[float] = []
             for rep in range(args.single_reps):
