@@ -7,6 +7,7 @@ ledger's strictly increasing timestamps can be checked deterministically.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from datetime import UTC, datetime
@@ -51,8 +52,14 @@ def to_datetime(ns: int) -> datetime:
 def to_rfc3339(ns: int) -> str:
     """RFC 3339 UTC with microseconds; the wire form of every native timestamp."""
     seconds, rem = divmod(ns, 1_000_000_000)
-    base = datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{base}.{rem // 1000:06d}Z"
+    return f"{_second(seconds)}.{rem // 1000:06d}Z"
+
+
+@functools.lru_cache(maxsize=4096)
+def _second(seconds: int) -> str:
+    # Cached per whole second: every answer renders timestamps, and most of those in a busy
+    # second share it — formatting a datetime costs more than the rest of the rendering.
+    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 system_clock = SystemClock()

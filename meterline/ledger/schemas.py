@@ -281,9 +281,10 @@ class TransferOut(BaseModel):
 
     @classmethod
     def of(cls, t: StoredTransfer | Any, asset: Asset) -> TransferOut:
-        """From a `StoredTransfer` (posting result) or a `Transfer` row."""
+        """From a `StoredTransfer` (posting result) or a `Transfer` row — both already valid,
+        so the model is built without validation (a visible share of a hot transfer answer)."""
         meta = t.metadata if isinstance(t, StoredTransfer) else t.metadata_
-        return cls(
+        return cls.model_construct(
             id=t.id, debit_account_id=t.debit_account_id, credit_account_id=t.credit_account_id,
             amount=format_amount(t.amount, asset.scale), asset=t.asset, pending_id=t.pending_id,
             flags=flag_names(t.flags, TRANSFER_FLAG_NAMES),  # type: ignore[arg-type]
