@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from meterline.api.body import Parsed, json_body, openapi_body
 from meterline.api.deps import ReadSession, RuntimeDep, WriteSession, require
 from meterline.api.v1.common import errors
+from meterline.billing.license_sync import follow_license
 from meterline.clock import to_rfc3339
 from meterline.identity.service import Principal
 from meterline.licensing.models import License, LicenseCamera, LicenseDevice
@@ -137,6 +138,7 @@ def update_license(licensee_id: LicenseePath, runtime: RuntimeDep, principal: Li
         session, principal.tenant_id, licensee_id, now_ns=runtime.clock.now_ns(), status=b.status,
         plan_id=b.plan_id, cameras_allowed=b.cameras_allowed, devices_allowed=b.devices_allowed,
         packs=b.growth_packs, valid_until=_ns(b.valid_until))
+    follow_license(session, row, runtime.clock)  # the licensee's subscriptions, prorated, same transaction
     return license_out(row)
 
 

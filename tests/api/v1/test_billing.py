@@ -139,6 +139,37 @@ def test_a_month_of_billing_over_http(client, bb, clock):
     assert (nxt["period_start"], nxt["total"]) == ("2025-12-01T00:00:00.000000Z", "9600.00")
 
 
+def test_a_license_change_moves_its_subscription_with_proration(client, bb, clock):
+    """PATCH /v1/licenses: more cameras and a new pack bill from that second, like item changes."""
+    sid = subscribe(client, bb, {"customer_id": "tenant-123", "items": [
+        {"plan_id": "base_license"}, {"pack_id": "advanced_analytics"},
+        {"name": "Support", "basis": "tenant", "unit_price": "50.00"}]})["id"]
+    clock.set(at(2025, 11, 20, 8))  # 921,600 of November's 2,592,000 seconds remain
+    r = client.patch("/v1/licenses/tenant-123", headers=bb.a,
+                     json={"cameras_allowed": 120, "growth_packs": ["advanced_analytics", "intelligence"]})
+    assert r.status_code == 200, r.text
+    items = {i["name"]: i for i in client.get(f"/v1/subscriptions/{sid}", headers=bb.w).json()["items"]}
+    assert {n: i["quantity"] for n, i in items.items()} == {
+        "Base License": 120, "Advanced Analytics Pack": 120, "Support": 1, "Intelligence Pack": 1}
+    upcoming = client.get(f"/v1/subscriptions/{sid}/upcoming-invoice", headers=bb.w).json()
+    assert sorted(ln["amount_minor"] for ln in upcoming["lines"] if ln["kind"] == "proration") == [
+        -213_333, -71_111, 14_222, 85_333, 256_000]
+    # 6,000 + 2,000 + 50 for the month, plus the prorations above.
+    assert upcoming["total_minor"] == 805_000 - 213_333 + 256_000 - 71_111 + 85_333 + 14_222
+
+    # A change that bills nothing (suspension) writes nothing; dropping the pack credits it.
+    clock.set(at(2025, 11, 25))
+    assert client.patch("/v1/licenses/tenant-123", headers=bb.a, json={"status": "suspended"}).status_code == 200
+    assert client.get(f"/v1/subscriptions/{sid}/upcoming-invoice", headers=bb.w).json()["total_minor"] == \
+        upcoming["total_minor"]
+    r = client.patch("/v1/licenses/tenant-123", headers=bb.a, json={"growth_packs": ["advanced_analytics"]})
+    assert r.status_code == 200, r.text
+    names = [i["name"] for i in client.get(f"/v1/subscriptions/{sid}", headers=bb.w).json()["items"]]
+    assert "Intelligence Pack" not in names and "Support" in names
+    later = client.get(f"/v1/subscriptions/{sid}/upcoming-invoice", headers=bb.w).json()
+    assert later["total_minor"] == upcoming["total_minor"] - 8_000  # 6 of 30 days of $400, credited
+
+
 def test_the_worker_closes_the_period_and_the_list_shows_it(client, bb, db, clock):
     sid = subscribe(client, bb)["id"]
     client.post(f"{WALLET}/deposits", json={"amount": "8000", "proof": "wire-2"}, headers=bb.w)
