@@ -232,6 +232,8 @@ def _claim(conn: Connection, pg: bool, tenant_id: str, ids: list[str]) -> set[st
     cur = _cursor(conn)
     try:
         if pg:
+            if len(ids) >= _COPY_MIN_ROWS and _copy_claim(cur, tenant_id, ids):
+                return set(ids)
             cur.execute(
                 "INSERT INTO usage_event_ids (tenant_id, event_id) "
                 "SELECT %s, k FROM unnest(%s::text[]) WITH ORDINALITY AS v(k, n) ORDER BY n "
@@ -256,6 +258,36 @@ def _claim(conn: Connection, pg: bool, tenant_id: str, ids: list[str]) -> set[st
         return out
     finally:
         cur.close()
+
+
+def _copy_claim(cur: Any, tenant_id: str, ids: list[str]) -> bool:
+    """Claim every id with one COPY, betting that none was seen before (the common case: a
+    retried batch is the exception). True when the bet won and all the ids are now claimed;
+    False when one already existed — the savepoint then undoes the partial COPY and the
+    caller claims with ON CONFLICT DO NOTHING. Why: ON CONFLICT's speculative insertion and
+    the RETURNING rows cost about twice a COPY of the same ids on PostgreSQL.
+
+    Still atomic with the write: the COPY runs in the caller's transaction, so a later
+    failure rolls these ids back with the events and rollups. A concurrent claimer of the
+    same id waits on this transaction's index entry exactly as with ON CONFLICT, and gets a
+    unique violation (→ the fallback) if this one commits.
+    """
+    from psycopg import errors
+
+    data = "".join([f"{tenant_id}\t{k}\n" for k in ids])
+    if not _copy_safe(data, len(ids), 1):
+        esc = _COPY_ESCAPES
+        data = "".join([f"{tenant_id.translate(esc)}\t{k.translate(esc)}\n" for k in ids])
+    cur.execute("SAVEPOINT usage_claim")
+    try:
+        with cur.copy("COPY usage_event_ids (tenant_id, event_id) FROM STDIN") as cp:
+            cp.write(data)
+    except errors.UniqueViolation:
+        cur.execute("ROLLBACK TO SAVEPOINT usage_claim")
+        cur.execute("RELEASE SAVEPOINT usage_claim")
+        return False
+    cur.execute("RELEASE SAVEPOINT usage_claim")
+    return True
 
 
 _COPY_NULL = "\\N"
@@ -315,18 +347,8 @@ def _write(
     try:
         if pg:
             if len(rows) >= _COPY_MIN_ROWS:
-                # COPY's text format built as one string: psycopg's per-row write_row costs more
-                # than the rows' own insert. Only client-supplied strings need escaping.
-                esc = _COPY_ESCAPES
-                head = f"{tenant_id.translate(esc)}\t"
-                mid = f"\t{licensee.translate(esc)}\t{rows[0][4].translate(esc)}\t"  # one device per batch
-                lines = [
-                    f"{head}{ts}\t{e.translate(esc)}{mid}{sub.translate(esc)}\t{m.translate(esc)}\t{q}\t"
-                    f"{_COPY_NULL if pr is None else pr.translate(esc)}\t{rec}\n"
-                    for _t, ts, e, _lic, _dev, sub, m, q, pr, rec in rows
-                ]
                 with cur.copy(f"COPY usage_events ({_EVENT_COLS}) FROM STDIN") as cp:
-                    cp.write("".join(lines))
+                    cp.write(_events_copy_text(tenant_id, licensee, rows))
             else:
                 cur.executemany(f"INSERT INTO usage_events ({_EVENT_COLS}) VALUES ({', '.join(['%s'] * 10)})",
                                 rows)
@@ -339,6 +361,35 @@ def _write(
                 _insert_uniques(cur, pg, table, tenant_id, licensee, sorted(values))
     finally:
         cur.close()
+
+
+def _copy_safe(data: str, rows: int, tabs_per_row: int, nulls: int = 0) -> bool:
+    """Whether COPY text built without escaping is exactly what escaping would give: no CR,
+    only the separators' own tabs and newlines, and no backslash but those of the `nulls`
+    NULL markers. Scanning the built text (in C) beats translating every field: client
+    strings almost never need it."""
+    return ("\r" not in data and data.count("\n") == rows and data.count("\t") == rows * tabs_per_row
+            and data.count("\\") == nulls)
+
+
+def _events_copy_text(tenant_id: str, licensee: str, rows: list[tuple[Any, ...]]) -> str:
+    """The raw rows in COPY's text format, as one string (psycopg's per-row write_row costs
+    more than the rows' own insert). Escaped only when a client string needs it."""
+    device = rows[0][4]  # one device per batch
+    head, mid = f"{tenant_id}\t", f"\t{licensee}\t{device}\t"
+    data = "".join([
+        f"{head}{ts}\t{e}{mid}{sub}\t{m}\t{q}\t{_COPY_NULL if pr is None else pr}\t{rec}\n"
+        for _t, ts, e, _lic, _dev, sub, m, q, pr, rec in rows
+    ])
+    if _copy_safe(data, len(rows), 9, nulls=sum(1 for row in rows if row[8] is None)):
+        return data
+    esc = _COPY_ESCAPES
+    head, mid = f"{tenant_id.translate(esc)}\t", f"\t{licensee.translate(esc)}\t{device.translate(esc)}\t"
+    return "".join([
+        f"{head}{ts}\t{e.translate(esc)}{mid}{sub.translate(esc)}\t{m.translate(esc)}\t{q}\t"
+        f"{_COPY_NULL if pr is None else pr.translate(esc)}\t{rec}\n"
+        for _t, ts, e, _lic, _dev, sub, m, q, pr, rec in rows
+    ])
 
 
 def _upsert_rollups(cur: Any, pg: bool, table: str, tenant_id: str, licensee: str,

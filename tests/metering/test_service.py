@@ -253,3 +253,33 @@ def test_hourly_and_daily_rollups_agree(session, tenant, clock, t0):
     assert sum(r.value_micro for r in hours.rows) == expected
     assert sum(r.value_micro for r in days.rows) == expected
     assert metering_service.usage(session, tenant, "uniq", from_ns=frm, to_ns=to).rows[0].value_micro == 4_000_000
+
+
+def test_a_batch_holding_one_seen_id_claims_the_others_once(session, tenant, clock, t0):
+    """Enough ids for PostgreSQL's optimistic COPY claim: one id seen before makes the COPY fail,
+    its savepoint undoes the partial claim, and the ON CONFLICT fallback claims the rest."""
+    now = clock.now_ns()
+    assert ingest(session, tenant, [ev("e17", 5, ts=t0)], now).accepted == 1
+    r = ingest(session, tenant, [ev(f"e{i}", 1, ts=t0 + i) for i in range(60)], now)
+    assert (r.accepted, r.duplicates) == (59, 1)
+    assert r.results[17] == "duplicate"
+    claimed = session.scalar(select(func.count()).select_from(UsageEventId).where(UsageEventId.tenant_id == tenant))
+    assert claimed == 60
+    [row] = total(session, tenant, "frames_processed", t0)
+    assert (row.value_micro, row.events) == (64_000_000, 60)
+    # and the whole batch again: nothing new
+    assert ingest(session, tenant, [ev(f"e{i}", 1, ts=t0 + i) for i in range(60)], now).duplicates == 60
+
+
+@pytest.mark.parametrize("text_value", ["plain", "tab\there", "nl\nhere", "back\\slash", "cr\rhere", "\\N", "ünï"])
+def test_copy_text_escapes_exactly_when_needed(text_value):
+    """The unescaped fast build is used only when it equals the fully escaped text."""
+    esc = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+    rows = [("t", 10 + i, f"id-{i}-{text_value}", "lic", "dev", f"cam-{text_value}", "m", i,
+             None if i % 2 else f'{{"x":"{text_value}"}}', 99) for i in range(4)]
+    null = "\\N"
+    expected = "".join(
+        f"t\t{ts}\t{e.translate(esc)}\tlic\tdev\t{s.translate(esc)}\tm\t{q}\t"
+        f"{null if p is None else p.translate(esc)}\t{rec}\n"
+        for _t, ts, e, _l, _d, s, _m, q, p, rec in rows)
+    assert ingest_engine._events_copy_text("t", "lic", rows) == expected

@@ -115,10 +115,13 @@ BAD: list[tuple[str, Any]] = [
     (VALIDATE, {"camera_id": "cam", "tenant_id": "x" * 129}),
     (VALIDATE, {"camera_id": "a|b", "tenant_id": "tenant-123"}),
     (VALIDATE, {"camera_id": 7, "tenant_id": "tenant-123"}),
+    (VALIDATE, {"camera_id": "cam\n", "tenant_id": "tenant-123"}),
+    (VALIDATE, {"camera_id": "cam", "tenant_id": "tenant-123", "device_id": ""}),
     (VALIDATE, [1, 2]),
     (CHECK, {"tenant_id": "tenant-123"}),
     (CHECK, {"tenant_id": "tenant-123", "feature": "bad feature"}),
     (CHECK, {"tenant_id": None, "feature": "heatmaps"}),
+    (CHECK, {"tenant_id": "tenant-123", "feature": "f" * 65}),
     (HEARTBEAT, {"tenant_id": "tenant-123"}),
     (HEARTBEAT, {"device_id": "d", "tenant_id": "tenant-123", "cameras": "many"}),
     (HEARTBEAT, {"device_id": "d", "tenant_id": "tenant-123", "version": "v" * 65}),
@@ -191,3 +194,34 @@ def test_warm_answers_are_served_on_the_fast_path_and_match_the_router(
         assert client.post(VALIDATE, json={"camera_id": "cam-new", "tenant_id": "tenant-123"},
                            headers=t.a).json()["is_valid"] is True
         assert_problem(client.post(VALIDATE, json={"camera_id": ""}, headers=t.a), 422, "validation_error")
+
+def test_a_changed_license_is_rendered_anew(client: TestClient, t: ApiTenant) -> None:
+    """Warm answers reuse a rendered body per snapshot; a change makes a new snapshot, so the
+    very next answer shows it (and an entitlement for another feature is its own body)."""
+    assert client.post(VALIDATE, json=SEED_BODY, headers=t.a).json()["cameras_allowed"] == 100
+    assert client.post(VALIDATE, json=SEED_BODY, headers=t.a).json()["cameras_allowed"] == 100
+    assert client.patch("/v1/licenses/tenant-123", json={"cameras_allowed": 150}, headers=t.a).status_code == 200
+    assert client.post(VALIDATE, json=SEED_BODY, headers=t.a).json()["cameras_allowed"] == 150
+    assert client.patch("/v1/licenses/tenant-123", json={"status": "suspended"}, headers=t.a).status_code == 200
+    refused = client.post(VALIDATE, json=SEED_BODY, headers=t.a).json()
+    assert (refused["is_valid"], refused["code"]) == (False, "license_suspended")
+    one = client.post(CHECK, json={"tenant_id": "tenant-123", "feature": "heatmaps"}, headers=t.a).json()
+    other = client.post(CHECK, json={"tenant_id": "tenant-123", "feature": "advanced_analytics"}, headers=t.a).json()
+    assert (one["feature"], other["feature"]) == ("heatmaps", "advanced_analytics")
+
+
+def test_rendered_bodies_are_bounded_and_keyed_by_snapshot_identity() -> None:
+    from meterline.api.profiles.brinkbyte import _RenderedBodies
+    from meterline.licensing.runtime import Answer
+    from meterline.licensing.service import LicenseSnapshot
+
+    def snap(cameras: int) -> LicenseSnapshot:
+        return LicenseSnapshot("t", "l", "lic", "base_license", "base", "active", 0, 10**18, cameras, 1, (), 1)
+
+    bodies = _RenderedBodies(limit=2)
+    a, b = snap(1), snap(2)
+    assert b'"cameras_allowed":1' in bodies.license(Answer(True, "ok", a))
+    assert b'"cameras_allowed":2' in bodies.license(Answer(True, "ok", b))
+    assert b'"code":"license_suspended"' in bodies.license(Answer(False, "license_suspended", a))
+    assert len(bodies._bodies) == 1  # cleared when full, then the new body cached
+    assert bodies.license(Answer(False, "ok", None)).startswith(b'{"is_valid":false,"license_mode":null')
