@@ -25,7 +25,7 @@ from meterline.billing.models import Invoice, InvoiceCounter, InvoiceLine, Subsc
 from meterline.clock import Clock
 from meterline.db.scoping import scoped
 from meterline.errors import AmountOverflow, Conflict, MeterlineError, NotFound
-from meterline.ledger.service import Page, ledger_service, new_id
+from meterline.ledger.service import Page, keyset_page, ledger_service, new_id
 from meterline.ledger.types import TransferIn
 from meterline.money import MAX_AMOUNT, format_amount
 from meterline.wallets.service import InsufficientFunds, raise_for_result, wallet_service
@@ -344,12 +344,7 @@ class InvoiceService:
             stmt = stmt.where(Invoice.customer_id == customer_id)
         if status is not None:
             stmt = stmt.where(Invoice.status == status)
-        if after is not None:
-            stmt = stmt.where(Invoice.id > after)
-        rows = list(session.scalars(stmt.order_by(Invoice.id).limit(limit + 1)))
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return Page(rows, rows[-1].id if more and rows else None)
+        return keyset_page(session, stmt, Invoice.id, after, limit)
 
     # -- collection -----------------------------------------------------------------
     def due_for_collection(self, session: Session, now_ns: int, limit: int = 100) -> list[tuple[str, str]]:

@@ -35,7 +35,7 @@ from meterline.billing.proration import prorate
 from meterline.clock import Clock
 from meterline.db.scoping import scoped
 from meterline.errors import AmountOverflow, Conflict, MeterlineError, NotFound
-from meterline.ledger.service import Page, ledger_service, new_id
+from meterline.ledger.service import Page, keyset_page, ledger_service, new_id
 from meterline.licensing.service import DEMO_LICENSEE, LicenseNotFound, licensing_service
 
 # -- errors -------------------------------------------------------------------------
@@ -157,12 +157,7 @@ class BillingService:
             stmt = stmt.where(Subscription.customer_id == customer_id)
         if status is not None:
             stmt = stmt.where(Subscription.status == status)
-        if after is not None:
-            stmt = stmt.where(Subscription.id > after)
-        rows = list(session.scalars(stmt.order_by(Subscription.id).limit(limit + 1)))
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return Page(rows, rows[-1].id if more and rows else None)
+        return keyset_page(session, stmt, Subscription.id, after, limit)
 
     def items(self, session: Session, tenant_id: str, subscription_id: str, *,
               include_removed: bool = False) -> list[SubscriptionItem]:

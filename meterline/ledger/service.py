@@ -88,6 +88,18 @@ class Page:
     next_cursor: str | None
 
 
+def keyset_page(session: Session, stmt: Any, key: Any, after: Any, limit: int) -> Page:
+    """One page of `stmt` in `key` order after the cursor value `after` (None: from the
+    start). Reads one row more than the page to know whether another page follows; the
+    cursor is the last row's key — the one rule every keyset-paged list shares."""
+    if after is not None:
+        stmt = stmt.where(key > after)
+    rows = list(session.scalars(stmt.order_by(key).limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page(rows, str(getattr(rows[-1], key.key)) if more and rows else None)
+
+
 def new_id(prefix: str) -> str:
     """Time-ordered random id, so ids sort roughly by creation (cursor pagination)."""
     import time
@@ -227,12 +239,7 @@ class LedgerService:
             stmt = stmt.where(Account.owner_type == owner_type)
         if owner_id:
             stmt = stmt.where(Account.owner_id == owner_id)
-        if after:
-            stmt = stmt.where(Account.id > after)
-        rows = list(session.scalars(stmt.order_by(Account.id).limit(limit + 1)))
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return Page(rows, rows[-1].id if more and rows else None)
+        return keyset_page(session, stmt, Account.id, after, limit)
 
     # -- transfers ----------------------------------------------------------------
     def post(self, session: Session, tenant_id: str, transfers: list[TransferIn], clock: Clock) -> list[TransferResult]:
@@ -276,12 +283,7 @@ class LedgerService:
             )
         if reference:
             stmt = stmt.where(Transfer.reference == reference)
-        if after_seq is not None:
-            stmt = stmt.where(Transfer.seq > after_seq)
-        rows = list(session.scalars(stmt.order_by(Transfer.seq).limit(limit + 1)))
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return Page(rows, str(rows[-1].seq) if more and rows else None)
+        return keyset_page(session, stmt, Transfer.seq, after_seq, limit)
 
     def list_holds(
         self,
@@ -299,12 +301,7 @@ class LedgerService:
         )
         if state:
             stmt = stmt.where(Hold.state == state)
-        if after:
-            stmt = stmt.where(Hold.transfer_id > after)
-        rows = list(session.scalars(stmt.order_by(Hold.transfer_id).limit(limit + 1)))
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return Page(rows, rows[-1].transfer_id if more and rows else None)
+        return keyset_page(session, stmt, Hold.transfer_id, after, limit)
 
     def expired_holds(self, session: Session, now_ns: int, limit: int = 1000) -> list[Hold]:
         """Open holds whose timeout has passed, across tenants (for the sweeper)."""

@@ -26,7 +26,7 @@ from meterline.clock import Clock
 from meterline.config import Settings, get_settings
 from meterline.db.scoping import scoped
 from meterline.errors import Conflict, Forbidden, MeterlineError, NotFound
-from meterline.ledger.service import Page, ledger_service, new_id
+from meterline.ledger.service import Page, keyset_page, ledger_service, new_id
 from meterline.ledger.types import TransferFlags, TransferIn
 from meterline.money import parse_amount
 from meterline.payments.rails import SIMULATION_MODE, Rail, get_rail
@@ -306,12 +306,7 @@ class PayoutService:
             stmt = stmt.where(PayoutRequest.provider_id == provider_id)
         if status:
             stmt = stmt.where(PayoutRequest.status == status)
-        if after:
-            stmt = stmt.where(PayoutRequest.id > after)
-        rows = list(session.scalars(stmt.order_by(PayoutRequest.id).limit(limit + 1)))
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return Page(rows, rows[-1].id if more and rows else None)
+        return keyset_page(session, stmt, PayoutRequest.id, after, limit)
 
     @staticmethod
     def _lock(session: Session, tenant_id: str, payout_id: str) -> PayoutRequest:
