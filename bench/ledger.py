@@ -61,7 +61,7 @@ from bench._common import (
     postgres_reachable,
     summary_line,
 )
-from meterline.cli.common import tune_gc
+from meterline.cli.common import tune_process
 from meterline.clock import SystemClock
 from meterline.db.engine import Database
 from meterline.identity.service import identity_service
@@ -292,7 +292,7 @@ def bench_single(db: Database, backend: str, args: argparse.Namespace) -> dict[s
 
 
 def run_service(args: argparse.Namespace, summary: dict[str, str]) -> None:
-    tune_gc()  # the batcher runs here with the collector tuned as in `meterline serve` and `worker`
+    tune_process()  # the batcher runs here with the collector tuned as in `meterline serve` and `worker`
     for backend in args.backends:
         if backend == "postgres" and not postgres_reachable():
             continue
@@ -403,8 +403,10 @@ async def _load(port: int, kind: str, clients: int, seconds: float, tag: str, se
                     samples.append(f"{status} {body[:200]!r}")
 
     t0 = time.perf_counter()
+    c0 = time.process_time()
     await asyncio.gather(*(one(c, conn) for c, conn in enumerate(conns)))
     elapsed = time.perf_counter() - t0
+    print(f"    client CPU {(time.process_time() - c0) / max(1, ok + err) * 1e6:.0f} µs/req", file=sys.stderr)
     for conn in conns:
         conn.writer.close()
     return ok, err, lats, elapsed, samples
@@ -448,6 +450,28 @@ def drive(port: int, kind: str, seconds: float, procs: int, tag: str, ids: list[
     samples = [s for r in results for s in r[4]]
     return {"ok": ok, "err": err, "rps": ok / elapsed, "p50": percentile(lats, 50) * 1000,
             "p99": percentile(lats, 99) * 1000, "samples": samples}
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User+system CPU time of a process (Linux /proc), to report server cost per request —
+    a figure that stays comparable when other work shares the two cores, unlike req/s."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def drive_measured(server: subprocess.Popen[bytes], port: int, kind: str, seconds: float, procs: int, tag: str,
+                   ids: list[str]) -> dict[str, Any]:
+    """`drive`, plus the server's CPU microseconds per answered request."""
+    before = _cpu_seconds(server.pid)
+    r = drive(port, kind, seconds, procs, tag, ids)
+    after = _cpu_seconds(server.pid)
+    total = r["ok"] + r["err"]
+    r["cpu_us"] = (after - before) / total * 1e6 if before is not None and after is not None and total else float("nan")
+    return r
 
 
 def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
@@ -510,16 +534,17 @@ def run_http(args: argparse.Namespace, summary: dict[str, str]) -> None:
                 acked = 1 if present else 0
                 for rep in range(args.http_reps):
                     if present:
-                        r = drive(port, "transfer", args.http_seconds, args.client_procs, f"r{rep}", ids)
+                        r = drive_measured(server, port, "transfer", args.http_seconds, args.client_procs,
+                                           f"r{rep}", ids)
                         acked += r["ok"]
                         http_rates.append(r)
                         log(f"  POST /v1/transfers rep {rep}: {r['rps']:>7,.0f} req/s  p50 {r['p50']:.1f} ms  "
-                            f"p99 {r['p99']:.1f} ms  errors {r['err']}"
+                            f"p99 {r['p99']:.1f} ms  server CPU {r['cpu_us']:.0f} µs/req  errors {r['err']}"
                             + (f"  e.g. {r['samples'][0]}" if r["samples"] else ""))
-                    h = drive(port, "health", args.http_seconds, args.client_procs, f"h{rep}", ids)
+                    h = drive_measured(server, port, "health", args.http_seconds, args.client_procs, f"h{rep}", ids)
                     health_rates.append(h)
                     log(f"  GET /health        rep {rep}: {h['rps']:>7,.0f} req/s  p50 {h['p50']:.1f} ms  "
-                        f"p99 {h['p99']:.1f} ms  errors {h['err']}")
+                        f"p99 {h['p99']:.1f} ms  server CPU {h['cpu_us']:.0f} µs/req  errors {h['err']}")
                 del health
             finally:
                 server.send_signal(signal.SIGINT)
