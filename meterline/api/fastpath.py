@@ -116,6 +116,8 @@ class FastPathMiddleware:
             return
         scope["path_params"] = params
         request = Request(scope, replay)
+        # The body is already in hand: spare handlers Starlette's receive-and-join stream.
+        request._body = raw
         try:
             response = await route.handler(request)
         except Exception as exc:  # rendered exactly as the app's exception handlers would
