@@ -96,7 +96,7 @@ _SCALE = next(a.scale for a in STANDARD_ASSETS if a.code == PROFILE_ASSET)
 NS = accrual.NS
 _HOURS_PLACES = Decimal("0.0001")  # the seed shows elapsed_hours to 4 places (0.0042)
 _EXACT = Context(prec=40)
-_json_str = json.JSONEncoder(ensure_ascii=False).encode
+_json_str = json.encoder.encode_basestring  # type: ignore[attr-defined]  # the C escaper (ensure_ascii=False)
 
 ContractId = Annotated[str, Path(min_length=1, max_length=64, description="`CTR-` and 8 letters/digits.")]
 _metrics_body = json_body(MetricsRequest)
@@ -149,28 +149,42 @@ def _parse_amount(value: Any, scale: int) -> int | None:
     return None if value is None else parse_amount(value, scale)
 
 
-def _json(content: dict[str, Any]) -> Response:
-    """An answer written directly: the hot routes skip building and dumping a response model
-    (their model stays the documented `response_model`; tests check the shapes agree)."""
-    return Response(exact_json.dumps(content), media_type="application/json")
+# The hot answers (status, metrics) are written directly, not built as a response model and
+# dumped: the model stays the documented `response_model`, and tests check that the answers
+# carry exactly its fields, in order. Strings go through the JSON encoder's C escaper, numbers
+# through `exact_json.number` (a Decimal's exact digits).
 
 
-def _contract_status(rental: ContractRow, now_ns: int) -> dict[str, Any]:
-    """ContractStatus's fields, in its order."""
+def _j_str(value: str | None) -> str:
+    return "null" if value is None else _json_str(value)
+
+
+def _j_int(value: int | None) -> str:
+    return "null" if value is None else str(value)
+
+
+def _j_num(value: Decimal | None) -> str:
+    return "null" if value is None else exact_json.number(value)
+
+
+def _contract_status(rental: ContractRow, now_ns: int) -> bytes:
+    """A ContractStatus, as JSON."""
     acc = rental_service.accrual(rental, now_ns)
     m = rental.scale
     settled = rental.status == SETTLED
-    return {
-        "contract_id": rental.id, "wallet": rental.customer_id, "tier": rental.tier,
-        "status": _status(rental, now_ns), "prepaid_sol": to_major(rental.held_minor, m),
-        "used_sol": to_major(acc.cost_minor, m), "refund_available": to_major(acc.refund_minor, m),
-        "duration_hours": _hours(rental.duration_s or 0), "elapsed_hours": _elapsed_hours(acc.elapsed_s),
-        "remaining_seconds": _remaining(rental, acc.elapsed_s), "created_at": rental.created_at // NS,
-        "expires_at": _secs(rental.expires_at), "device_id": rental.device_id, "asset": rental.asset,
-        "settled_at": _secs(rental.settled_at),
-        "refund_sol": to_major(rental.refund_minor or 0, m) if settled else None,
-        "tx_signature": rental.refund_tx if settled else None,
-    }
+    return (
+        f'{{"contract_id":{_j_str(rental.id)},"wallet":{_j_str(rental.customer_id)},"tier":{_j_str(rental.tier)},'
+        f'"status":{_j_str(_status(rental, now_ns))},"prepaid_sol":{_j_num(to_major(rental.held_minor, m))},'
+        f'"used_sol":{_j_num(to_major(acc.cost_minor, m))},'
+        f'"refund_available":{_j_num(to_major(acc.refund_minor, m))},'
+        f'"duration_hours":{_j_num(_hours(rental.duration_s or 0))},'
+        f'"elapsed_hours":{_j_num(_elapsed_hours(acc.elapsed_s))},'
+        f'"remaining_seconds":{_remaining(rental, acc.elapsed_s)},"created_at":{rental.created_at // NS},'
+        f'"expires_at":{_j_int(_secs(rental.expires_at))},"device_id":{_j_str(rental.device_id)},'
+        f'"asset":{_j_str(rental.asset)},"settled_at":{_j_int(_secs(rental.settled_at))},'
+        f'"refund_sol":{_j_num(to_major(rental.refund_minor or 0, m) if settled else None)},'
+        f'"tx_signature":{_j_str(rental.refund_tx if settled else None)}}}'
+    ).encode()
 
 
 # -- contracts ----------------------------------------------------------------------------------
@@ -241,7 +255,7 @@ def _read_contract(runtime: Runtime, reader: ContractReader, tenant: str, contra
     row = reader.status_row(tenant, contract_id)
     if row is None:
         raise RentalNotFound(f"contract {contract_id} does not exist")
-    return _json(_contract_status(row, runtime.clock.now_ns()))
+    return Response(_contract_status(row, runtime.clock.now_ns()), media_type="application/json")
 
 
 @router.post(
@@ -320,14 +334,14 @@ def _record_idempotent(request: Request, runtime: Runtime, tenant: str, contract
 
 
 def _metrics_answer(rental: RentalState, acc: Accrual) -> Response:
-    """MetricsResponse, written directly: this answers every sample of every device."""
+    """A MetricsResponse, written directly (see `_contract_status`): it answers every sample."""
     m = rental.scale
     return Response(
-        f'{{"contract_id":{_json_str(rental.id)},"metrics_recorded":true,'
-        f'"elapsed_hours":{exact_json.number(_elapsed_hours(acc.elapsed_s))},'
-        f'"cost_so_far":{exact_json.number(to_major(acc.cost_minor, m))},'
-        f'"refund_available":{exact_json.number(to_major(acc.refund_minor, m))},'
-        f'"remaining_seconds":{_remaining(rental, acc.elapsed_s)},"samples":{rental.sample_count}}}',
+        f'{{"contract_id":{_j_str(rental.id)},"metrics_recorded":true,'
+        f'"elapsed_hours":{_j_num(_elapsed_hours(acc.elapsed_s))},'
+        f'"cost_so_far":{_j_num(to_major(acc.cost_minor, m))},'
+        f'"refund_available":{_j_num(to_major(acc.refund_minor, m))},'
+        f'"remaining_seconds":{_remaining(rental, acc.elapsed_s)},"samples":{rental.sample_count}}}'.encode(),
         media_type="application/json",
     )
 
