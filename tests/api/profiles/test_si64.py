@@ -417,6 +417,19 @@ def test_replayed_tx_signature_is_409(client: TestClient, t: ApiTenant):
     assert body(client.get("/api/billing/ledger", headers=t.r))["active_count"] == 1
 
 
+def test_idempotency_key_replays_a_metrics_sample(client: TestClient, t: ApiTenant, db: Database):
+    cid = rent_id(client, t)
+    h = {**t.w, "Idempotency-Key": "sample-1"}
+    first = client.post(f"/api/metrics/{cid}", json=METRICS, headers=h)
+    again = client.post(f"/api/metrics/{cid}", json=METRICS, headers=h)
+    assert first.status_code == again.status_code == 200, first.text
+    assert body(again) == body(first) and body(first)["samples"] == 1
+    assert_problem(client.post(f"/api/metrics/{cid}", json={"cpu_percent": 1}, headers=h), 409,
+                   "idempotency_conflict")
+    nxt = client.post(f"/api/metrics/{cid}", json=METRICS, headers=t.w)  # no key: a new sample
+    assert body(nxt)["samples"] == 2
+
+
 def test_idempotency_key_replays_the_rent(client: TestClient, t: ApiTenant):
     h = {**t.w, "Idempotency-Key": "rent-1"}
     payload = {"wallet": WALLET, "tier": "M2", "duration_hours": 1, "tx_signature": "idem", "amount": 0.001}
