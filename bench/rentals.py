@@ -218,7 +218,10 @@ async def _metrics_load(port: int, ids: list[str], interval: float, seconds: flo
                 if conn is None:
                     r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), REQUEST_TIMEOUT_S)
                     conn = conns[k] = _Conn(r, w)
-                status, resp = await asyncio.wait_for(conn.request(_post(port, path, body)), REQUEST_TIMEOUT_S)
+                # asyncio.timeout, not wait_for: wait_for wraps each request in a new task, and the
+                # client shares the machine's two cores with the server it measures.
+                async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                    status, resp = await conn.request(_post(port, path, body))
             except (OSError, RuntimeError, asyncio.IncompleteReadError, TimeoutError) as exc:
                 err += 1
                 lats.append(time.perf_counter() - due)
@@ -247,13 +250,15 @@ async def _metrics_load(port: int, ids: list[str], interval: float, seconds: flo
     delay = start_at - time.perf_counter()
     if delay > 0:
         await asyncio.sleep(delay)
+    cpu0 = time.process_time()
     await asyncio.gather(*(device(k, cid, c) for k, (cid, c) in enumerate(zip(ids, conns, strict=True))))
     elapsed = time.perf_counter() - start_at
+    cpu = time.process_time() - cpu0
     for c in conns:
         if c is not None:
             c.writer.close()
     return {"ok": ok, "err": err, "lats": lats, "secs": secs, "elapsed": elapsed, "samples": samples,
-            "late": late_sends, "not_sent": not_sent}
+            "late": late_sends, "not_sent": not_sent, "cpu": cpu}
 
 
 async def _status_load(port: int, ids: list[str], rps: float, seconds: float, start_at: float) -> dict[str, Any]:
@@ -272,8 +277,8 @@ async def _status_load(port: int, ids: list[str], rps: float, seconds: float, st
         nonlocal ok, err
         conn = await pool.get()
         try:
-            status, resp = await asyncio.wait_for(conn.request(_get(port, f"/api/contracts/{cid}")),
-                                                  REQUEST_TIMEOUT_S)
+            async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                status, resp = await conn.request(_get(port, f"/api/contracts/{cid}"))
         except (OSError, RuntimeError, asyncio.IncompleteReadError, TimeoutError) as exc:
             err += 1
             lats.append(time.perf_counter() - due)
@@ -298,6 +303,7 @@ async def _status_load(port: int, ids: list[str], rps: float, seconds: float, st
                 samples.append(f"{status} {resp[:200]!r}")
 
     tasks = []
+    cpu0 = time.process_time()
     n = int(seconds * rps)
     for i in range(n):
         due = start_at + i / rps
@@ -307,9 +313,10 @@ async def _status_load(port: int, ids: list[str], rps: float, seconds: float, st
         tasks.append(asyncio.ensure_future(one(due, ids[rng.randrange(len(ids))])))
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - start_at
+    cpu = time.process_time() - cpu0
     while not pool.empty():
         pool.get_nowait().writer.close()
-    return {"ok": ok, "err": err, "lats": lats, "secs": secs, "elapsed": elapsed, "samples": samples}
+    return {"ok": ok, "err": err, "lats": lats, "secs": secs, "elapsed": elapsed, "samples": samples, "cpu": cpu}
 
 
 def _proc(kind: str, args: tuple[Any, ...], q: Any) -> None:
@@ -357,7 +364,8 @@ def run_load(port: int, ids: list[str], args: argparse.Namespace, db_url: str,
         + (f"  e.g. {status['samples'][0]}" if status["samples"] else "") + f"  [load {load_end}]")
     answered = metrics["ok"] + status["ok"]
     log(f"  server CPU: {cpu:.1f} s over {metrics['elapsed']:.0f} s ({cpu / metrics['elapsed'] * 100:.0f} % of a core), "
-        f"{cpu / max(1, answered) * 1e6:.0f} µs per answered request")
+        f"{cpu / max(1, answered) * 1e6:.0f} µs per answered request; clients: metrics "
+        f"{metrics['cpu'] / metrics['elapsed'] * 100:.0f} %, status {status['cpu'] / status['elapsed'] * 100:.0f} % of a core")
     log(_per_second_line("POST /api/metrics", mps, METRICS_P99_MS))
     log(_per_second_line("GET /api/contracts/{id}", sps_, STATUS_P99_MS))
     consistent = check_samples(db_url, ids, metrics["ok"])
