@@ -16,7 +16,9 @@ Parts:
    as fewer requests (no coordinated omission). Meanwhile a separate client process polls
    `GET /api/contracts/{id}` of random contracts at --status-rps, also open-loop (a pool of
    connections; a request waiting for a free connection is counted from its scheduled time).
-   After the run: Σ sample_count and the rows in rental_samples must equal the acknowledged
+   Latencies are reported overall and per second (the p99 of each second of the run: its
+   median and worst, and how many seconds missed the target), so a one-off stall shows apart
+   from the sustained latency. After the run: Σ sample_count and the rows in rental_samples must equal the acknowledged
    samples (every 2xx was committed, none twice) — printed OK/FAIL;
 3. ledger (--only ledger): active contracts are brought up to --ledger-contracts (the first
    through HTTP as above, the rest as copies of those rows inserted directly into the
@@ -59,6 +61,8 @@ TENANT = "default"  # dev mode: unauthenticated loopback calls act as this tenan
 DURATION_HOURS = 2  # nothing expires during a run
 RENT_CONNECTIONS = 8
 STATUS_CONNECTIONS = 8
+METRICS_P99_MS = 50.0  # the targets, for the per-second counts
+STATUS_P99_MS = 10.0
 REQUEST_TIMEOUT_S = 10.0  # a request unanswered this long is an error (its latency is recorded as ≥ this)
 
 
@@ -71,6 +75,15 @@ def loadavg() -> str:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
     except OSError:
         return "NA"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
 
 
 def _uvloop_run(coro: Any) -> Any:
@@ -95,6 +108,24 @@ def _stats(lats: list[float]) -> dict[str, float]:
     s = sorted(lats)
     return {"p50": percentile(s, 50) * 1000, "p99": percentile(s, 99) * 1000,
             "max": (s[-1] * 1000 if s else float("nan"))}
+
+
+def _per_second(lats: list[float], secs: list[int], limit_ms: float) -> dict[str, Any]:
+    """p99 of each second of the run (by scheduled time), so a one-off stall (a GC pause, a WAL
+    checkpoint) shows apart from the sustained latency: the median and worst of those p99s, how
+    many seconds were over `limit_ms`, and the p99s themselves in ms."""
+    by_sec: dict[int, list[float]] = {}
+    for lat, sec in zip(lats, secs, strict=True):
+        by_sec.setdefault(sec, []).append(lat)
+    p99s = [percentile(sorted(v), 99) * 1000 for _, v in sorted(by_sec.items())]
+    return {"median": median(p99s) if p99s else float("nan"), "worst": max(p99s, default=float("nan")),
+            "over": sum(1 for p in p99s if p > limit_ms), "seconds": len(p99s), "p99s": p99s}
+
+
+def _per_second_line(name: str, ps: dict[str, Any], limit_ms: float) -> str:
+    return (f"  {name} per-second p99: median {ps['median']:.1f} ms, worst {ps['worst']:.1f} ms, "
+            f"{ps['over']} of {ps['seconds']} s over {limit_ms:g} ms; by second: "
+            + " ".join(f"{p:.0f}" for p in ps["p99s"]))
 
 
 # -- setup: contracts through POST /api/rent ----------------------------------------------------
@@ -155,6 +186,7 @@ async def _metrics_load(port: int, ids: list[str], interval: float, seconds: flo
     ok = 0
     err = 0
     lats: list[float] = []
+    secs: list[int] = []  # the second (from the start) each latency's request was scheduled in
     samples: list[str] = []
     late_sends = 0
     not_sent = 0
@@ -186,10 +218,14 @@ async def _metrics_load(port: int, ids: list[str], interval: float, seconds: flo
                 if conn is None:
                     r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), REQUEST_TIMEOUT_S)
                     conn = conns[k] = _Conn(r, w)
-                status, resp = await asyncio.wait_for(conn.request(_post(port, path, body)), REQUEST_TIMEOUT_S)
+                # asyncio.timeout, not wait_for: wait_for wraps each request in a new task, and the
+                # client shares the machine's two cores with the server it measures.
+                async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                    status, resp = await conn.request(_post(port, path, body))
             except (OSError, RuntimeError, asyncio.IncompleteReadError, TimeoutError) as exc:
                 err += 1
                 lats.append(time.perf_counter() - due)
+                secs.append(int(due - start_at))
                 if len(samples) < 3:
                     samples.append(repr(exc))
                 if conn is not None:
@@ -202,6 +238,7 @@ async def _metrics_load(port: int, ids: list[str], interval: float, seconds: flo
                     due += interval
                 continue
             lats.append(time.perf_counter() - due)  # from the scheduled time: no coordinated omission
+            secs.append(int(due - start_at))
             if status == 200:
                 ok += 1
             else:
@@ -213,13 +250,15 @@ async def _metrics_load(port: int, ids: list[str], interval: float, seconds: flo
     delay = start_at - time.perf_counter()
     if delay > 0:
         await asyncio.sleep(delay)
+    cpu0 = time.process_time()
     await asyncio.gather(*(device(k, cid, c) for k, (cid, c) in enumerate(zip(ids, conns, strict=True))))
     elapsed = time.perf_counter() - start_at
+    cpu = time.process_time() - cpu0
     for c in conns:
         if c is not None:
             c.writer.close()
-    return {"ok": ok, "err": err, "lats": lats, "elapsed": elapsed, "samples": samples, "late": late_sends,
-            "not_sent": not_sent}
+    return {"ok": ok, "err": err, "lats": lats, "secs": secs, "elapsed": elapsed, "samples": samples,
+            "late": late_sends, "not_sent": not_sent, "cpu": cpu}
 
 
 async def _status_load(port: int, ids: list[str], rps: float, seconds: float, start_at: float) -> dict[str, Any]:
@@ -231,17 +270,19 @@ async def _status_load(port: int, ids: list[str], rps: float, seconds: float, st
     ok = 0
     err = 0
     lats: list[float] = []
+    secs: list[int] = []
     samples: list[str] = []
 
     async def one(due: float, cid: str) -> None:
         nonlocal ok, err
         conn = await pool.get()
         try:
-            status, resp = await asyncio.wait_for(conn.request(_get(port, f"/api/contracts/{cid}")),
-                                                  REQUEST_TIMEOUT_S)
+            async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                status, resp = await conn.request(_get(port, f"/api/contracts/{cid}"))
         except (OSError, RuntimeError, asyncio.IncompleteReadError, TimeoutError) as exc:
             err += 1
             lats.append(time.perf_counter() - due)
+            secs.append(int(due - start_at))
             if len(samples) < 3:
                 samples.append(repr(exc))
             conn.writer.close()
@@ -252,6 +293,7 @@ async def _status_load(port: int, ids: list[str], rps: float, seconds: float, st
                 pool.put_nowait(conn)  # broken: its next request fails and tries again
             return
         lats.append(time.perf_counter() - due)
+        secs.append(int(due - start_at))
         pool.put_nowait(conn)
         if status == 200:
             ok += 1
@@ -261,6 +303,7 @@ async def _status_load(port: int, ids: list[str], rps: float, seconds: float, st
                 samples.append(f"{status} {resp[:200]!r}")
 
     tasks = []
+    cpu0 = time.process_time()
     n = int(seconds * rps)
     for i in range(n):
         due = start_at + i / rps
@@ -270,9 +313,10 @@ async def _status_load(port: int, ids: list[str], rps: float, seconds: float, st
         tasks.append(asyncio.ensure_future(one(due, ids[rng.randrange(len(ids))])))
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - start_at
+    cpu = time.process_time() - cpu0
     while not pool.empty():
         pool.get_nowait().writer.close()
-    return {"ok": ok, "err": err, "lats": lats, "elapsed": elapsed, "samples": samples}
+    return {"ok": ok, "err": err, "lats": lats, "secs": secs, "elapsed": elapsed, "samples": samples, "cpu": cpu}
 
 
 def _proc(kind: str, args: tuple[Any, ...], q: Any) -> None:
@@ -281,7 +325,7 @@ def _proc(kind: str, args: tuple[Any, ...], q: Any) -> None:
 
 
 def run_load(port: int, ids: list[str], args: argparse.Namespace, db_url: str,
-             summary: dict[str, str]) -> None:
+             summary: dict[str, str], server_pid: int) -> None:
     interval = args.interval_ms / 1000
     target = len(ids) / interval
     log(f"\n== load: {len(ids):,} contracts × 1 sample / {args.interval_ms:g} ms = {target:,.0f} samples/s "
@@ -296,7 +340,10 @@ def run_load(port: int, ids: list[str], args: argparse.Namespace, db_url: str,
     ]
     for p in procs:
         p.start()
+    time.sleep(max(0.0, start_at - time.perf_counter()))
+    cpu0 = cpu_seconds(server_pid)
     results = [q.get(timeout=args.seconds + 3 * REQUEST_TIMEOUT_S + 60) for _ in procs]
+    cpu = cpu_seconds(server_pid) - cpu0  # the server's CPU over the run: robust to a busy machine
     for p in procs:
         p.join()
     load_end = loadavg()
@@ -304,6 +351,8 @@ def run_load(port: int, ids: list[str], args: argparse.Namespace, db_url: str,
     status = next(r for r in results if "late" not in r)
     m = _stats(metrics["lats"])
     s = _stats(status["lats"])
+    mps = _per_second(metrics["lats"], metrics["secs"], METRICS_P99_MS)
+    sps_ = _per_second(status["lats"], status["secs"], STATUS_P99_MS)
     sps = metrics["ok"] / metrics["elapsed"]
     log(f"  POST /api/metrics: {sps:,.0f} samples/s acknowledged (target {target:,.0f}), "
         f"p50 {m['p50']:.1f} ms  p99 {m['p99']:.1f} ms  max {m['max']:.0f} ms  errors {metrics['err']}"
@@ -313,13 +362,22 @@ def run_load(port: int, ids: list[str], args: argparse.Namespace, db_url: str,
     log(f"  GET /api/contracts/{{id}}: {status['ok'] / status['elapsed']:,.0f} req/s, "
         f"p50 {s['p50']:.1f} ms  p99 {s['p99']:.1f} ms  max {s['max']:.0f} ms  errors {status['err']}"
         + (f"  e.g. {status['samples'][0]}" if status["samples"] else "") + f"  [load {load_end}]")
+    answered = metrics["ok"] + status["ok"]
+    log(f"  server CPU: {cpu:.1f} s over {metrics['elapsed']:.0f} s ({cpu / metrics['elapsed'] * 100:.0f} % of a core), "
+        f"{cpu / max(1, answered) * 1e6:.0f} µs per answered request; clients: metrics "
+        f"{metrics['cpu'] / metrics['elapsed'] * 100:.0f} %, status {status['cpu'] / status['elapsed'] * 100:.0f} % of a core")
+    log(_per_second_line("POST /api/metrics", mps, METRICS_P99_MS))
+    log(_per_second_line("GET /api/contracts/{id}", sps_, STATUS_P99_MS))
     consistent = check_samples(db_url, ids, metrics["ok"])
     summary.update(
         samples_per_s=fmt(sps), samples_target=fmt(target), metrics_p50_ms=fmt(m["p50"], 1),
         metrics_p99_ms=fmt(m["p99"], 1), metrics_max_ms=fmt(m["max"]), metrics_errors=str(metrics["err"]),
         status_p50_ms=fmt(s["p50"], 1), status_p99_ms=fmt(s["p99"], 1), status_max_ms=fmt(s["max"]),
         status_errors=str(status["err"]), samples_consistent="OK" if consistent else "FAIL",
-        load_after_run=load_end.replace(" ", "/"),
+        metrics_sec_p99_median_ms=fmt(mps["median"], 1), metrics_sec_p99_worst_ms=fmt(mps["worst"], 1),
+        metrics_secs_over=f"{mps['over']}/{mps['seconds']}", status_sec_p99_median_ms=fmt(sps_["median"], 1),
+        status_sec_p99_worst_ms=fmt(sps_["worst"], 1), status_secs_over=f"{sps_['over']}/{sps_['seconds']}",
+        load_after_run=load_end.replace(" ", "/"), server_cpu_us_per_req=fmt(cpu / max(1, answered) * 1e6),
     )
 
 
@@ -426,6 +484,8 @@ def main() -> None:
     summary = {k: "NA" for k in (
         "samples_per_s", "samples_target", "metrics_p50_ms", "metrics_p99_ms", "metrics_max_ms", "metrics_errors",
         "status_p50_ms", "status_p99_ms", "status_max_ms", "status_errors", "samples_consistent",
+        "metrics_sec_p99_median_ms", "metrics_sec_p99_worst_ms", "metrics_secs_over", "status_sec_p99_median_ms",
+        "status_sec_p99_worst_ms", "status_secs_over",
         "ledger_contracts", "ledger_median_ms", "ledger_p99_ms", "ledger_errors")}
     summary["load_before"] = loadavg().replace(" ", "/")
     with tempfile.TemporaryDirectory(prefix="meterline-bench-rentals-") as d:
@@ -443,7 +503,7 @@ def main() -> None:
                 _wait_ready(port, server)
                 ids = create_contracts(port, "c", 0, args.contracts)
                 if args.only in (None, "load"):
-                    run_load(port, ids, args, url, summary)
+                    run_load(port, ids, args, url, summary, server.pid)
                 if args.only in (None, "ledger"):
                     run_ledger(port, url, args, summary)
             finally:

@@ -14,7 +14,10 @@ more if the batch is still small) and applies it in ONE transaction:
   never fails its neighbours;
 - fold the samples into each rental's power integral and counters in arrival order
   (`rental_service.fold_sample`, the same function the one-sample path uses);
-- insert the sample rows with one executemany and update each touched rental once;
+- insert the sample rows and update each touched rental once. On SQLite each of the three
+  statements is ONE step with ONE parameter, a JSON array read by `json_each` (an
+  executemany is a Python round trip, and a parameter binding, per row — most of a batch's
+  cost); on PostgreSQL the rows are locked and written by the usual multi-row statements;
 
 and only after the commit resolves each caller's future with the rental as committed
 after its own samples and the accrual at its sample time. An acknowledged sample is a
@@ -25,7 +28,9 @@ is retried alone so a poisoned request cannot fail the others.
 from __future__ import annotations
 
 import copy
+import json
 import logging
+import sqlite3
 from concurrent.futures import Future
 from dataclasses import dataclass, fields
 from decimal import Decimal
@@ -54,7 +59,11 @@ _UPDATE = (
 
 @dataclass(slots=True)
 class SampledRental:
-    """A rental's row as the batcher loads it: satisfies `rental_service.RentalState`."""
+    """A rental's row as the batcher loads it: satisfies `rental_service.RentalState`.
+
+    On SQLite `quote` holds only the field a sample reads (`power_rate_per_wh`): decoding
+    each touched rental's whole quote document cost more than the rest of its row.
+    """
 
     id: str
     status: str
@@ -82,6 +91,30 @@ class SampledRental:
 # built positionally from them), so the list lives in one place.
 _COLUMNS = tuple(f.name for f in fields(SampledRental))
 _SELECT = select(_T.c.tenant_id, *(_T.c[c] for c in _COLUMNS))
+
+# SQLite: one parameter each, a JSON array of rows (`json_each`). UPDATE … FROM needs 3.33.
+_JSON_STATEMENTS = sqlite3.sqlite_version_info >= (3, 33)
+# Of the quote (a JSON document), a sample reads only the power rate: SQLite extracts it.
+_POWER_RATE = "power_rate_per_wh"
+_SQLITE_SELECT = (
+    "SELECT tenant_id, "
+    + ", ".join(f"json_extract(quote, '$.{_POWER_RATE}')" if c == "quote" else c for c in _COLUMNS)
+    + " FROM rentals WHERE (tenant_id, id) IN "
+    "(SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))"
+)
+_SQLITE_INSERT = (
+    'INSERT INTO rental_samples (tenant_id, rental_id, ts, power_mw, "values") '
+    "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), "
+    "json_extract(value, '$[3]'), json_extract(value, '$[4]') FROM json_each(?)"  # [4]: the values' JSON text
+)
+_SQLITE_UPDATE = (
+    "UPDATE rentals SET energy2_mw_ms = json_extract(j.value, '$[2]'), "
+    "power_cost_e6 = json_extract(j.value, '$[3]'), last_sample_at = json_extract(j.value, '$[4]'), "
+    "last_power_mw = json_extract(j.value, '$[5]'), sample_count = json_extract(j.value, '$[6]') "
+    "FROM json_each(?) AS j "
+    "WHERE rentals.tenant_id = json_extract(j.value, '$[0]') AND rentals.id = json_extract(j.value, '$[1]')"
+)
+_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,15 +177,22 @@ class SampleBatcher(GroupCommitter[_Item, Recorded]):
 
     def apply(self, conn: Connection, items: list[_Item]) -> list[Recorded | Exception]:
         keys = sorted({(i.tenant_id, i.rental_id) for i in items})
-        stmt = _SELECT.where(tuple_(_T.c.tenant_id, _T.c.id).in_(keys))
-        if not self.db.is_sqlite:
+        json_sql = self.db.is_sqlite and _JSON_STATEMENTS
+        if json_sql:
+            found = conn.exec_driver_sql(_SQLITE_SELECT, (_compact(keys),))
+        else:
             # Key order, so a batcher and a settle/extend never lock rentals in opposite orders.
-            stmt = stmt.order_by(_T.c.tenant_id, _T.c.id).with_for_update()
+            stmt = _SELECT.where(tuple_(_T.c.tenant_id, _T.c.id).in_(keys))
+            if not self.db.is_sqlite:
+                stmt = stmt.order_by(_T.c.tenant_id, _T.c.id).with_for_update()
+            found = conn.execute(stmt)
         rows: dict[tuple[str, str], SampledRental] = {}
-        for r in conn.execute(stmt):
-            rows[(r[0], r[1])] = SampledRental(*r[1:])
+        for r in found:
+            row = rows[(r[0], r[1])] = SampledRental(*r[1:])
+            if json_sql:  # the quote column holds only the power rate (see _SQLITE_SELECT)
+                row.quote = {} if row.quote is None else {_POWER_RATE: row.quote}
         touched: dict[tuple[str, str], SampledRental] = {}
-        inserts: list[dict[str, Any]] = []
+        inserts: list[tuple[str, str, int, int | None, dict[str, str]]] = []
         outcomes: list[Recorded | Exception] = []
         for item in items:  # arrival order
             key = (item.tenant_id, item.rental_id)
@@ -165,14 +205,24 @@ class SampleBatcher(GroupCommitter[_Item, Recorded]):
             except Exception as exc:
                 outcomes.append(exc)
                 continue
+            if key in touched:
+                # An earlier caller of this batch holds this row as its answer: fold into a copy.
+                # (Copying only then, not for every caller, saves most of a batch's copies.)
+                rental = rows[key] = copy.copy(rental)
             for clean in item.samples:
                 power_mw = rental_service.fold_sample(rental, clean, now)
-                inserts.append({"tenant_id": item.tenant_id, "rental_id": item.rental_id, "ts": now,
-                                "power_mw": power_mw, "values": sample_values(clean)})
+                inserts.append((item.tenant_id, item.rental_id, now, power_mw, sample_values(clean)))
             touched[key] = rental
-            outcomes.append(Recorded(copy.copy(rental), rental_service.accrual(rental, now)))
-        if inserts:
-            conn.execute(insert(_SAMPLES), inserts)
+            outcomes.append(Recorded(rental, rental_service.accrual(rental, now)))
+        if inserts and json_sql:
+            conn.exec_driver_sql(_SQLITE_INSERT, (_compact(inserts),))
+            conn.exec_driver_sql(_SQLITE_UPDATE, (_compact([
+                [k[0], k[1], r.energy2_mw_ms, r.power_cost_e6, r.last_sample_at, r.last_power_mw, r.sample_count]
+                for k, r in touched.items()]),))
+        elif inserts:
+            conn.execute(insert(_SAMPLES), [
+                {"tenant_id": t, "rental_id": rid, "ts": ts, "power_mw": p, "values": v} for t, rid, ts, p, v in inserts
+            ])
             conn.execute(_UPDATE, [
                 {"k_tenant": k[0], "k_id": k[1], "energy2_mw_ms": r.energy2_mw_ms, "power_cost_e6": r.power_cost_e6,
                  "last_sample_at": r.last_sample_at, "last_power_mw": r.last_power_mw,

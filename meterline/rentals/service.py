@@ -105,16 +105,15 @@ class LedgerRefused(RentalError, Conflict):
 # -- values -----------------------------------------------------------------------
 
 
-class RentalState(Protocol):
-    """What the accrual, the sample rules and the energy integral read and write.
+class AccrualState(Protocol):
+    """What the accrual (the running cost) and the status of a rental read.
 
-    A `Rental` row is one; so is the sample batcher's lighter row (sampler.py), which
-    loads only these columns — both go through the same functions below.
+    A `Rental` row is one; so are the sample batcher's row (sampler.py) and the lean
+    primary-key read of a contract's status (reads.py).
     """
 
     id: str
     status: str
-    quote: dict[str, Any]
     scale: int
     held_minor: int
     duration_s: int | None
@@ -127,6 +126,16 @@ class RentalState(Protocol):
     rate_den: int
     rounding: str
     power_cost_e6: int
+
+
+class RentalState(AccrualState, Protocol):
+    """What the sample rules and the energy integral also read and write.
+
+    A `Rental` row is one; so is the sample batcher's lighter row (sampler.py), which
+    loads only these columns — both go through the same functions below.
+    """
+
+    quote: dict[str, Any]
     energy2_mw_ms: int
     last_sample_at: int | None
     last_power_mw: int | None
@@ -197,7 +206,7 @@ class RentalService:
             raise RentalNotFound(f"contract {rental_id} does not exist")
         return rental
 
-    def accrual(self, rental: RentalState, now_ns: int) -> Accrual:
+    def accrual(self, rental: AccrualState, now_ns: int) -> Accrual:
         if rental.status == SETTLED:
             assert rental.used_minor is not None
             return Accrual(rental.settled_at or now_ns, self._elapsed(rental, now_ns), rental.used_minor,
@@ -208,7 +217,7 @@ class RentalService:
         return Accrual(now_ns, secs, cost, rental.held_minor)
 
     @staticmethod
-    def _elapsed(rental: RentalState, now_ns: int) -> int:
+    def _elapsed(rental: AccrualState, now_ns: int) -> int:
         stop = rental.ended_at if rental.ended_at is not None else rental.expires_at
         return accrual.elapsed_seconds(rental.started_at, now_ns, stop)
 
@@ -464,7 +473,7 @@ class RentalService:
         return rental
 
     @staticmethod
-    def check_active(rental: RentalState, now_ns: int) -> None:
+    def check_active(rental: AccrualState, now_ns: int) -> None:
         """The rule for changing a running rental (samples, extension): it must be ACTIVE and
         not past its term — settled is `contract_already_settled`, else not active / expired."""
         if rental.status == SETTLED:

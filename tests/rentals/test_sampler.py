@@ -129,6 +129,26 @@ def test_batched_equals_one_by_one(db: Database, tenant_id: str):
         assert ra.power_cost_e6 > 0
 
 
+def test_one_batch_with_a_rental_twice_answers_each_caller_its_own_count_and_stores_exact_values(
+        db: Database, tenant_id: str):
+    clock = FrozenClock()
+    tenant = _tenant(db, tenant_id, clock)
+    a, b = _session(db, tenant, clock), _session(db, tenant, clock)
+    values = {"power_w": Decimal("450.125"), "cpu_percent": Decimal("12.50"), "memory_mb": Decimal(3500)}
+    with SampleBatcher(db, clock, window_ms=300) as batcher:  # a wide window: one batch
+        futures = [batcher.submit(tenant, rid, [rental_service.validate_sample(values)]) for rid in (a, b, a, a)]
+        done = [f.result() for f in futures]
+    assert [d.rental.sample_count for d in done] == [1, 1, 2, 3]
+    assert done[0].rental is not done[2].rental  # the earlier caller's row was not folded into
+    with db.session(write=False) as s:
+        rows = list(s.scalars(select(RentalSample).where(RentalSample.tenant_id == tenant)
+                              .order_by(RentalSample.id)))
+        assert [r.rental_id for r in rows] == [a, b, a, a]
+        assert all(r.values == {"power_w": "450.125", "cpu_percent": "12.50", "memory_mb": "3500"} for r in rows)
+        assert all(r.power_mw == 450125 for r in rows)
+        assert rental_service.get(s, tenant, a).sample_count == 3
+
+
 def test_a_refused_sample_does_not_fail_its_neighbours(db: Database, tenant_id: str):
     clock = FrozenClock()
     tenant = _tenant(db, tenant_id, clock)

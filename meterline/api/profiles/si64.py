@@ -1,7 +1,7 @@
 """The SI64 profile (seeds/000): prepaid GPU/M2 rental contracts at the seed's paths and shapes.
 
     POST /api/rent                      → contract_service.rent (payment proof claimed once)
-    GET  /api/contracts/{id}            → rental_service.get + accrual (cost computed on read)
+    GET  /api/contracts/{id}            → one primary-key read (rentals/reads.py) + accrual (cost on read)
     POST /api/metrics/{id}              → the sample batcher (group commit; rentals/sampler.py)
     POST /api/contracts/{id}/extend     → contract_service.extend
     GET  /api/devices/{tier}            → catalog devices + active leases (one grouped query)
@@ -18,6 +18,7 @@ one transaction: `WriteSession` / `ReadSession` commit at the edge.
 
 from __future__ import annotations
 
+import json
 from decimal import ROUND_HALF_UP, Context, Decimal
 from typing import Annotated, Any, TypeVarTuple
 
@@ -27,7 +28,8 @@ from sqlalchemy import Select, select, tuple_
 from sqlalchemy.orm import Session, load_only
 from starlette.concurrency import run_in_threadpool
 
-from meterline.api.body import Parsed, json_body, openapi_body
+from meterline.api import exact_json
+from meterline.api.body import Parsed, json_body, loads, openapi_body
 from meterline.api.deps import ReadSession, RuntimeDep, WriteSession, get_runtime
 from meterline.api.exact_json import ExactJSONResponse
 from meterline.api.fastpath import FastRoute
@@ -68,13 +70,16 @@ from meterline.money import STANDARD_ASSETS, parse_amount, to_major
 from meterline.rentals import accrual
 from meterline.rentals.contracts import active_leases, contract_service
 from meterline.rentals.models import Rental
+from meterline.rentals.reads import ContractReader, ContractRow, contract_reader
 from meterline.rentals.sampler import SamplerStopped
 from meterline.rentals.service import (
     ACTIVE,
     SAMPLE_FIELDS,
     SETTLED,
     Accrual,
+    AccrualState,
     InvalidRentalRequest,
+    RentalNotFound,
     RentalState,
     parse_hours,
     rental_service,
@@ -91,6 +96,7 @@ _SCALE = next(a.scale for a in STANDARD_ASSETS if a.code == PROFILE_ASSET)
 NS = accrual.NS
 _HOURS_PLACES = Decimal("0.0001")  # the seed shows elapsed_hours to 4 places (0.0042)
 _EXACT = Context(prec=40)
+_json_str = json.encoder.encode_basestring  # type: ignore[attr-defined]  # the C escaper (ensure_ascii=False)
 
 ContractId = Annotated[str, Path(min_length=1, max_length=64, description="`CTR-` and 8 letters/digits.")]
 _metrics_body = json_body(MetricsRequest)
@@ -120,7 +126,7 @@ def _hours(seconds: int) -> Decimal:
     return d if d * 3600 == seconds else d.quantize(Decimal("0.000001"), rounding=ROUND_HALF_UP)
 
 
-def _status(rental: RentalState, now_ns: int) -> str:
+def _status(rental: AccrualState, now_ns: int) -> str:
     """ACTIVE, SETTLED, or EXPIRED for an active contract past its term that the worker has
     not settled yet (it accrues nothing more)."""
     if rental.status == ACTIVE and rental.expires_at is not None and now_ns >= rental.expires_at:
@@ -128,7 +134,7 @@ def _status(rental: RentalState, now_ns: int) -> str:
     return rental.status
 
 
-def _remaining(rental: RentalState, elapsed_s: int) -> int:
+def _remaining(rental: AccrualState, elapsed_s: int) -> int:
     if rental.status != ACTIVE or rental.duration_s is None:
         return 0
     return max(0, rental.duration_s - elapsed_s)
@@ -143,20 +149,42 @@ def _parse_amount(value: Any, scale: int) -> int | None:
     return None if value is None else parse_amount(value, scale)
 
 
-def _contract_status(rental: Rental, now_ns: int) -> ContractStatus:
+# The hot answers (status, metrics) are written directly, not built as a response model and
+# dumped: the model stays the documented `response_model`, and tests check that the answers
+# carry exactly its fields, in order. Strings go through the JSON encoder's C escaper, numbers
+# through `exact_json.number` (a Decimal's exact digits).
+
+
+def _j_str(value: str | None) -> str:
+    return "null" if value is None else _json_str(value)
+
+
+def _j_int(value: int | None) -> str:
+    return "null" if value is None else str(value)
+
+
+def _j_num(value: Decimal | None) -> str:
+    return "null" if value is None else exact_json.number(value)
+
+
+def _contract_status(rental: ContractRow, now_ns: int) -> bytes:
+    """A ContractStatus, as JSON."""
     acc = rental_service.accrual(rental, now_ns)
     m = rental.scale
     settled = rental.status == SETTLED
-    return ContractStatus(
-        contract_id=rental.id, wallet=rental.customer_id, tier=rental.tier, status=_status(rental, now_ns),
-        prepaid_sol=to_major(rental.held_minor, m), used_sol=to_major(acc.cost_minor, m),
-        refund_available=to_major(acc.refund_minor, m), duration_hours=_hours(rental.duration_s or 0),
-        elapsed_hours=_elapsed_hours(acc.elapsed_s), remaining_seconds=_remaining(rental, acc.elapsed_s),
-        created_at=rental.created_at // NS, expires_at=_secs(rental.expires_at), device_id=rental.device_id,
-        asset=rental.asset, settled_at=_secs(rental.settled_at),
-        refund_sol=to_major(rental.refund_minor or 0, m) if settled else None,
-        tx_signature=rental.refund_tx if settled else None,
-    )
+    return (
+        f'{{"contract_id":{_j_str(rental.id)},"wallet":{_j_str(rental.customer_id)},"tier":{_j_str(rental.tier)},'
+        f'"status":{_j_str(_status(rental, now_ns))},"prepaid_sol":{_j_num(to_major(rental.held_minor, m))},'
+        f'"used_sol":{_j_num(to_major(acc.cost_minor, m))},'
+        f'"refund_available":{_j_num(to_major(acc.refund_minor, m))},'
+        f'"duration_hours":{_j_num(_hours(rental.duration_s or 0))},'
+        f'"elapsed_hours":{_j_num(_elapsed_hours(acc.elapsed_s))},'
+        f'"remaining_seconds":{_remaining(rental, acc.elapsed_s)},"created_at":{rental.created_at // NS},'
+        f'"expires_at":{_j_int(_secs(rental.expires_at))},"device_id":{_j_str(rental.device_id)},'
+        f'"asset":{_j_str(rental.asset)},"settled_at":{_j_int(_secs(rental.settled_at))},'
+        f'"refund_sol":{_j_num(to_major(rental.refund_minor or 0, m) if settled else None)},'
+        f'"tx_signature":{_j_str(rental.refund_tx if settled else None)}}}'
+    ).encode()
 
 
 # -- contracts ----------------------------------------------------------------------------------
@@ -212,16 +240,22 @@ def rent(
 async def get_contract(request: Request, contract_id: ContractId, principal: LedgerReadAsync) -> Response:
     """Prepaid, used so far and refundable now — computed on read from the locked rate, so the
     three always add up (`prepaid_sol = used_sol + refund_available`)."""
-    # Polled while devices stream samples: one primary-key read in a deferred (WAL snapshot)
-    # read transaction, which never waits for the sample writer, and a single threadpool hop
-    # (sync dependencies would cost one each, queued behind other requests for the pool).
-    return await run_in_threadpool(_read_contract, get_runtime(request), principal.tenant_id, contract_id)
+    # Polled while devices stream samples: one primary-key SELECT of the columns the status
+    # shows (rentals/reads.py), which never waits for the sample writer (WAL). On SQLite it
+    # takes microseconds and runs right here on the event loop — a threadpool hop would cost
+    # more than the read; on PostgreSQL it is a round trip, so it goes to the threadpool.
+    runtime = get_runtime(request)
+    reader = contract_reader(runtime.db)
+    if reader.inline:
+        return _read_contract(runtime, reader, principal.tenant_id, contract_id)
+    return await run_in_threadpool(_read_contract, runtime, reader, principal.tenant_id, contract_id)
 
 
-def _read_contract(runtime: Runtime, tenant: str, contract_id: str) -> Response:
-    with runtime.db.session(write=False) as session:
-        rental = rental_service.get(session, tenant, contract_id)
-        return _answer(_contract_status(rental, runtime.clock.now_ns()))
+def _read_contract(runtime: Runtime, reader: ContractReader, tenant: str, contract_id: str) -> Response:
+    row = reader.status_row(tenant, contract_id)
+    if row is None:
+        raise RentalNotFound(f"contract {contract_id} does not exist")
+    return Response(_contract_status(row, runtime.clock.now_ns()), media_type="application/json")
 
 
 @router.post(
@@ -239,18 +273,29 @@ async def record_metrics(
     """Store a metrics sample and answer with the running cost. Nothing is written to the
     ledger per sample; cost accrues with time (and metered power, when `power_w` is sent).
     Answered once the sample is committed (group commit with concurrent samples)."""
-    runtime = get_runtime(request)  # not RuntimeDep: a sync dependency would cost a threadpool hop
-    tenant = principal.tenant_id
     values = {k: v for k, v in body.value.model_dump().items() if k in SAMPLE_FIELDS and v is not None}
-    if IDEMPOTENCY_HEADER in request.headers:
+    return await _record(request, principal.tenant_id, contract_id, values, body.raw)
+
+
+async def _record(request: Request, tenant: str, contract_id: str, values: dict[str, Any], raw: bytes) -> Response:
+    runtime = get_runtime(request)  # not RuntimeDep: a sync dependency would cost a threadpool hop
+    if _has_header(request, _IDEMPOTENCY_NAME):
         # Claiming the key and storing the sample must commit together: the one-transaction path.
-        return await run_in_threadpool(_record_idempotent, request, runtime, tenant, contract_id, values, body.raw)
+        return await run_in_threadpool(_record_idempotent, request, runtime, tenant, contract_id, values, raw)
     clean = rental_service.validate_sample(values)
     try:
         done = await runtime.sampler.record_async(tenant, contract_id, [clean])
     except SamplerStopped:
         raise ServiceUnavailable("samples are not being accepted right now") from None
     return _metrics_answer(done.rental, done.accrual)
+
+
+_IDEMPOTENCY_NAME = IDEMPOTENCY_HEADER.lower().encode("latin-1")
+
+
+def _has_header(request: Request, name: bytes) -> bool:
+    # Straight from the ASGI headers (lower-case names): Starlette's Headers mapping costs more.
+    return any(k == name for k, _ in request.scope["headers"])
 
 
 def _fast_contract_id(request: Request) -> str | None:
@@ -271,7 +316,19 @@ async def _fast_record_metrics(request: Request) -> Response | None:
     if contract_id is None:
         return None
     principal = await ledger_write_async(request)
-    return await record_metrics(request, contract_id, principal, await _metrics_body(request))
+    # The fast path hands on a body that arrived in one message: take it as it is (Starlette's
+    # body() streams it through an async generator). Anything unusual goes to the route.
+    message = await request.receive()
+    raw = message.get("body", b"")
+    if message.get("more_body") or len(raw) > get_runtime(request).settings.max_body_bytes:
+        return None
+    # MetricsRequest, without building the model: an object's sample fields (others are ignored,
+    # as the model ignores them). Anything else goes to the route, which renders the 422.
+    data = loads(raw)
+    if not isinstance(data, dict):
+        return None
+    values = {k: v for k, v in data.items() if k in SAMPLE_FIELDS and v is not None}
+    return await _record(request, principal.tenant_id, contract_id, values, raw)
 
 
 # Devices stream samples and poll status thousands of times a second: both are dispatched
@@ -291,12 +348,16 @@ def _record_idempotent(request: Request, runtime: Runtime, tenant: str, contract
 
 
 def _metrics_answer(rental: RentalState, acc: Accrual) -> Response:
+    """A MetricsResponse, written directly (see `_contract_status`): it answers every sample."""
     m = rental.scale
-    return _answer(MetricsResponse(
-        contract_id=rental.id, metrics_recorded=True, elapsed_hours=_elapsed_hours(acc.elapsed_s),
-        cost_so_far=to_major(acc.cost_minor, m), refund_available=to_major(acc.refund_minor, m),
-        remaining_seconds=_remaining(rental, acc.elapsed_s), samples=rental.sample_count,
-    ))
+    return Response(
+        f'{{"contract_id":{_j_str(rental.id)},"metrics_recorded":true,'
+        f'"elapsed_hours":{_j_num(_elapsed_hours(acc.elapsed_s))},'
+        f'"cost_so_far":{_j_num(to_major(acc.cost_minor, m))},'
+        f'"refund_available":{_j_num(to_major(acc.refund_minor, m))},'
+        f'"remaining_seconds":{_remaining(rental, acc.elapsed_s)},"samples":{rental.sample_count}}}'.encode(),
+        media_type="application/json",
+    )
 
 
 @router.post(

@@ -19,6 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import delete, insert
 
+from meterline.api.profiles.si64_schemas import ContractStatus, MetricsResponse
 from meterline.catalog.service import catalog_service
 from meterline.clock import FrozenClock
 from meterline.db.engine import Database
@@ -291,6 +292,31 @@ def test_unknown_fields_are_ignored(client: TestClient, t: ApiTenant):
     assert m.status_code == 200, m.text
 
 
+def test_hot_answers_are_their_documented_models_field_for_field(client: TestClient, t: ApiTenant,
+                                                                   clock: FrozenClock):
+    """Status and metrics answers are written directly (no response model on the hot path):
+    they must carry exactly the documented models' fields, in order, and validate as them."""
+    cid = rent_id(client, t)
+    clock.advance(7)
+    m = client.post(f"/api/metrics/{cid}", json={**METRICS, "power_w": 123.4}, headers=t.w)
+    assert list(body(m)) == list(MetricsResponse.model_fields)
+    assert MetricsResponse.model_validate(body(m)).samples == 1
+    st = client.get(f"/api/contracts/{cid}", headers=t.r)
+    assert list(body(st)) == list(ContractStatus.model_fields)
+    assert ContractStatus.model_validate(body(st)).status == "ACTIVE"
+    client.post(f"/api/contracts/{cid}/settle", headers=t.w)
+    settled = ContractStatus.model_validate(body(client.get(f"/api/contracts/{cid}", headers=t.r)))
+    assert settled.status == "SETTLED" and settled.refund_sol is not None
+    assert settled.used_sol + settled.refund_available == settled.prepaid_sol
+
+
+@pytest.mark.parametrize("raw", [b"[]", b"12", b'"x"', b"null"])
+def test_metrics_body_that_is_not_an_object_is_422(client: TestClient, t: ApiTenant, raw: bytes):
+    cid = rent_id(client, t)
+    r = client.post(f"/api/metrics/{cid}", content=raw, headers={**t.w, "content-type": "application/json"})
+    assert_problem(r, 422, "validation_error")
+
+
 @pytest.mark.parametrize(("payload", "code"), [
     ({"cpu_percent": "abc"}, "invalid_rental_request"),
     ({"cpu_percent": -5}, "invalid_rental_request"),
@@ -389,6 +415,19 @@ def test_replayed_tx_signature_is_409(client: TestClient, t: ApiTenant):
     assert_problem(rent(client, t, sig="once-only"), 409, "payment_proof_reused")
     assert_problem(rent(client, t, sig="once-only", hours=2, amount=0.002), 409, "payment_proof_reused")
     assert body(client.get("/api/billing/ledger", headers=t.r))["active_count"] == 1
+
+
+def test_idempotency_key_replays_a_metrics_sample(client: TestClient, t: ApiTenant, db: Database):
+    cid = rent_id(client, t)
+    h = {**t.w, "Idempotency-Key": "sample-1"}
+    first = client.post(f"/api/metrics/{cid}", json=METRICS, headers=h)
+    again = client.post(f"/api/metrics/{cid}", json=METRICS, headers=h)
+    assert first.status_code == again.status_code == 200, first.text
+    assert body(again) == body(first) and body(first)["samples"] == 1
+    assert_problem(client.post(f"/api/metrics/{cid}", json={"cpu_percent": 1}, headers=h), 409,
+                   "idempotency_conflict")
+    nxt = client.post(f"/api/metrics/{cid}", json=METRICS, headers=t.w)  # no key: a new sample
+    assert body(nxt)["samples"] == 2
 
 
 def test_idempotency_key_replays_the_rent(client: TestClient, t: ApiTenant):
