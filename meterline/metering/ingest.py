@@ -181,7 +181,8 @@ def apply(
     if pg and len(ids) >= _COPY_MIN_ROWS:
         # Bet that every id is new, and fold the batch on that bet while PostgreSQL inserts the
         # claim's rows (the COPY streams: the server works as the data arrives).
-        folded = _copy_claim(conn, tenant_id, ids, lambda: _fold(tenant_id, licensee, device, now, cand, None))
+        folded = _copy_claim(conn, tenant_id, ids, lambda: _fold(tenant_id, licensee, device, now, cand, None,
+                                                                  copy_text=True))
     if folded is None:
         folded = _fold(tenant_id, licensee, device, now, cand, _claim(conn, pg, tenant_id, ids))
     for i in folded.accepted:
@@ -191,7 +192,7 @@ def apply(
     res.duplicates += len(folded.duplicates)
     res.accepted = len(folded.rows)
     if folded.rows:
-        _write(conn, pg, tenant_id, licensee, folded.rows, folded.rollups, folded.uniques)
+        _write(conn, pg, tenant_id, licensee, folded.rows, folded.rollups, folded.uniques, folded.copy_text)
     return res
 
 
@@ -205,12 +206,14 @@ class _Folded:
     uniques: set[tuple[str, str, int, str]]
     accepted: list[int]
     duplicates: list[int]
+    copy_text: str | None = None  # the rows in COPY's text format, when built in advance
 
 
 def _fold(tenant_id: str, licensee: str, device: str, now: int,
           cand: dict[str, tuple[int, str, str, int, int, str | None, str | None]],
-          claimed: set[str] | None) -> _Folded:
-    """Rows and rollups of the claimed candidates (`claimed` None: all of them)."""
+          claimed: set[str] | None, *, copy_text: bool = False) -> _Folded:
+    """Rows and rollups of the claimed candidates (`claimed` None: all of them), and with
+    `copy_text` the rows' COPY text too."""
     rows: list[tuple[Any, ...]] = []
     rollups: dict[tuple[str, str, int], list[int]] = {}
     uniques: set[tuple[str, str, int, str]] = set()
@@ -238,7 +241,8 @@ def _fold(tenant_id: str, licensee: str, device: str, now: int,
         if unique is not None:
             uniques.add((meter_id, subject, bucket, unique))
     rows.sort(key=_by_ts)  # key order: appends to the b-tree instead of scattering page splits
-    return _Folded(rows, rollups, uniques, accepted, duplicates)
+    text = _events_copy_text(tenant_id, licensee, rows) if copy_text and len(rows) >= _COPY_MIN_ROWS else None
+    return _Folded(rows, rollups, uniques, accepted, duplicates, text)
 
 
 def _by_ts(row: tuple[Any, ...]) -> Any:
@@ -383,6 +387,7 @@ def _write(
     rows: list[tuple[Any, ...]],
     rollups: dict[tuple[str, str, int], list[int]],
     uniques: set[tuple[str, str, int, str]],
+    copy_text: str | None = None,
 ) -> None:
     cur = _cursor(conn)
     try:
@@ -393,7 +398,7 @@ def _write(
             # inserts them.
             with cur.copy(f"COPY usage_events ({_EVENT_COLS}) FROM STDIN",
                           writer=LibpqWriter(cur, flush_threshold=0)) as cp:
-                cp.write(_events_copy_text(tenant_id, licensee, rows))
+                cp.write(copy_text if copy_text is not None else _events_copy_text(tenant_id, licensee, rows))
                 daily, daily_uniques = _daily(rollups, uniques)
         else:
             daily, daily_uniques = _daily(rollups, uniques)
