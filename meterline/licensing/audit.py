@@ -53,8 +53,8 @@ class AuditBuffer:
         self._queue.append(record)
         if self._thread is None:
             self.start()
-        elif len(self._queue) >= self.batch:
-            self._wake.set()
+        elif len(self._queue) >= self.batch and not self._wake.is_set():
+            self._wake.set()  # (set takes a lock: not again while the thread has yet to wake)
 
     def pending(self) -> int:
         return len(self._queue)

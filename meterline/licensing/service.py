@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -207,8 +207,10 @@ class HeartbeatResult:
     device: LicenseDevice | None
 
 
-@dataclass(frozen=True, slots=True)
-class AuditRecord:
+class AuditRecord(NamedTuple):
+    """One audit entry, queued by every answer (a named tuple: built in a fraction of a frozen
+    dataclass's time, which counts on the validation hot path)."""
+
     tenant_id: str
     ts: int
     principal: str

@@ -21,15 +21,17 @@ batches on PostgreSQL lock in the same order and cannot deadlock each other.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from meterline.metering.values import BadValue, properties_json, quantity_micro, timestamp_ns
 
+T = TypeVar("T")
 HOUR_NS = 3600 * 1_000_000_000
 DAY_NS = 24 * HOUR_NS
 MAX_ID = 128
@@ -174,16 +176,54 @@ def apply(
 
     if not cand:
         return res
-    claimed = _claim(conn, pg, tenant_id, sorted(cand))
+    ids = sorted(cand)
+    folded: _Folded | None = None
+    if pg and len(ids) >= _COPY_MIN_ROWS:
+        # Bet that every id is new, and fold the batch on that bet while PostgreSQL inserts the
+        # claim's rows (the COPY streams: the server works as the data arrives).
+        folded = _copy_claim(conn, tenant_id, ids, lambda: _fold(tenant_id, licensee, device, now, cand, None,
+                                                                  copy_text=True))
+    if folded is None:
+        folded = _fold(tenant_id, licensee, device, now, cand, _claim(conn, pg, tenant_id, ids))
+    for i in folded.accepted:
+        codes[i] = ACCEPTED
+    for i in folded.duplicates:
+        codes[i] = DUPLICATE
+    res.duplicates += len(folded.duplicates)
+    res.accepted = len(folded.rows)
+    if folded.rows:
+        _write(conn, pg, tenant_id, licensee, folded.rows, folded.rollups, folded.uniques, folded.copy_text)
+    return res
+
+
+@dataclass(slots=True)
+class _Folded:
+    """A batch's claimed events as raw rows (in key order), their hourly rollups and unique
+    values, and which submitted events were accepted and which were duplicates (indexes)."""
+
+    rows: list[tuple[Any, ...]]
+    rollups: dict[tuple[str, str, int], list[int]]
+    uniques: set[tuple[str, str, int, str]]
+    accepted: list[int]
+    duplicates: list[int]
+    copy_text: str | None = None  # the rows in COPY's text format, when built in advance
+
+
+def _fold(tenant_id: str, licensee: str, device: str, now: int,
+          cand: dict[str, tuple[int, str, str, int, int, str | None, str | None]],
+          claimed: set[str] | None, *, copy_text: bool = False) -> _Folded:
+    """Rows and rollups of the claimed candidates (`claimed` None: all of them), and with
+    `copy_text` the rows' COPY text too."""
     rows: list[tuple[Any, ...]] = []
     rollups: dict[tuple[str, str, int], list[int]] = {}
     uniques: set[tuple[str, str, int, str]] = set()
+    accepted: list[int] = []
+    duplicates: list[int] = []
     for eid, (i, subject, meter_id, micro, ts, props_text, unique) in cand.items():
-        if eid not in claimed:
-            codes[i] = DUPLICATE
-            res.duplicates += 1
+        if claimed is not None and eid not in claimed:
+            duplicates.append(i)
             continue
-        codes[i] = ACCEPTED
+        accepted.append(i)
         rows.append((tenant_id, ts, eid, licensee, device, subject, meter_id, micro, props_text, now))
         bucket = ts - ts % HOUR_NS
         key = (meter_id, subject, bucket)
@@ -200,11 +240,9 @@ def apply(
                 agg[4] = ts
         if unique is not None:
             uniques.add((meter_id, subject, bucket, unique))
-    res.accepted = len(rows)
-    if rows:
-        rows.sort(key=_by_ts)  # key order: appends to the b-tree instead of scattering page splits
-        _write(conn, pg, tenant_id, licensee, rows, rollups, uniques)
-    return res
+    rows.sort(key=_by_ts)  # key order: appends to the b-tree instead of scattering page splits
+    text = _events_copy_text(tenant_id, licensee, rows) if copy_text and len(rows) >= _COPY_MIN_ROWS else None
+    return _Folded(rows, rollups, uniques, accepted, duplicates, text)
 
 
 def _by_ts(row: tuple[Any, ...]) -> Any:
@@ -232,8 +270,6 @@ def _claim(conn: Connection, pg: bool, tenant_id: str, ids: list[str]) -> set[st
     cur = _cursor(conn)
     try:
         if pg:
-            if len(ids) >= _COPY_MIN_ROWS and _copy_claim(cur, tenant_id, ids):
-                return set(ids)
             cur.execute(
                 "INSERT INTO usage_event_ids (tenant_id, event_id) "
                 "SELECT %s, k FROM unnest(%s::text[]) WITH ORDINALITY AS v(k, n) ORDER BY n "
@@ -260,12 +296,14 @@ def _claim(conn: Connection, pg: bool, tenant_id: str, ids: list[str]) -> set[st
         cur.close()
 
 
-def _copy_claim(cur: Any, tenant_id: str, ids: list[str]) -> bool:
+def _copy_claim(conn: Connection, tenant_id: str, ids: list[str], meanwhile: Callable[[], T]) -> T | None:
     """Claim every id with one COPY, betting that none was seen before (the common case: a
-    retried batch is the exception). True when the bet won and all the ids are now claimed;
-    False when one already existed — the savepoint then undoes the partial COPY and the
-    caller claims with ON CONFLICT DO NOTHING. Why: ON CONFLICT's speculative insertion and
-    the RETURNING rows cost about twice a COPY of the same ids on PostgreSQL.
+    retried batch is the exception), and run `meanwhile` — the batch's own Python work — while
+    the server inserts them. Its result when the bet won and all the ids are now claimed; None
+    when one already existed — the savepoint then undoes the partial COPY and the caller
+    claims with ON CONFLICT DO NOTHING. Why: ON CONFLICT's speculative insertion and the
+    RETURNING rows cost about twice a COPY of the same ids on PostgreSQL; and the server's
+    inserts and the client's folding overlap instead of taking turns.
 
     Still atomic with the write: the COPY runs in the caller's transaction, so a later
     failure rolls these ids back with the events and rollups. A concurrent claimer of the
@@ -273,21 +311,29 @@ def _copy_claim(cur: Any, tenant_id: str, ids: list[str]) -> bool:
     unique violation (→ the fallback) if this one commits.
     """
     from psycopg import errors
+    from psycopg.copy import LibpqWriter
 
     data = "".join([f"{tenant_id}\t{k}\n" for k in ids])
     if not _copy_safe(data, len(ids), 1):
         esc = _COPY_ESCAPES
         data = "".join([f"{tenant_id.translate(esc)}\t{k.translate(esc)}\n" for k in ids])
-    cur.execute("SAVEPOINT usage_claim")
+    cur = _cursor(conn)
     try:
-        with cur.copy("COPY usage_event_ids (tenant_id, event_id) FROM STDIN") as cp:
-            cp.write(data)
-    except errors.UniqueViolation:
-        cur.execute("ROLLBACK TO SAVEPOINT usage_claim")
+        cur.execute("SAVEPOINT usage_claim")
+        try:
+            # flush_threshold=0: the data goes to the server now, not when the COPY ends.
+            with cur.copy("COPY usage_event_ids (tenant_id, event_id) FROM STDIN",
+                          writer=LibpqWriter(cur, flush_threshold=0)) as cp:
+                cp.write(data)
+                result = meanwhile()
+        except errors.UniqueViolation:
+            cur.execute("ROLLBACK TO SAVEPOINT usage_claim")
+            cur.execute("RELEASE SAVEPOINT usage_claim")
+            return None
         cur.execute("RELEASE SAVEPOINT usage_claim")
-        return False
-    cur.execute("RELEASE SAVEPOINT usage_claim")
-    return True
+        return result
+    finally:
+        cur.close()
 
 
 _COPY_NULL = "\\N"
@@ -341,24 +387,31 @@ def _write(
     rows: list[tuple[Any, ...]],
     rollups: dict[tuple[str, str, int], list[int]],
     uniques: set[tuple[str, str, int, str]],
+    copy_text: str | None = None,
 ) -> None:
-    daily, daily_uniques = _daily(rollups, uniques)
     cur = _cursor(conn)
     try:
-        if pg:
-            if len(rows) >= _COPY_MIN_ROWS:
-                with cur.copy(f"COPY usage_events ({_EVENT_COLS}) FROM STDIN") as cp:
-                    cp.write(_events_copy_text(tenant_id, licensee, rows))
-            else:
-                cur.executemany(f"INSERT INTO usage_events ({_EVENT_COLS}) VALUES ({', '.join(['%s'] * 10)})",
-                                rows)
+        if pg and len(rows) >= _COPY_MIN_ROWS:
+            from psycopg.copy import LibpqWriter
+
+            # As with the claim: the rows go to the server now, and the daily fold runs while it
+            # inserts them.
+            with cur.copy(f"COPY usage_events ({_EVENT_COLS}) FROM STDIN",
+                          writer=LibpqWriter(cur, flush_threshold=0)) as cp:
+                cp.write(copy_text if copy_text is not None else _events_copy_text(tenant_id, licensee, rows))
+                daily, daily_uniques = _daily(rollups, uniques)
         else:
-            cur.executemany(f"INSERT INTO usage_events ({_EVENT_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
-        for table, aggs in (("usage_rollups", rollups), ("usage_rollups_daily", daily)):
-            _upsert_rollups(cur, pg, table, tenant_id, licensee, aggs)
-        for table, values in (("usage_rollup_uniques", uniques), ("usage_rollup_uniques_daily", daily_uniques)):
-            if values:
-                _insert_uniques(cur, pg, table, tenant_id, licensee, sorted(values))
+            daily, daily_uniques = _daily(rollups, uniques)
+            ph = ", ".join(["%s" if pg else "?"] * 10)
+            cur.executemany(f"INSERT INTO usage_events ({_EVENT_COLS}) VALUES ({ph})", rows)
+        # On PostgreSQL the upserts go in one pipeline: one round trip for all of them.
+        with conn.connection.dbapi_connection.pipeline() if pg else contextlib.nullcontext():  # type: ignore[union-attr]
+            for table, aggs in (("usage_rollups", rollups), ("usage_rollups_daily", daily)):
+                _upsert_rollups(cur, pg, table, tenant_id, licensee, aggs)
+            for table, values in (("usage_rollup_uniques", uniques),
+                                  ("usage_rollup_uniques_daily", daily_uniques)):
+                if values:
+                    _insert_uniques(cur, pg, table, tenant_id, licensee, sorted(values))
     finally:
         cur.close()
 

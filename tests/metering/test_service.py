@@ -194,6 +194,27 @@ def test_failed_write_leaves_ids_unclaimed(session, tenant, clock, t0, monkeypat
     assert (r.accepted, r.duplicates) == (2, 0)
 
 
+def test_a_failure_while_the_claim_streams_leaves_ids_unclaimed(session, tenant, clock, t0, monkeypatch):
+    """On PostgreSQL the batch is folded while the claim's COPY is still open; an error there
+    aborts the COPY and the transaction, so no id stays claimed (SQLite folds after its claim)."""
+    now = clock.now_ns()
+    batch = [ev(f"f{i}", 1, ts=t0 + i) for i in range(40)]  # enough for the COPY claim
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("fold failed")
+
+    monkeypatch.setattr(ingest_engine, "_fold", boom)
+    with pytest.raises(RuntimeError):
+        with session.begin_nested():
+            ingest(session, tenant, batch, now)
+    monkeypatch.undo()
+    assert session.scalar(select(func.count()).select_from(UsageEventId).where(UsageEventId.tenant_id == tenant)) == 0
+    r = ingest(session, tenant, batch, now)
+    assert (r.accepted, r.duplicates, set(r.results)) == (40, 0, {"accepted"})
+    [row] = total(session, tenant, "frames_processed", t0)
+    assert (row.value_micro, row.events) == (40_000_000, 40)
+
+
 def test_batch_limits_and_meter_rules(session, tenant, clock, t0):
     now = clock.now_ns()
     with pytest.raises(UsageBatchTooLarge):

@@ -23,17 +23,20 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Generic, TypeGuard, TypeVar
 
 from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
 
-from meterline.api.body import json_body, openapi_body, read_json, validate
+from meterline.api.body import json_body, loads, openapi_body, validate
 from meterline.api.deps import ReadSession, RuntimeDep, require, require_async
-from meterline.api.fastpath import FastRoute, authorized
+from meterline.api.fastpath import FastRoute
 from meterline.api.runtime import Runtime
 from meterline.api.v1.common import errors
 from meterline.clock import to_rfc3339
+from meterline.errors import PayloadTooLarge
 from meterline.identity.service import Principal
 from meterline.licensing.runtime import Answer, LicensingRuntime
 from meterline.licensing.schemas import (
@@ -77,8 +80,17 @@ def _json(body: dict[str, Any]) -> Response:
     return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
 
 
-def _rendered(content: bytes) -> Response:
-    return Response(content, media_type="application/json")
+class _Rendered(Response):
+    """A response rendered once and sent as often as asked: the status line, headers and body
+    are fixed, so sending it is two ASGI messages and nothing else (Starlette's `Response`
+    builds its header list and background handling on every construction)."""
+
+    def __init__(self, content: bytes, status_code: int = 200) -> None:
+        super().__init__(content, status_code=status_code, media_type="application/json")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        await send({"type": "http.response.body", "body": self.body})
 
 
 class _RenderedBodies:
@@ -86,20 +98,27 @@ class _RenderedBodies:
     its snapshot and code, and rendering it (a dict, an RFC 3339 date, `json.dumps`) cost
     more than the cache lookup that produced it. Keyed by the snapshot object's identity
     (the value keeps the object alive, so the id cannot be reused while cached); a changed
-    license is a new snapshot, hence a new entry. Bounded: cleared when full."""
+    license is a new snapshot, hence a new entry. Bounded: cleared when full. What is kept
+    is the whole response (`_Rendered`), so a warm answer builds no response object either."""
 
     def __init__(self, limit: int = 4096) -> None:
         self.limit = limit
-        self._bodies: dict[Any, tuple[Any, bytes]] = {}
+        self._bodies: dict[Any, tuple[Any, _Rendered]] = {}
 
     def license(self, answer: Answer) -> bytes:
+        return bytes(self.license_response(answer).body)
+
+    def entitlement(self, answer: Answer, feature: str) -> bytes:
+        return bytes(self.entitlement_response(answer, feature).body)
+
+    def license_response(self, answer: Answer) -> _Rendered:
         key = (id(answer.snapshot), answer.code, answer.allowed)
         hit = self._bodies.get(key)
         if hit is not None and hit[0] is answer.snapshot:
             return hit[1]
         return self._put(key, answer.snapshot, _license_body(answer))
 
-    def entitlement(self, answer: Answer, feature: str) -> bytes:
+    def entitlement_response(self, answer: Answer, feature: str) -> _Rendered:
         key = (id(answer.snapshot), answer.code, answer.growth_pack, answer.allowed, feature)
         hit = self._bodies.get(key)
         if hit is not None and hit[0] is answer.snapshot:
@@ -107,39 +126,82 @@ class _RenderedBodies:
         return self._put(key, answer.snapshot, {"allowed": answer.allowed, "feature": feature,
                                                 "growth_pack": answer.growth_pack, "code": answer.code})
 
-    def _put(self, key: Any, snapshot: Any, body: dict[str, Any]) -> bytes:
-        content = json.dumps(body, separators=(",", ":")).encode()
+    def _put(self, key: Any, snapshot: Any, body: dict[str, Any]) -> _Rendered:
+        response = _Rendered(json.dumps(body, separators=(",", ":")).encode())
         if len(self._bodies) >= self.limit:
             self._bodies.clear()
-        self._bodies[key] = (snapshot, content)
-        return content
+        self._bodies[key] = (snapshot, response)
+        return response
 
 
 _BODIES = _RenderedBodies()
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@/-]*")
 
 
-def _plain_id(value: Any, limit: int = 128) -> bool:
+def _plain_id(value: Any, limit: int = 128) -> TypeGuard[str]:
     return type(value) is str and 0 < len(value) <= limit and _ID.fullmatch(value) is not None
 
 
-def _validate_request(data: Any) -> ValidateRequest:
+ValidateFields = tuple[str, str, str | None]  # licensee (the body's tenant_id), camera_id, device_id
+EntitlementFields = tuple[str, str | None, str]  # licensee, camera_id, feature
+
+
+def _validate_fields(data: Any) -> ValidateFields:
     """The common, well-formed body checked by hand (what the schema checks, in a fraction
     of pydantic's time); anything else goes through the schema, which renders the 422."""
     if type(data) is dict:
         camera, licensee, device = data.get("camera_id"), data.get("tenant_id"), data.get("device_id")
         if _plain_id(camera) and _plain_id(licensee) and (device is None or _plain_id(device)):
-            return ValidateRequest.model_construct(camera_id=camera, tenant_id=licensee, device_id=device)
-    return validate(ValidateRequest, data)
+            return licensee, camera, device
+    body = validate(ValidateRequest, data)
+    return body.tenant_id, body.camera_id, body.device_id
 
 
-def _entitlement_request(data: Any) -> EntitlementRequest:
-    """As `_validate_request`, for an entitlement check."""
+def _entitlement_fields(data: Any) -> EntitlementFields:
+    """As `_validate_fields`, for an entitlement check."""
     if type(data) is dict:
         licensee, camera, feature = data.get("tenant_id"), data.get("camera_id"), data.get("feature")
         if _plain_id(licensee) and (camera is None or _plain_id(camera)) and _plain_id(feature, 64):
-            return EntitlementRequest.model_construct(tenant_id=licensee, camera_id=camera, feature=feature)
-    return validate(EntitlementRequest, data)
+            return licensee, camera, feature
+    body = validate(EntitlementRequest, data)
+    return body.tenant_id, body.camera_id, body.feature
+
+
+F = TypeVar("F")
+_INLINE_PARSE = 64 * 1024  # larger bodies are parsed off the event loop, as `read_json` does
+
+
+class _ParsedBodies(Generic[F]):
+    """Request bodies already parsed and checked, by their exact bytes. A device sends the
+    same few bodies over and over (its cameras' validations), so after the first time a
+    body costs one dict lookup instead of a JSON decode and three pattern matches. Only
+    valid bodies are kept; only short ones; cleared when full."""
+
+    MAX_BODY = 512
+
+    def __init__(self, parse: Callable[[Any], F], limit: int = 16_384) -> None:
+        self.parse = parse
+        self.limit = limit
+        self._fields: dict[bytes, F] = {}
+
+    async def fields(self, raw: bytes, max_bytes: int) -> F:
+        """The fields of a request body (413 when too large, 422 when malformed)."""
+        fields = self._fields.get(raw)
+        if fields is not None:
+            return fields
+        if len(raw) > max_bytes:
+            raise PayloadTooLarge(f"the body is larger than {max_bytes} bytes")
+        data = loads(raw) if len(raw) <= _INLINE_PARSE else await run_in_threadpool(loads, raw)
+        fields = self.parse(data)
+        if len(raw) <= self.MAX_BODY:
+            if len(self._fields) >= self.limit:
+                self._fields.clear()
+            self._fields[raw] = fields
+        return fields
+
+
+_VALIDATE_BODIES = _ParsedBodies(_validate_fields)
+_ENTITLEMENT_BODIES = _ParsedBodies(_entitlement_fields)
 
 
 def _lic(runtime: Runtime) -> LicensingRuntime:
@@ -156,18 +218,20 @@ async def validate_license(request: Request, principal: Principal = Depends(_val
     past the allowance a new camera gets `camera_limit_exceeded` while activated ones stay
     valid. Other codes: `license_not_found`, `license_suspended`, `license_expired`,
     `trial_expired`, `license_not_yet_valid`."""
+    return await _validate(request, principal, await request.body())
+
+
+async def _validate(request: Request, principal: Principal, raw: bytes) -> Response:
     runtime: Runtime = request.app.state.runtime
-    data, _ = await read_json(request, max_bytes=runtime.settings.max_body_bytes)
-    body = _validate_request(data)
+    licensee, camera, device = await _VALIDATE_BODIES.fields(raw, runtime.settings.max_body_bytes)
     lic = _lic(runtime)
     now = runtime.clock.now_ns()
     tenant = principal.tenant_id
-    answer = lic.validate_cached(tenant, body.tenant_id, body.camera_id, now)
+    answer = lic.validate_cached(tenant, licensee, camera, now)
     if answer is None:
-        answer = await run_in_threadpool(lic.validate, tenant, body.tenant_id, body.camera_id, body.device_id, now)
-    lic.record(tenant, _who(principal), "validate", body.tenant_id, answer, now, camera_id=body.camera_id,
-               device_id=body.device_id)
-    return _rendered(_BODIES.license(answer))
+        answer = await run_in_threadpool(lic.validate, tenant, licensee, camera, device, now)
+    lic.record(tenant, _who(principal), "validate", licensee, answer, now, camera_id=camera, device_id=device)
+    return _BODIES.license_response(answer)
 
 
 @router.post(
@@ -178,18 +242,20 @@ async def check_entitlement(request: Request, principal: Principal = Depends(_va
     """`allowed` with the growth pack that grants the feature. Codes: `ok`,
     `feature_not_found`, `growth_pack_not_enabled`, `camera_not_activated` (a camera_id
     was given and is not activated), and the license codes of validation."""
+    return await _entitlement(request, principal, await request.body())
+
+
+async def _entitlement(request: Request, principal: Principal, raw: bytes) -> Response:
     runtime: Runtime = request.app.state.runtime
-    data, _ = await read_json(request, max_bytes=runtime.settings.max_body_bytes)
-    body = _entitlement_request(data)
+    licensee, camera, feature = await _ENTITLEMENT_BODIES.fields(raw, runtime.settings.max_body_bytes)
     lic = _lic(runtime)
     now = runtime.clock.now_ns()
     tenant = principal.tenant_id
-    answer = lic.entitlement_cached(tenant, body.tenant_id, body.camera_id, body.feature, now)
+    answer = lic.entitlement_cached(tenant, licensee, camera, feature, now)
     if answer is None:
-        answer = await run_in_threadpool(lic.entitlement, tenant, body.tenant_id, body.camera_id, body.feature, now)
-    lic.record(tenant, _who(principal), "entitlement", body.tenant_id, answer, now, camera_id=body.camera_id,
-               feature=body.feature)
-    return _rendered(_BODIES.entitlement(answer, body.feature))
+        answer = await run_in_threadpool(lic.entitlement, tenant, licensee, camera, feature, now)
+    lic.record(tenant, _who(principal), "entitlement", licensee, answer, now, camera_id=camera, feature=feature)
+    return _BODIES.entitlement_response(answer, feature)
 
 
 @router.post(
@@ -233,6 +299,23 @@ def stats(runtime: RuntimeDep, session: ReadSession,
     return figures
 
 
-# A warm validation is a dict lookup: dispatched ahead of FastAPI's router (meterline.api.fastpath).
-FAST_ROUTES = [FastRoute("POST", "/api/v1/licenses/validate", authorized(_validate_scope, validate_license)),
-               FastRoute("POST", "/api/v1/entitlements/check", authorized(_validate_scope, check_entitlement))]
+async def _sole_body(request: Request) -> bytes:
+    """The body on the fast path, which dispatches a request only when its whole body came in
+    one message (and replays that message once): one receive, without Starlette's stream."""
+    message = await request.receive()
+    body: bytes = message.get("body", b"")
+    return body
+
+
+async def _fast_validate(request: Request) -> Response:
+    return await _validate(request, await _validate_scope(request), await _sole_body(request))
+
+
+async def _fast_entitlement(request: Request) -> Response:
+    return await _entitlement(request, await _validate_scope(request), await _sole_body(request))
+
+
+# A warm validation is a dict lookup: dispatched ahead of FastAPI's router (meterline.api.fastpath),
+# with the same scope dependency, body checks and answer as the routes above.
+FAST_ROUTES = [FastRoute("POST", "/api/v1/licenses/validate", _fast_validate),
+               FastRoute("POST", "/api/v1/entitlements/check", _fast_entitlement)]

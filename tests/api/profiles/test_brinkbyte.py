@@ -225,3 +225,44 @@ def test_rendered_bodies_are_bounded_and_keyed_by_snapshot_identity() -> None:
     assert b'"code":"license_suspended"' in bodies.license(Answer(False, "license_suspended", a))
     assert len(bodies._bodies) == 1  # cleared when full, then the new body cached
     assert bodies.license(Answer(False, "ok", None)).startswith(b'{"is_valid":false,"license_mode":null')
+
+
+def test_parsed_bodies_are_remembered_by_their_exact_bytes_and_bounded() -> None:
+    import asyncio
+
+    from meterline.api.profiles.brinkbyte import _ParsedBodies, _validate_fields
+    from meterline.errors import PayloadTooLarge, ValidationFailed
+
+    memo = _ParsedBodies(_validate_fields, limit=2)
+    raw = b'{"camera_id":"cam-1","tenant_id":"t-1","device_id":"d-1"}'
+    assert asyncio.run(memo.fields(raw, 1000)) == ("t-1", "cam-1", "d-1")
+    assert asyncio.run(memo.fields(bytes(raw), 1000)) == ("t-1", "cam-1", "d-1")  # equal bytes, another object
+    assert list(memo._fields) == [raw]
+    for bad in (b'{"camera_id":""}', b"{nope"):  # a malformed body is rejected every time, never kept
+        for _ in range(2):
+            with pytest.raises(ValidationFailed):
+                asyncio.run(memo.fields(bad, 1000))
+    with pytest.raises(PayloadTooLarge):
+        asyncio.run(memo.fields(b'{"camera_id":"c","tenant_id":"' + b"t" * 100 + b'"}', 50))
+    long = b'{"camera_id":"c","tenant_id":"t","device_id":null,"x":"' + b"y" * 600 + b'"}'
+    assert asyncio.run(memo.fields(long, 10_000)) == ("t", "c", None)
+    assert long not in memo._fields  # only short bodies are kept
+    for i in range(3):
+        asyncio.run(memo.fields(b'{"camera_id":"c%d","tenant_id":"t"}' % i, 1000))
+    assert len(memo._fields) <= 2
+
+
+def test_a_remembered_body_still_needs_a_key_and_its_own_tenant(
+        client: TestClient, db: Database, clock: FrozenClock, t: ApiTenant) -> None:
+    """The fast path remembers parsed bodies, never answers: auth and the tenant still decide."""
+    from tests.api.test_fastpath import router_disabled
+
+    assert client.post(VALIDATE, json=SEED_BODY, headers=t.a).json()["is_valid"] is True
+    other = create_tenant(db, clock, t.id + "-c")
+    with router_disabled(client):
+        assert client.post(VALIDATE, json=SEED_BODY, headers=t.a).json()["is_valid"] is True
+        assert_problem(client.post(VALIDATE, json=SEED_BODY), 401, "unauthenticated")
+        assert_problem(client.post(VALIDATE, json=SEED_BODY, headers=t.r), 403, "forbidden")
+        assert client.post(VALIDATE, json=SEED_BODY, headers=other.a).json()["code"] == "license_not_found"
+        r = client.post(VALIDATE, json=SEED_BODY, headers=t.a)
+        assert r.headers["content-length"] == str(len(r.content)) and r.headers["content-type"] == "application/json"
