@@ -299,20 +299,12 @@ def stats(runtime: RuntimeDep, session: ReadSession,
     return figures
 
 
-async def _sole_body(request: Request) -> bytes:
-    """The body on the fast path, which dispatches a request only when its whole body came in
-    one message (and replays that message once): one receive, without Starlette's stream."""
-    message = await request.receive()
-    body: bytes = message.get("body", b"")
-    return body
-
-
 async def _fast_validate(request: Request) -> Response:
-    return await _validate(request, await _validate_scope(request), await _sole_body(request))
+    return await _validate(request, await _validate_scope(request), await request.body())
 
 
 async def _fast_entitlement(request: Request) -> Response:
-    return await _entitlement(request, await _validate_scope(request), await _sole_body(request))
+    return await _entitlement(request, await _validate_scope(request), await request.body())
 
 
 # A warm validation is a dict lookup: dispatched ahead of FastAPI's router (meterline.api.fastpath),

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session, load_only
 from starlette.concurrency import run_in_threadpool
 
 from meterline.api import exact_json
-from meterline.api.body import Parsed, json_body, loads, openapi_body
+from meterline.api.body import Parsed, json_body, openapi_body, read_json
 from meterline.api.deps import ReadSession, RuntimeDep, WriteSession, get_runtime
 from meterline.api.exact_json import ExactJSONResponse
 from meterline.api.fastpath import FastRoute
@@ -316,15 +316,9 @@ async def _fast_record_metrics(request: Request) -> Response | None:
     if contract_id is None:
         return None
     principal = await ledger_write_async(request)
-    # The fast path hands on a body that arrived in one message: take it as it is (Starlette's
-    # body() streams it through an async generator). Anything unusual goes to the route.
-    message = await request.receive()
-    raw = message.get("body", b"")
-    if message.get("more_body") or len(raw) > get_runtime(request).settings.max_body_bytes:
-        return None
+    data, raw = await read_json(request, max_bytes=get_runtime(request).settings.max_body_bytes)
     # MetricsRequest, without building the model: an object's sample fields (others are ignored,
     # as the model ignores them). Anything else goes to the route, which renders the 422.
-    data = loads(raw)
     if not isinstance(data, dict):
         return None
     values = {k: v for k, v in data.items() if k in SAMPLE_FIELDS and v is not None}
