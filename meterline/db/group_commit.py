@@ -46,7 +46,7 @@ from typing import Generic, TypeVar
 
 from sqlalchemy import Connection
 
-from meterline.db.engine import WRITE, Database
+from meterline.db.engine import WRITE, Database, tune_sqlite_writer
 
 log = logging.getLogger(__name__)
 
@@ -280,13 +280,20 @@ class GroupCommitter(ABC, Generic[T, R]):
         a pre-ping round trip on PostgreSQL, a large share of a small group commit."""
         if self._conn is None:
             conn = self.db.engine.connect()
-            self._conn = conn.execution_options(**WRITE) if self.db.is_sqlite else conn
+            if self.db.is_sqlite:
+                tune_sqlite_writer(conn)
+                conn = conn.execution_options(**WRITE)
+            self._conn = conn
         return self._conn
 
     def _close_connection(self) -> None:
         if self._conn is not None:
             try:
-                self._conn.close()
+                try:
+                    if self.db.is_sqlite:
+                        tune_sqlite_writer(self._conn, writer=False)
+                finally:
+                    self._conn.close()
             except Exception:
                 log.warning("%s: closing the writer connection failed", self.name, exc_info=True)
             self._conn = None

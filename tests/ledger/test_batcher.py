@@ -300,6 +300,12 @@ def test_a_batch_over_cached_accounts_writes_without_reading(db, tenant_id, cloc
     assert again[0].transfer == res[0].transfer
     assert reads == [tenant_id]
     assert _balance(db, tenant_id, "a") == (0, 7, 0, 2)
+    # An account the cache has not seen yet is read on its own; the batch stays on the cache.
+    with db.session() as s:
+        make_account(s, tenant_id, clock, id="c")
+    assert batcher.post(tenant_id, [TransferIn("t5", "a", "c", 3)])[0].result == "ok"
+    assert reads == [tenant_id]
+    assert _balance(db, tenant_id, "c") == (0, 0, 0, 3)
 
 
 def test_a_refusal_on_cached_balances_is_decided_again_by_reading(db, tenant_id, clock, batcher, monkeypatch):
@@ -336,3 +342,19 @@ def test_one_caller_posting_in_turn_does_not_wait_for_the_window(db, tenant_id, 
         for i in range(1, 6):
             assert b.post(tenant_id, [TransferIn(f"t{i}", "a", "b", 1)])[0].result == "ok"
         assert time.monotonic() - started < 5 * 0.3 / 2
+
+
+def test_the_sqlite_writer_keeps_a_larger_page_cache_and_gives_it_back(db, tenant_id, clock):
+    if not db.is_sqlite:
+        pytest.skip("SQLite's per-connection page cache")
+    from meterline.db.engine import WRITER_CACHE_KIB
+
+    _setup(db, tenant_id, clock, {"a": 0, "b": 0})
+    b = LedgerBatcher(db, clock, window_ms=0).start()
+    b.post(tenant_id, [TransferIn("t1", "a", "b", 1)])
+    conn = b._conn
+    assert conn is not None
+    raw = conn.connection.dbapi_connection
+    assert raw.execute("PRAGMA cache_size").fetchone()[0] == -WRITER_CACHE_KIB
+    b.stop()
+    assert raw.execute("PRAGMA cache_size").fetchone()[0] == -2000  # back in the pool at the default
