@@ -18,6 +18,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
 WRITE = {"sqlite_begin": "IMMEDIATE"}
+# A long-lived SQLite writer (a group committer) keeps this much of the file in its own
+# page cache (KiB): the ledger's account rows and index pages it rewrites every batch.
+# At the default 2 MiB a batch of 1,000 transfers over 10,000 accounts re-reads most of
+# them from the OS each time (about a fifth of SQLite's CPU per batch, measured).
+WRITER_CACHE_KIB = 64 * 1024
+_DEFAULT_CACHE_KIB = 2000
 
 
 def make_engine(url: str, *, busy_timeout_ms: int = 30_000, pool_size: int = 10) -> Engine:
@@ -61,6 +67,15 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
     def _on_begin(conn: Connection) -> None:
         mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
         conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def tune_sqlite_writer(conn: Connection, *, writer: bool = True) -> None:
+    """Give a long-lived writer connection its larger page cache (or take it back before the
+    connection returns to the pool). On the DBAPI connection: no transaction is begun."""
+    raw = conn.connection.dbapi_connection
+    assert raw is not None
+    kib = WRITER_CACHE_KIB if writer else _DEFAULT_CACHE_KIB
+    raw.execute(f"PRAGMA cache_size=-{kib}")
 
 
 class Database:

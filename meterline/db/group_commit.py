@@ -15,10 +15,19 @@ The rules every committer shares live here, once:
   the others are marked running, so a late cancel cannot race the result;
 - `apply` returns one outcome per item; an exception outcome fails only that
   caller (a refused request never fails its neighbours);
-- if the combined transaction fails unexpectedly, each item is retried alone,
-  so one poisoned request cannot fail the others;
+- if the combined transaction fails and the subclass says its assumptions may
+  have been stale (`rolled_back` returns True), the whole batch runs once more;
+  if it fails otherwise, each item is retried alone, so one poisoned request
+  cannot fail the others;
 - after any failure the next batch starts on a fresh connection;
 - `stop()` commits whatever was already queued, then closes the connection.
+
+The window is adaptive: the writer expects as many items as its last batch
+held plus those that queued while that batch committed (the callers it just
+answered tend to come straight back), and stops waiting once they are in, so a
+steady set of callers rides every commit together without paying the window,
+and one caller posting big batches never waits at all. With no history (the
+first batch, or after a failure) it waits the full window.
 
 Subclasses implement `apply` (and `size`, when items carry many units).
 """
@@ -37,7 +46,7 @@ from typing import Generic, TypeVar
 
 from sqlalchemy import Connection
 
-from meterline.db.engine import WRITE, Database
+from meterline.db.engine import WRITE, Database, tune_sqlite_writer
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +99,7 @@ class GroupCommitter(ABC, Generic[T, R]):
         self._running = False
         self._lock = threading.Lock()
         self._conn: Connection | None = None
+        self._expect: int | None = None  # items the next batch waits for (None: the window)
 
     # -- what a subclass provides ---------------------------------------------------
     @abstractmethod
@@ -102,6 +112,14 @@ class GroupCommitter(ABC, Generic[T, R]):
 
     def observe(self, items: list[T], seconds: float) -> None:
         """Called after each successful commit (metrics)."""
+
+    def committed(self) -> None:
+        """Called right after each successful commit, before any caller is answered."""
+
+    def rolled_back(self) -> bool:
+        """Called after a batch's transaction failed. Return True if the batch may have
+        failed only on the subclass's own stale assumptions, to run it once more whole."""
+        return False
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> GroupCommitter[T, R]:
@@ -164,10 +182,13 @@ class GroupCommitter(ABC, Generic[T, R]):
         Returns True when the stop sentinel was seen.
         """
         deadline = time.monotonic() + self.window_s
+        expect = self._expect
         while count < self.max_size:
             try:
                 nxt = self._queue.get_nowait()
             except queue.Empty:
+                if expect is not None and len(entries) >= expect:
+                    break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -215,7 +236,7 @@ class GroupCommitter(ABC, Generic[T, R]):
             except RuntimeError:  # that loop has closed: nobody is waiting any more
                 pass
 
-    def _commit(self, entries: list[_Entry[T, R]]) -> None:
+    def _commit(self, entries: list[_Entry[T, R]], *, again: bool = False) -> None:
         if not entries:
             return
         started = time.perf_counter()
@@ -223,6 +244,12 @@ class GroupCommitter(ABC, Generic[T, R]):
         try:
             outcomes = self._apply(items)
         except Exception as exc:
+            self._expect = None
+            if self.rolled_back() and not again:
+                log.info("%s: batch of %d items failed on stale assumptions (%s); running it again",
+                         self.name, len(entries), exc)
+                self._commit(entries, again=True)
+                return
             if len(entries) == 1:
                 log.exception("%s: batch failed", self.name)
                 self._settle(entries, [exc])
@@ -232,6 +259,9 @@ class GroupCommitter(ABC, Generic[T, R]):
             for entry in entries:
                 self._commit([entry])
             return
+        self.committed()
+        # Who answers next: the callers about to be answered, plus those already queued.
+        self._expect = len(entries) + self._queue.qsize()
         self.observe(items, time.perf_counter() - started)
         self._settle(entries, outcomes)
 
@@ -250,13 +280,20 @@ class GroupCommitter(ABC, Generic[T, R]):
         a pre-ping round trip on PostgreSQL, a large share of a small group commit."""
         if self._conn is None:
             conn = self.db.engine.connect()
-            self._conn = conn.execution_options(**WRITE) if self.db.is_sqlite else conn
+            if self.db.is_sqlite:
+                tune_sqlite_writer(conn)
+                conn = conn.execution_options(**WRITE)
+            self._conn = conn
         return self._conn
 
     def _close_connection(self) -> None:
         if self._conn is not None:
             try:
-                self._conn.close()
+                try:
+                    if self.db.is_sqlite:
+                        tune_sqlite_writer(self._conn, writer=False)
+                finally:
+                    self._conn.close()
             except Exception:
                 log.warning("%s: closing the writer connection failed", self.name, exc_info=True)
             self._conn = None

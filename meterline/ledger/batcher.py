@@ -21,7 +21,7 @@ from meterline.clock import Clock
 from meterline.db.engine import Database
 from meterline.db.group_commit import CommitterStopped, GroupCommitter
 from meterline.ledger import metrics
-from meterline.ledger.engine import engine
+from meterline.ledger.engine import WriterCache, engine
 from meterline.ledger.types import Segment, TransferIn, TransferResult
 
 
@@ -42,6 +42,9 @@ class LedgerBatcher(GroupCommitter[_Item, list[TransferResult]]):
     def __init__(self, db: Database, clock: Clock, *, window_ms: float = 1.0, max_transfers: int = 8000) -> None:
         super().__init__(db, window_ms=window_ms, max_size=max_transfers)
         self.clock = clock
+        # Heads and balances as of this writer's last commit: lets a batch of new transfers
+        # skip its reads (the engine's head guard proves the cache current, or fails it).
+        self.cache = WriterCache()
 
     def start(self) -> LedgerBatcher:
         super().start()
@@ -77,8 +80,18 @@ class LedgerBatcher(GroupCommitter[_Item, list[TransferResult]]):
         now = self.clock.now_ns()
         # Tenants in a fixed order so two batchers never lock heads in opposite orders.
         for tenant_id in sorted(by_tenant):
-            engine.apply(conn, tenant_id, by_tenant[tenant_id], now)
+            engine.apply(conn, tenant_id, by_tenant[tenant_id], now, self.cache)
         return [item.segment.results for item in items]
+
+    def committed(self) -> None:
+        self.cache.commit()
+
+    def rolled_back(self) -> bool:
+        # A batch built on the cache fails when another writer moved the head or when an
+        # id was already stored: rerun it once, reading, as an ordinary batch.
+        optimistic = self.cache.optimistic
+        self.cache.clear()
+        return optimistic
 
     def observe(self, items: list[_Item], seconds: float) -> None:
         metrics.observe_batch(sum(len(i.segment.transfers) for i in items), len(items), seconds)

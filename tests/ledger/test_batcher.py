@@ -29,9 +29,9 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     seen: list[tuple[str, int]] = []
     real = engine.apply
 
-    def recording(conn, tenant_id, segments, now_ns):  # type: ignore[no-untyped-def]
+    def recording(conn, tenant_id, segments, now_ns, cache=None):  # type: ignore[no-untyped-def]
         seen.append((tenant_id, len(segments)))
-        return real(conn, tenant_id, segments, now_ns)
+        return real(conn, tenant_id, segments, now_ns, cache)
 
     monkeypatch.setattr(engine, "apply", recording)
     return seen
@@ -147,8 +147,8 @@ def test_a_poisoned_segment_is_retried_alone_and_fails_only_its_caller(db, clock
     good1, bad, good2 = tenants
     recording = engine.apply  # the `calls` fixture's wrapper
 
-    def poisoned(conn, tenant_id, segments, now_ns):  # type: ignore[no-untyped-def]
-        out = recording(conn, tenant_id, segments, now_ns)  # writes, then the transaction dies
+    def poisoned(conn, tenant_id, segments, now_ns, cache=None):  # type: ignore[no-untyped-def]
+        out = recording(conn, tenant_id, segments, now_ns, cache)  # writes, then the transaction dies
         if tenant_id == bad:
             raise RuntimeError("poisoned segment")
         return out
@@ -176,9 +176,9 @@ def test_stop_drains_queued_work(db, tenant_id, clock, monkeypatch):
     real = engine.apply
     gate = threading.Event()
 
-    def slow(conn, tenant_id_, segments, now_ns):  # type: ignore[no-untyped-def]
+    def slow(conn, tenant_id_, segments, now_ns, cache=None):  # type: ignore[no-untyped-def]
         gate.wait(10)  # hold the writer so the rest stays queued
-        return real(conn, tenant_id_, segments, now_ns)
+        return real(conn, tenant_id_, segments, now_ns, cache)
 
     monkeypatch.setattr(engine, "apply", slow)
     b = LedgerBatcher(db, clock, window_ms=0, max_transfers=1).start()
@@ -246,9 +246,9 @@ def test_a_cancelled_caller_does_not_stop_the_batcher(db, tenant_id, clock, monk
     real = engine.apply
     gate = threading.Event()
 
-    def held(conn, tenant_id_, segments, now_ns):  # type: ignore[no-untyped-def]
+    def held(conn, tenant_id_, segments, now_ns, cache=None):  # type: ignore[no-untyped-def]
         gate.wait(10)
-        return real(conn, tenant_id_, segments, now_ns)
+        return real(conn, tenant_id_, segments, now_ns, cache)
 
     monkeypatch.setattr(engine, "apply", held)
     b = LedgerBatcher(db, clock, window_ms=0).start()
@@ -266,3 +266,95 @@ def test_a_cancelled_caller_does_not_stop_the_batcher(db, tenant_id, clock, monk
     finally:
         gate.set()
         b.stop(timeout=5)
+
+
+# -- the writer's cache and the adaptive window ---------------------------------------------
+
+
+def _no_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every read the engine makes (the cached path makes none)."""
+    reads: list[str] = []
+    real = engine._load
+
+    def loading(conn, tenant_id, *args):  # type: ignore[no-untyped-def]
+        reads.append(tenant_id)
+        return real(conn, tenant_id, *args)
+
+    monkeypatch.setattr(engine, "_load", loading)
+    return reads
+
+
+def test_a_batch_over_cached_accounts_writes_without_reading(db, tenant_id, clock, batcher, monkeypatch):
+    _setup(db, tenant_id, clock, {"a": 0, "b": 0})
+    assert batcher.post(tenant_id, [TransferIn("t1", "a", "b", 5)])[0].result == "ok"
+    reads = _no_reads(monkeypatch)
+    res = batcher.post(tenant_id, [TransferIn("t2", "b", "a", 2), TransferIn("t3", "a", "b", 1)])
+    assert [r.result for r in res] == ["ok", "ok"]
+    assert reads == []
+    assert [r.transfer.seq for r in res] == [2, 3]
+    assert _balance(db, tenant_id, "a") == (0, 6, 0, 2)
+    # A resubmission is stored already: the cached attempt fails on the primary key and
+    # the batch is decided again, reading — the original comes back as `exists`.
+    again = batcher.post(tenant_id, [TransferIn("t2", "b", "a", 2), TransferIn("t4", "a", "b", 1)])
+    assert [r.result for r in again] == ["exists", "ok"]
+    assert again[0].transfer == res[0].transfer
+    assert reads == [tenant_id]
+    assert _balance(db, tenant_id, "a") == (0, 7, 0, 2)
+    # An account the cache has not seen yet is read on its own; the batch stays on the cache.
+    with db.session() as s:
+        make_account(s, tenant_id, clock, id="c")
+    assert batcher.post(tenant_id, [TransferIn("t5", "a", "c", 3)])[0].result == "ok"
+    assert reads == [tenant_id]
+    assert _balance(db, tenant_id, "c") == (0, 0, 0, 3)
+
+
+def test_a_refusal_on_cached_balances_is_decided_again_by_reading(db, tenant_id, clock, batcher, monkeypatch):
+    _setup(db, tenant_id, clock, {"src": 0, "w": DMNEC, "m": 0})
+    assert batcher.post(tenant_id, [TransferIn("fund", "src", "w", 5)])[0].result == "ok"
+    reads = _no_reads(monkeypatch)
+    # Omitted fields: only the stored transfer can say this is the same one.
+    assert batcher.post(tenant_id, [TransferIn("fund", None, None, None)])[0].result == "exists"
+    assert reads == [tenant_id]
+    assert batcher.post(tenant_id, [TransferIn("big", "w", "m", 6)])[0].result == "exceeds_credits"
+
+
+def test_another_writer_moving_the_head_invalidates_the_cache(db, tenant_id, clock, batcher, monkeypatch):
+    _setup(db, tenant_id, clock, {"src": 0, "w": DMNEC, "m": 0})
+    assert batcher.post(tenant_id, [TransferIn("fund", "src", "w", 5)])[0].result == "ok"
+    # Another process (here: a request transaction) spends the wallet behind the batcher's back.
+    with db.session() as s:
+        assert ledger_service.post(s, tenant_id, [TransferIn("elsewhere", "w", "m", 4)], clock)[0].result == "ok"
+    reads = _no_reads(monkeypatch)
+    # The cache still says 5 available: the optimistic batch accepts, its head guard fails,
+    # and the rerun reads the real balance (1) and refuses.
+    assert batcher.post(tenant_id, [TransferIn("spend", "w", "m", 3)])[0].result == "exceeds_credits"
+    assert reads == [tenant_id]
+    assert batcher.post(tenant_id, [TransferIn("spend2", "w", "m", 1)])[0].result == "ok"
+    assert _balance(db, tenant_id, "w") == (0, 5, 0, 5)
+    assert _transfer_ids(db, tenant_id) == ["fund", "elsewhere", "spend2"]
+
+
+def test_one_caller_posting_in_turn_does_not_wait_for_the_window(db, tenant_id, clock):
+    _setup(db, tenant_id, clock, {"a": 0, "b": 0})
+    with LedgerBatcher(db, clock, window_ms=300) as b:
+        b.post(tenant_id, [TransferIn("t0", "a", "b", 1)])  # no history yet: waits the window
+        started = time.monotonic()
+        for i in range(1, 6):
+            assert b.post(tenant_id, [TransferIn(f"t{i}", "a", "b", 1)])[0].result == "ok"
+        assert time.monotonic() - started < 5 * 0.3 / 2
+
+
+def test_the_sqlite_writer_keeps_a_larger_page_cache_and_gives_it_back(db, tenant_id, clock):
+    if not db.is_sqlite:
+        pytest.skip("SQLite's per-connection page cache")
+    from meterline.db.engine import WRITER_CACHE_KIB
+
+    _setup(db, tenant_id, clock, {"a": 0, "b": 0})
+    b = LedgerBatcher(db, clock, window_ms=0).start()
+    b.post(tenant_id, [TransferIn("t1", "a", "b", 1)])
+    conn = b._conn
+    assert conn is not None
+    raw = conn.connection.dbapi_connection
+    assert raw.execute("PRAGMA cache_size").fetchone()[0] == -WRITER_CACHE_KIB
+    b.stop()
+    assert raw.execute("PRAGMA cache_size").fetchone()[0] == -2000  # back in the pool at the default
