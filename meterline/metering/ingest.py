@@ -29,7 +29,14 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
-from meterline.metering.values import BadValue, properties_json, quantity_micro, timestamp_ns
+from meterline.metering.values import (
+    MAX_QUANTITY_MICRO,
+    MICRO,
+    BadValue,
+    properties_json,
+    quantity_micro,
+    timestamp_ns,
+)
 
 T = TypeVar("T")
 HOUR_NS = 3600 * 1_000_000_000
@@ -37,8 +44,10 @@ DAY_NS = 24 * HOUR_NS
 MAX_ID = 128
 MAX_SUBJECT = 128
 MAX_UNIQUE_VALUE = 256
+_MAX_INT_QUANTITY = MAX_QUANTITY_MICRO // MICRO  # an int quantity up to this needs no checks beyond >= 0
 _SQLITE_ROWS = 400  # rows per multi-row VALUES statement (2 parameters each)
 _COPY_MIN_ROWS = 32
+_CLAIM_SAVEPOINT = "usage_claim"
 
 ACCEPTED = "accepted"
 DUPLICATE = "duplicate"
@@ -144,14 +153,20 @@ def apply(
             meter = meters.get(ev.meter) if type(ev.meter) is str else None
             if meter is None:
                 raise _Reject(UNKNOWN_METER, f"no meter named {str(ev.meter)[:64]!r}")
-            try:
-                micro = quantity_micro(ev.quantity)
-            except BadValue as exc:
-                raise _Reject(INVALID_QUANTITY, exc.detail) from None
-            try:
-                ts = timestamp_ns(ev.timestamp)
-            except BadValue as exc:
-                raise _Reject(INVALID_TIMESTAMP, exc.detail) from None
+            q = ev.quantity
+            if type(q) is int and 0 <= q <= _MAX_INT_QUANTITY:  # the common case, inline
+                micro = q * MICRO
+            else:
+                try:
+                    micro = quantity_micro(q)
+                except BadValue as exc:
+                    raise _Reject(INVALID_QUANTITY, exc.detail) from None
+            ts = ev.timestamp
+            if type(ts) is not int:
+                try:
+                    ts = timestamp_ns(ts)
+                except BadValue as exc:
+                    raise _Reject(INVALID_TIMESTAMP, exc.detail) from None
             if ts < earliest:
                 raise _Reject(TOO_LATE, f"events older than {window.lateness_s} s are not accepted")
             if ts > latest_ok:
@@ -180,9 +195,11 @@ def apply(
     folded: _Folded | None = None
     if pg and len(ids) >= _COPY_MIN_ROWS:
         # Bet that every id is new, and fold the batch on that bet while PostgreSQL inserts the
-        # claim's rows (the COPY streams: the server works as the data arrives).
+        # claim's rows (the COPY streams: the server works as the data arrives). When the bet
+        # wins, the claim's savepoint is still open: `_write` releases it with the upserts.
         folded = _copy_claim(conn, tenant_id, ids, lambda: _fold(tenant_id, licensee, device, now, cand, None,
                                                                   copy_text=True))
+    release = folded is not None
     if folded is None:
         folded = _fold(tenant_id, licensee, device, now, cand, _claim(conn, pg, tenant_id, ids))
     for i in folded.accepted:
@@ -192,7 +209,10 @@ def apply(
     res.duplicates += len(folded.duplicates)
     res.accepted = len(folded.rows)
     if folded.rows:
-        _write(conn, pg, tenant_id, licensee, folded.rows, folded.rollups, folded.uniques, folded.copy_text)
+        _write(conn, pg, tenant_id, licensee, folded.rows, folded.rollups, folded.uniques, folded.copy_text,
+               release_claim=release)
+    elif release:  # (a won bet claims every candidate, so there are rows; never reached)
+        conn.exec_driver_sql(f"RELEASE SAVEPOINT {_CLAIM_SAVEPOINT}")
     return res
 
 
@@ -299,9 +319,10 @@ def _claim(conn: Connection, pg: bool, tenant_id: str, ids: list[str]) -> set[st
 def _copy_claim(conn: Connection, tenant_id: str, ids: list[str], meanwhile: Callable[[], T]) -> T | None:
     """Claim every id with one COPY, betting that none was seen before (the common case: a
     retried batch is the exception), and run `meanwhile` — the batch's own Python work — while
-    the server inserts them. Its result when the bet won and all the ids are now claimed; None
-    when one already existed — the savepoint then undoes the partial COPY and the caller
-    claims with ON CONFLICT DO NOTHING. Why: ON CONFLICT's speculative insertion and the
+    the server inserts them. Its result when the bet won and all the ids are now claimed (the
+    savepoint is then left open for the caller to release with its next statements, saving a
+    round trip); None when one already existed — the savepoint then undoes the partial COPY
+    and the caller claims with ON CONFLICT DO NOTHING. Why: ON CONFLICT's speculative insertion and the
     RETURNING rows cost about twice a COPY of the same ids on PostgreSQL; and the server's
     inserts and the client's folding overlap instead of taking turns.
 
@@ -319,7 +340,7 @@ def _copy_claim(conn: Connection, tenant_id: str, ids: list[str], meanwhile: Cal
         data = "".join([f"{tenant_id.translate(esc)}\t{k.translate(esc)}\n" for k in ids])
     cur = _cursor(conn)
     try:
-        cur.execute("SAVEPOINT usage_claim")
+        cur.execute(f"SAVEPOINT {_CLAIM_SAVEPOINT}")
         try:
             # flush_threshold=0: the data goes to the server now, not when the COPY ends.
             with cur.copy("COPY usage_event_ids (tenant_id, event_id) FROM STDIN",
@@ -327,10 +348,9 @@ def _copy_claim(conn: Connection, tenant_id: str, ids: list[str], meanwhile: Cal
                 cp.write(data)
                 result = meanwhile()
         except errors.UniqueViolation:
-            cur.execute("ROLLBACK TO SAVEPOINT usage_claim")
-            cur.execute("RELEASE SAVEPOINT usage_claim")
+            cur.execute(f"ROLLBACK TO SAVEPOINT {_CLAIM_SAVEPOINT}")
+            cur.execute(f"RELEASE SAVEPOINT {_CLAIM_SAVEPOINT}")
             return None
-        cur.execute("RELEASE SAVEPOINT usage_claim")
         return result
     finally:
         cur.close()
@@ -388,6 +408,8 @@ def _write(
     rollups: dict[tuple[str, str, int], list[int]],
     uniques: set[tuple[str, str, int, str]],
     copy_text: str | None = None,
+    *,
+    release_claim: bool = False,
 ) -> None:
     cur = _cursor(conn)
     try:
@@ -406,6 +428,8 @@ def _write(
             cur.executemany(f"INSERT INTO usage_events ({_EVENT_COLS}) VALUES ({ph})", rows)
         # On PostgreSQL the upserts go in one pipeline: one round trip for all of them.
         with conn.connection.dbapi_connection.pipeline() if pg else contextlib.nullcontext():  # type: ignore[union-attr]
+            if release_claim:
+                cur.execute(f"RELEASE SAVEPOINT {_CLAIM_SAVEPOINT}")
             for table, aggs in (("usage_rollups", rollups), ("usage_rollups_daily", daily)):
                 _upsert_rollups(cur, pg, table, tenant_id, licensee, aggs)
             for table, values in (("usage_rollup_uniques", uniques),

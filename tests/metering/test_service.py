@@ -215,6 +215,23 @@ def test_a_failure_while_the_claim_streams_leaves_ids_unclaimed(session, tenant,
     assert (row.value_micro, row.events) == (40_000_000, 40)
 
 
+def test_the_claim_savepoint_does_not_outlive_the_batch(session, tenant, clock, t0):
+    """On PostgreSQL a won COPY bet leaves its savepoint open until the write's pipeline releases
+    it; after the batch it must be gone (else group commits would nest one per batch)."""
+    if session.get_bind().dialect.name != "postgresql":
+        pytest.skip("the COPY claim is PostgreSQL's")
+    from sqlalchemy.exc import DBAPIError
+
+    for b in range(2):
+        r = ingest(session, tenant, [ev(f"s{b}-{i}", 1, ts=t0 + i) for i in range(40)], clock.now_ns())
+        assert r.accepted == 40
+    with pytest.raises(DBAPIError, match="usage_claim"):
+        with session.begin_nested():
+            session.execute(text("RELEASE SAVEPOINT usage_claim"))
+    [row] = total(session, tenant, "frames_processed", t0)
+    assert (row.value_micro, row.events) == (80_000_000, 80)
+
+
 def test_batch_limits_and_meter_rules(session, tenant, clock, t0):
     now = clock.now_ns()
     with pytest.raises(UsageBatchTooLarge):
