@@ -52,7 +52,8 @@ ReadSession = Annotated[Session, Depends(read_session, scope="function")]
 
 
 def _is_loopback(request: Request) -> bool:
-    return _loopback_host(request.client.host if request.client else "")
+    client = request.scope.get("client")  # (host, port) or None; Starlette's Address costs more
+    return _loopback_host(client[0] if client else "")
 
 
 @functools.lru_cache(maxsize=1024)
