@@ -61,7 +61,7 @@ from bench._common import (
     postgres_reachable,
     summary_line,
 )
-from meterline.cli.common import tune_process
+from meterline.cli.common import tune_gc
 from meterline.clock import SystemClock
 from meterline.db.engine import Database
 from meterline.identity.service import identity_service
@@ -292,7 +292,7 @@ def bench_single(db: Database, backend: str, args: argparse.Namespace) -> dict[s
 
 
 def run_service(args: argparse.Namespace, summary: dict[str, str]) -> None:
-    tune_process()  # the batcher runs here with the collector tuned as in `meterline serve` and `worker`
+    tune_gc()  # the batcher runs here with the collector tuned as in `meterline serve` and `worker`
     for backend in args.backends:
         if backend == "postgres" and not postgres_reachable():
             continue

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 import uvicorn
 
-from meterline.cli.common import load_settings, tune_process
+from meterline.cli.common import load_settings, tune_gc
 
 
 def serve(
@@ -25,6 +25,6 @@ def serve(
     if dev:
         host = "127.0.0.1"
     app = build_server_app(settings, run_worker=dev and workers_inprocess, announce=True)
-    tune_process()
+    tune_gc()
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
 

@@ -13,7 +13,7 @@ from types import FrameType
 
 import typer
 
-from meterline.cli.common import load_settings, tune_process
+from meterline.cli.common import load_settings, tune_gc
 from meterline.clock import system_clock
 from meterline.db.engine import Database
 from meterline.ledger.batcher import LedgerBatcher
@@ -39,7 +39,7 @@ def worker(
         db, system_clock, window_ms=settings.batch_window_ms, max_transfers=settings.batch_max_transfers
     ).start()
     w = Worker(db=db, clock=system_clock, batcher=batcher, settings=settings, signer=signer)
-    tune_process()
+    tune_gc()
     try:
         if once:
             for name, count in sorted(w.run_once(force=True).items()):
