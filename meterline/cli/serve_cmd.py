@@ -19,6 +19,7 @@ def serve(
     log_level: str = typer.Option("warning"),
 ) -> None:
     """Start the HTTP server."""
+    from meterline.api.server import HttpProtocol
     from meterline.cli.bootstrap import build_server_app
 
     settings = load_settings(database_url, dev=dev or None)
@@ -26,5 +27,5 @@ def serve(
         host = "127.0.0.1"
     app = build_server_app(settings, run_worker=dev and workers_inprocess, announce=True)
     tune_gc()
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, http=HttpProtocol)
 
