@@ -293,6 +293,32 @@ class TransferOut(BaseModel):
         )
 
 
+_json_str = json.encoder.encode_basestring  # type: ignore[attr-defined]  # the C escaper, as pydantic escapes
+_json_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def _opt_str(value: str | None) -> str:
+    return "null" if value is None else _json_str(value)
+
+
+def transfer_json(t: StoredTransfer, asset: Asset) -> bytes:
+    """`TransferOut.of(t, asset).model_dump_json()`, byte for byte, written directly.
+
+    The answer to a single posted transfer is the hottest JSON the ledger writes; building
+    the model and serialising it was a tenth of that request's event-loop time. Same
+    fields, order and escaping as the model — a property test holds the two equal."""
+    flags = ",".join(_json_str(f) for f in flag_names(t.flags, TRANSFER_FLAG_NAMES))
+    meta = "null" if t.metadata is None else _json_compact(t.metadata)
+    return (
+        f'{{"id":{_json_str(t.id)},"debit_account_id":{_json_str(t.debit_account_id)},'
+        f'"credit_account_id":{_json_str(t.credit_account_id)},'
+        f'"amount":"{format_amount(t.amount, asset.scale)}","asset":{_json_str(t.asset)},'
+        f'"pending_id":{_opt_str(t.pending_id)},"flags":[{flags}],"timeout_s":{t.timeout_s},'
+        f'"code":{_json_str(t.code)},"reference":{_opt_str(t.reference)},"metadata":{meta},'
+        f'"timestamp":"{to_rfc3339(t.timestamp)}","seq":{t.seq},"hash":{_json_str(t.hash)}}}'
+    ).encode()
+
+
 def _none(value: Any) -> bool:
     return value is None
 

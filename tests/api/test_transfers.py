@@ -155,6 +155,11 @@ def test_sol_keeps_nine_decimals(client, accounts):
      422, "validation_error"),
     ('{"id": "x", "debit_account_id": "alice", "credit_account_id": "escrow", "amount": "1", "asset": "USD", '
      '"reference": "a\\u0000b"}', 422, "validation_error"),
+    # A lone UTF-16 surrogate can be neither stored nor answered in UTF-8: refused, not a 500.
+    ('{"id": "x", "debit_account_id": "alice", "credit_account_id": "escrow", "amount": "1", "asset": "USD", '
+     '"reference": "a\\ud800b"}', 422, "validation_error"),
+    ('{"id": "x", "debit_account_id": "alice", "credit_account_id": "escrow", "amount": "1", "asset": "USD", '
+     '"metadata": {"note": "\\udc00"}}', 422, "validation_error"),
     ('{"id": "x", "debit_account_id": "alice", "credit_account_id": "escrow", "amount": "1", "asset": "USD", '
      '"timeout_s": 99999999999}', 422, "validation_error"),
     ('{"id": "x", "debit_account_id": "alice", "credit_account_id": "escrow", "amount": "1", "asset": "BTC"}',

@@ -44,6 +44,7 @@ from meterline.ledger.schemas import (
     TransferOut,
     TransferPage,
     TransferResultOut,
+    transfer_json,
 )
 from meterline.ledger.service import AssetNotFound, ledger_service
 from meterline.ledger.types import TransferIn, TransferResult
@@ -217,7 +218,8 @@ async def _post_single(runtime: Runtime, tenant: str, item: TransferCreate, path
     stored = res.transfer
     if stored.asset not in assets:
         assets.update(await assets_for(runtime, tenant, {stored.asset}))
-    return json_response(TransferOut.of(stored, _asset(assets, stored.asset)), 201 if res.result == "ok" else 200)
+    return Response(transfer_json(stored, _asset(assets, stored.asset)), 201 if res.result == "ok" else 200,
+                    media_type="application/json")
 
 
 def _raw_id(item: Any) -> str | None:
