@@ -344,9 +344,8 @@ def test_one_caller_posting_in_turn_does_not_wait_for_the_window(db, tenant_id, 
         assert time.monotonic() - started < 5 * 0.3 / 2
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # a per-connection SQLite setting
 def test_the_sqlite_writer_keeps_a_larger_page_cache_and_gives_it_back(db, tenant_id, clock):
-    if not db.is_sqlite:
-        pytest.skip("SQLite's per-connection page cache")
     from meterline.db.engine import WRITER_CACHE_KIB
 
     _setup(db, tenant_id, clock, {"a": 0, "b": 0})

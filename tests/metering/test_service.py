@@ -215,11 +215,10 @@ def test_a_failure_while_the_claim_streams_leaves_ids_unclaimed(session, tenant,
     assert (row.value_micro, row.events) == (40_000_000, 40)
 
 
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)  # the COPY claim is PostgreSQL's
 def test_the_claim_savepoint_does_not_outlive_the_batch(session, tenant, clock, t0):
     """On PostgreSQL a won COPY bet leaves its savepoint open until the write's pipeline releases
     it; after the batch it must be gone (else group commits would nest one per batch)."""
-    if session.get_bind().dialect.name != "postgresql":
-        pytest.skip("the COPY claim is PostgreSQL's")
     from sqlalchemy.exc import DBAPIError
 
     for b in range(2):

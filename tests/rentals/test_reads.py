@@ -113,9 +113,8 @@ def test_each_thread_reads_on_its_own_connection(db, tenant, clock):
     assert seen == [rid] * 200
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the per-thread connection is SQLite's
 def test_a_failed_read_drops_its_connection_and_the_next_one_reconnects(db, tenant, clock):
-    if not db.is_sqlite:
-        pytest.skip("the per-thread connection is SQLite's")
     rid = _rent(db, tenant, clock)
     reader = ContractReader(db)
     assert reader.status_row(tenant, rid) is not None
