@@ -56,6 +56,12 @@ def in_loop(test: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]
     return run
 
 
+def _corked() -> tuple[FakeTransport, CorkedTransport]:
+    """A fake socket transport and the corked transport over it, on the running loop."""
+    fake = FakeTransport()
+    return fake, CorkedTransport(fake, asyncio.get_running_loop())  # type: ignore[arg-type]
+
+
 async def _turn() -> None:
     await asyncio.sleep(0)
     await asyncio.sleep(0)
@@ -63,8 +69,7 @@ async def _turn() -> None:
 
 @in_loop
 async def test_writes_of_one_turn_go_out_as_one_in_order() -> None:
-    fake = FakeTransport()
-    corked = CorkedTransport(fake, asyncio.get_running_loop())  # type: ignore[arg-type]
+    fake, corked = _corked()
     head = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
     corked.write(head)
     corked.write(b"{}")
@@ -79,16 +84,14 @@ async def test_writes_of_one_turn_go_out_as_one_in_order() -> None:
 
 @in_loop
 async def test_close_sends_what_was_written_first_and_abort_drops_it() -> None:
-    fake = FakeTransport()
-    corked = CorkedTransport(fake, asyncio.get_running_loop())  # type: ignore[arg-type]
+    fake, corked = _corked()
     corked.write(b"answer")
     corked.close()
     assert fake.writes == [b"answer"] and fake.closed
     await _turn()  # the scheduled flush finds nothing left and writes nothing after the close
     assert fake.writes == [b"answer"]
 
-    fake = FakeTransport()
-    corked = CorkedTransport(fake, asyncio.get_running_loop())  # type: ignore[arg-type]
+    fake, corked = _corked()
     corked.write(b"half an answer")
     corked.abort()
     await _turn()
@@ -97,8 +100,7 @@ async def test_close_sends_what_was_written_first_and_abort_drops_it() -> None:
 
 @in_loop
 async def test_a_large_answer_goes_out_without_waiting_for_the_turn() -> None:
-    fake = FakeTransport()
-    corked = CorkedTransport(fake, asyncio.get_running_loop())  # type: ignore[arg-type]
+    fake, corked = _corked()
     corked.write(b"h")
     corked.write(b"x" * FLUSH_BYTES)
     assert fake.writes == [b"h" + b"x" * FLUSH_BYTES]
@@ -109,8 +111,7 @@ async def test_a_large_answer_goes_out_without_waiting_for_the_turn() -> None:
 
 @in_loop
 async def test_write_eof_flushes_and_the_rest_is_the_transport_s() -> None:
-    fake = FakeTransport()
-    corked = CorkedTransport(fake, asyncio.get_running_loop())  # type: ignore[arg-type]
+    fake, corked = _corked()
     corked.write(b"last")
     corked.write_eof()
     assert fake.writes == [b"last"] and fake.eof

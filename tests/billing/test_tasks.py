@@ -19,6 +19,7 @@ from meterline.db.engine import Database
 from meterline.ledger.verify import verify_ledger
 from meterline.worker.tasks import JobContext, default_jobs
 from tests.factories import make_deposit, make_licensing_catalogue, make_subscription
+from tests.threads import run_concurrently
 
 NS = 1_000_000_000
 CUSTOM = ItemSpec(name="Support", basis="camera", unit_price_minor=1000, quantity=10)  # $100.00 a month
@@ -137,21 +138,12 @@ def test_concurrent_workers_invoice_each_period_once(db, tenant, clock):
         subs = [make_subscription(s, tenant, clock, items=[CUSTOM]) for _ in range(5)]
     clock.set(at(2026, 1, 15))
     barrier = threading.Barrier(4)
-    errors: list[BaseException] = []
 
-    def worker() -> None:
-        try:
-            barrier.wait()
-            close(db, clock)
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+    def worker(_: int) -> None:
+        barrier.wait()
+        close(db, clock)
 
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    run_concurrently(worker, 4)
     rows = invoices(db, tenant)
     assert sorted((i.subscription_id, i.period_start) for i in rows) == sorted(
         (sid, start) for sid in subs for start in (NOV_1, DEC_1))

@@ -14,6 +14,7 @@ from meterline.metering.ingestor import UsageIngestor
 from meterline.metering.service import metering_service
 from tests.conftest import PG_URL
 from tests.factories import make_tenant
+from tests.threads import run_concurrently
 
 THREADS = 8
 IDS = 600
@@ -44,30 +45,21 @@ def test_concurrent_duplicate_batches_on_postgres(postgres_url, clock, tenant_id
         t0 = _setup(db, tenant_id, clock)
         accepted = [0] * THREADS
         duplicates = [0] * THREADS
-        errors: list[BaseException] = []
         barrier = threading.Barrier(THREADS)
 
         def worker(w: int) -> None:
             rng = random.Random(w)
-            try:
-                barrier.wait()
-                for _round in range(4):
-                    # every thread sends overlapping batches of the same ids, shuffled
-                    ids = rng.sample(range(IDS), 300)
-                    events = [UsageEventIn(f"e{i}", f"cam-{i % 7}", "frames_processed", 1, t0 + i) for i in ids]
-                    with db.write_connection() as conn:
-                        r = metering_service.ingest(conn, tenant_id, "lic", f"dev-{w}", events, clock.now_ns())
-                    accepted[w] += r.accepted
-                    duplicates[w] += r.duplicates
-            except BaseException as exc:  # pragma: no cover - reported below
-                errors.append(exc)
+            barrier.wait()
+            for _round in range(4):
+                # every thread sends overlapping batches of the same ids, shuffled
+                ids = rng.sample(range(IDS), 300)
+                events = [UsageEventIn(f"e{i}", f"cam-{i % 7}", "frames_processed", 1, t0 + i) for i in ids]
+                with db.write_connection() as conn:
+                    r = metering_service.ingest(conn, tenant_id, "lic", f"dev-{w}", events, clock.now_ns())
+                accepted[w] += r.accepted
+                duplicates[w] += r.duplicates
 
-        threads = [threading.Thread(target=worker, args=(w,)) for w in range(THREADS)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert not errors, errors
+        run_concurrently(worker, THREADS)
         ids, raw, rolled = _totals(db, tenant_id)
         assert sum(accepted) == ids == raw == rolled
         assert sum(accepted) + sum(duplicates) == THREADS * 4 * 300

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import fields
 
 import pytest
@@ -13,6 +12,7 @@ from meterline.rentals.contracts import contract_service
 from meterline.rentals.reads import ContractReader, ContractRow, contract_reader
 from meterline.rentals.service import SETTLED, rental_service
 from tests.factories import make_demo_tenant
+from tests.threads import run_concurrently
 
 NS = 1_000_000_000
 WALLET = "7xKXtg2CW87d97TXJSDpbD5jBkheTqA83TZRuJosgAsU"
@@ -94,22 +94,13 @@ def test_each_thread_reads_on_its_own_connection(db, tenant, clock):
     rid = _rent(db, tenant, clock)
     reader = ContractReader(db)
     seen: list[str | None] = []
-    errors: list[BaseException] = []
 
-    def read() -> None:
-        try:
-            for _ in range(50):
-                row = reader.status_row(tenant, rid)
-                seen.append(None if row is None else row.id)
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+    def read(_: int) -> None:
+        for _ in range(50):
+            row = reader.status_row(tenant, rid)
+            seen.append(None if row is None else row.id)
 
-    threads = [threading.Thread(target=read) for _ in range(4)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    assert not errors
+    run_concurrently(read, 4)
     assert seen == [rid] * 200
 
 

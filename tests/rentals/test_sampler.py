@@ -27,6 +27,7 @@ from meterline.rentals.service import (
 )
 from meterline.wallets.service import wallet_service
 from tests.factories import make_demo_tenant
+from tests.threads import run_concurrently
 
 USER = "carol"
 
@@ -67,26 +68,17 @@ def test_concurrent_samples_keep_the_exact_integral(db: Database, tenant_id: str
     ids = [_session(db, tenant, clock) for _ in range(12)]
     acks: dict[str, list[int]] = {i: [] for i in ids}
     lock = threading.Lock()
-    errors: list[BaseException] = []
 
     with SampleBatcher(db, clock, window_ms=2) as batcher:
         def client(seed: int) -> None:
             rng = random.Random(seed)
-            try:
-                for _ in range(25):
-                    rid = rng.choice(ids)
-                    done = batcher.record(tenant, rid, [_sample(f"{rng.randint(0, 700)}.{rng.randint(0, 999)}")])
-                    with lock:
-                        acks[rid].append(done.rental.sample_count)
-            except BaseException as exc:  # pragma: no cover - reported below
-                errors.append(exc)
+            for _ in range(25):
+                rid = rng.choice(ids)
+                done = batcher.record(tenant, rid, [_sample(f"{rng.randint(0, 700)}.{rng.randint(0, 999)}")])
+                with lock:
+                    acks[rid].append(done.rental.sample_count)
 
-        threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    assert not errors
+        run_concurrently(client, 8)
 
     with db.session(write=False) as s:
         for rid in ids:
