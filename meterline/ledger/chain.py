@@ -17,23 +17,38 @@ _encode = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=F
 
 
 def canonical_transfer(t: dict[str, Any]) -> bytes:
-    fields = [
-        t["tenant_id"],
-        t["seq"],
-        t["id"],
-        t["debit_account_id"],
-        t["credit_account_id"],
-        t["amount"],
-        t["asset"],
-        t["pending_id"],
-        t["flags"],
-        t["timeout_s"],
-        t["code"],
-        t["reference"],
-        t["metadata"],
-        t["timestamp"],
-    ]
-    return _encode(fields).encode()
+    """The compact JSON array of the transfer's fields.
+
+    A transfer of the usual types is written with one f-string — byte-identical to the
+    encoder's output (a Hypothesis test holds it so) and about two and a half times
+    cheaper, a visible share of a 1000-transfer batch: strings go through the same C
+    escaper the encoder uses, ints through the same ``int.__repr__``. Any other shape
+    (an unexpected type anywhere) takes the encoder itself.
+    """
+    tenant, seq, tid, amount, asset = t["tenant_id"], t["seq"], t["id"], t["amount"], t["asset"]
+    flags, timeout_s, code, meta, ts = t["flags"], t["timeout_s"], t["code"], t["metadata"], t["timestamp"]
+    if (type(seq) is int and type(amount) is int and type(flags) is int and type(timeout_s) is int
+            and type(ts) is int and type(tenant) is str and type(tid) is str and type(asset) is str
+            and type(code) is str):
+        return (
+            f"[{_str(tenant)},{seq},{_str(tid)},{_opt_str(t['debit_account_id'])},"
+            f"{_opt_str(t['credit_account_id'])},{amount},{_str(asset)},{_opt_str(t['pending_id'])},"
+            f"{flags},{timeout_s},{_str(code)},{_opt_str(t['reference'])},"
+            f"{'null' if meta is None else _encode(meta)},{ts}]"
+        ).encode()
+    return _encode([
+        tenant, seq, tid, t["debit_account_id"], t["credit_account_id"], amount, asset, t["pending_id"],
+        flags, timeout_s, code, t["reference"], meta, ts,
+    ]).encode()
+
+
+_str = json.encoder.encode_basestring  # type: ignore[attr-defined]  # the C escaper (ensure_ascii=False)
+
+
+def _opt_str(value: Any) -> str:
+    if value is None:
+        return "null"
+    return _str(value) if type(value) is str else _encode(value)  # type: ignore[no-any-return]
 
 
 def chain_hash(prev_hash: str, t: dict[str, Any]) -> str:
