@@ -32,6 +32,8 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python bench/ledger.py
 	$(BIN)/python bench/rentals.py
+	$(BIN)/python bench/licensing.py
+	$(BIN)/python bench/usage.py
 
 clean:
 	rm -rf $(VENV) meterline.db meterline.db-wal meterline.db-shm .meterline
