@@ -5,7 +5,10 @@ Parts:
 1. ingestion through the service API in batches of 1000 events (10 cameras × 4
    meters, properties on one in ten), on SQLite and PostgreSQL, median over reps:
    "direct" (the summary's sqlite_eps / pg_eps) — one caller, `metering_service.ingest`
-   in its own transaction per batch (one fsync per 1000 events); "group commit"
+   in its own transaction per batch (one fsync per 1000 events), with the median CPU
+   time of this thread per batch (sqlite_cpu_ms: all of SQLite's work, the fsync wait
+   excluded — steadier than events/s on a shared machine; pg_client_cpu_ms: only the
+   client's part, PostgreSQL works in its own processes); "group commit"
    (sqlite_group_eps / pg_group_eps) — `--callers` threads submitting batches to the
    `UsageIngestor`, the path the HTTP routes use;
 2. `POST /api/v1/usage/batch` over HTTP (the BrinkByte profile) against one
@@ -35,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -72,15 +76,20 @@ def setup(db: Database, tenant: str) -> None:
         metering_service.seed_demo(s, tenant, now)
 
 
+RANDOM_IDS = False  # --random-ids: UUIDv4 event ids instead of "<batch>-<n>"
+
+
 def make_events(prefix: str, now: int, seq: int = 0) -> list[UsageEventIn]:
     """Batch `seq` of a stream: its events cover one second of event time, the next batch the
-    next second (edge devices report what just happened), ending at `now` + 40 s at most."""
+    next second (edge devices report what just happened), ending at `now` + 40 s at most.
+    Ids are "<batch>-<n>" — a batch's ids sort together, as a device's counter or a time-
+    prefixed id would — or, with --random-ids, UUIDv4s, which scatter over the dedup index."""
     out = []
     base = now - 600 * NS + seq * NS
     for i in range(BATCH):
         props = {"model": "yolov8n", "fps": 30} if i % 10 == 0 else None
-        out.append(UsageEventIn(f"{prefix}-{i}", f"cam-{i % 10:03d}", METERS[i % 4], i % 50 + 1,
-                                base + i * 1_000_000, props))
+        out.append(UsageEventIn(str(uuid.uuid4()) if RANDOM_IDS else f"{prefix}-{i}", f"cam-{i % 10:03d}",
+                                METERS[i % 4], i % 50 + 1, base + i * 1_000_000, props))
     return out
 
 
@@ -92,17 +101,24 @@ def bench_service(url: str, backend: str, args: argparse.Namespace) -> tuple[flo
     try:
         setup(db, "bench")
         direct = []
+        cpu: list[float] = []
         for rep in range(args.reps):
             now = time.time_ns()
             batches = [make_events(f"r{rep}b{b}", now, b) for b in range(args.batches)]
+            rep_cpu = []
             t0 = time.perf_counter()
             for batch in batches:
+                c0 = time.thread_time()
                 with db.write_connection() as conn:
                     r = metering_service.ingest(conn, "bench", "tenant-123", "device-001", batch, now)
                     assert r.accepted == BATCH, (r.accepted, r.rejected[:3])
+                rep_cpu.append((time.thread_time() - c0) * 1000)
             rate = args.batches * BATCH / (time.perf_counter() - t0)
             direct.append(rate)
-            log(f"  {backend:8s} direct       rep {rep}: {rate:>9,.0f} events/s")
+            cpu.append(median(rep_cpu))
+            log(f"  {backend:8s} direct       rep {rep}: {rate:>9,.0f} events/s, {cpu[-1]:.2f} ms CPU per batch"
+                f"{'' if db.is_sqlite else ' (this process only)'}, load {os.getloadavg()[0]:.2f}")
+        args.cpu_ms[backend] = median(cpu)
         grouped = []
         ingestor = UsageIngestor(db).start()
         try:
@@ -143,11 +159,13 @@ def run_service(args: argparse.Namespace, summary: dict[str, str]) -> None:
         with fresh_sqlite() as url:
             d, g = bench_service(url, "sqlite", args)
             summary["sqlite_eps"], summary["sqlite_group_eps"] = fmt(d), fmt(g)
+            summary["sqlite_cpu_ms"] = fmt(args.cpu_ms["sqlite"], 2)
             log(f"  sqlite median: direct {d:,.0f}, group commit {g:,.0f} events/s")
     if "postgres" in args.backends and postgres_reachable():
         with fresh_postgres() as url:
             d, g = bench_service(url, "postgres", args)
             summary["pg_eps"], summary["pg_group_eps"] = fmt(d), fmt(g)
+            summary["pg_client_cpu_ms"] = fmt(args.cpu_ms["postgres"], 2)
             log(f"  postgres median: direct {d:,.0f}, group commit {g:,.0f} events/s")
 
 
@@ -326,12 +344,16 @@ def main() -> None:
     ap.add_argument("--http-clients", type=int, default=4)
     ap.add_argument("--query-events", type=int, default=10_000_000)
     ap.add_argument("--query-reps", type=int, default=20)
+    ap.add_argument("--random-ids", action="store_true", help="service part: UUIDv4 event ids")
     args = ap.parse_args()
+    global RANDOM_IDS
+    RANDOM_IDS = args.random_ids
     args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    args.cpu_ms = {}
     log(f"meterline usage benchmark — {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
         f"load average {os.getloadavg()[0]:.2f} at start")
     summary = {k: "NA" for k in ("sqlite_eps", "pg_eps", "http_eps", "sqlite_query_ms", "pg_query_ms",
-                                  "sqlite_group_eps", "pg_group_eps")}
+                                  "sqlite_group_eps", "pg_group_eps", "sqlite_cpu_ms", "pg_client_cpu_ms")}
     if args.only in (None, "service"):
         run_service(args, summary)
     if args.only in (None, "http"):

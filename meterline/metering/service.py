@@ -292,12 +292,22 @@ class MeteringService:
         cutoff = now_ns - retention_days * DAY_NS
         if conn.dialect.name == "postgresql":
             return partitions.prune(conn, cutoff)
+        # SQLite's raw table has no index on ts (see UsageEvent): each ingested batch's rowid
+        # range with its earliest ts says where old rows can be. A range is read only once the
+        # cutoff passes its earliest remaining row, and its rows are adjacent in the table.
         deleted = 0
-        tenants = [r[0] for r in conn.execute(text("SELECT DISTINCT tenant_id FROM meters"))]
-        for tenant_id in tenants:  # one range delete per tenant, along the primary key
-            result = conn.execute(text("DELETE FROM usage_events WHERE tenant_id = :t AND ts < :c"),
-                                  {"t": tenant_id, "c": cutoff})
+        ranges = conn.execute(text("SELECT first_rowid, last_rowid FROM usage_event_ranges WHERE min_ts < :c "
+                                   "ORDER BY first_rowid"), {"c": cutoff}).all()
+        for first, last in ranges:
+            span = {"a": first, "b": last, "c": cutoff}
+            result = conn.execute(text("DELETE FROM usage_events WHERE rowid BETWEEN :a AND :b AND ts < :c"), span)
             deleted += max(result.rowcount or 0, 0)  # type: ignore[attr-defined]
+            left = conn.execute(text("SELECT min(ts) FROM usage_events WHERE rowid BETWEEN :a AND :b"), span).scalar()
+            if left is None:
+                conn.execute(text("DELETE FROM usage_event_ranges WHERE first_rowid = :a"), span)
+            else:
+                conn.execute(text("UPDATE usage_event_ranges SET min_ts = :m WHERE first_rowid = :a"),
+                             {"a": first, "m": left})
         return deleted
 
     def maintain_partitions(self, target: Session | Connection, now_ns: int) -> int:

@@ -97,6 +97,19 @@ _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _dump_str = json.JSONEncoder(ensure_ascii=False).encode
 
 
+def _refuse(obj: Any) -> Any:
+    raise TypeError(f"{type(obj).__name__} is not JSON")
+
+
+# The C encoder that `_dumps` builds anew on every call, built once: a third of the cost per
+# properties object (measured ~1.2 vs ~3 µs for a two-key dict). Without the circular-reference
+# markers (a shared dict would be unsafe across threads): a cycle ends in RecursionError,
+# caught below. Same output as `_dumps`; None where the C accelerator is missing.
+_c_encode = (json.encoder.c_make_encoder(None, _refuse, json.encoder.encode_basestring, None, ":", ",",  # type: ignore[attr-defined]
+                                         False, False, True)
+             if json.encoder.c_make_encoder is not None else None)  # type: ignore[attr-defined]
+
+
 def properties_json(props: Any) -> str | None:
     """Canonical JSON text of an event's properties (Decimals keep their digits)."""
     if props is None:
@@ -106,13 +119,18 @@ def properties_json(props: Any) -> str | None:
     if not props:
         return None
     try:
-        text = _dumps(props)
-    except TypeError:
+        text = "".join(_c_encode(props, 0)) if _c_encode is not None else _dumps(props)
+    except TypeError:  # a Decimal (a JSON number as parsed) or something that is not JSON
         parts: list[str] = []
-        _write(props, parts)
+        try:
+            _write(props, parts)
+        except RecursionError:
+            raise BadValue("properties are nested too deeply (or circular)") from None
         text = "".join(parts)
     except ValueError as exc:
         raise BadValue(f"properties are not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadValue("properties are nested too deeply (or circular)") from None
     if len(text) > MAX_PROPERTIES_CHARS:
         raise BadValue(f"properties must be at most {MAX_PROPERTIES_CHARS} characters of JSON")
     return text

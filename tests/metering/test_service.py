@@ -312,11 +312,90 @@ def test_a_batch_holding_one_seen_id_claims_the_others_once(session, tenant, clo
 def test_copy_text_escapes_exactly_when_needed(text_value):
     """The unescaped fast build is used only when it equals the fully escaped text."""
     esc = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-    rows = [("t", 10 + i, f"id-{i}-{text_value}", "lic", "dev", f"cam-{text_value}", "m", i,
-             None if i % 2 else f'{{"x":"{text_value}"}}', 99) for i in range(4)]
+    rows = [(10 + i, f"id-{i}-{text_value}", f"cam-{text_value}", "m", i,
+             None if i % 2 else f'{{"x":"{text_value}"}}') for i in range(4)]
     null = "\\N"
     expected = "".join(
         f"t\t{ts}\t{e.translate(esc)}\tlic\tdev\t{s.translate(esc)}\tm\t{q}\t"
-        f"{null if p is None else p.translate(esc)}\t{rec}\n"
-        for _t, ts, e, _l, _d, s, _m, q, p, rec in rows)
-    assert ingest_engine._events_copy_text("t", "lic", rows) == expected
+        f"{null if p is None else p.translate(esc)}\t99\n"
+        for ts, e, s, _m, q, p in rows)
+    assert ingest_engine._events_copy_text("t", "lic", "dev", 99, rows) == expected
+
+
+def test_a_failure_after_the_raw_rows_leaves_ids_unclaimed(session, tenant, clock, t0, monkeypatch):
+    """The claim and the raw rows are in, then the rollup upsert fails: the whole batch goes,
+    claim included (SQLite's claim is a plain INSERT betting on new ids — it must roll back too)."""
+    now = clock.now_ns()
+    batch = [ev(f"w{i}", 2, ts=t0 + i) for i in range(250)]  # raw rows in full multi-row statements and singly
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("rollup write failed")
+
+    monkeypatch.setattr(ingest_engine, "_upsert_rollups", boom)
+    with pytest.raises(RuntimeError):
+        with session.begin_nested():
+            ingest(session, tenant, batch, now)
+    monkeypatch.undo()
+    assert session.scalar(select(func.count()).select_from(UsageEventId).where(UsageEventId.tenant_id == tenant)) == 0
+    assert session.scalar(select(func.count()).select_from(UsageEvent).where(UsageEvent.tenant_id == tenant)) == 0
+    r = ingest(session, tenant, batch, now)
+    assert (r.accepted, r.duplicates) == (250, 0)
+    [row] = total(session, tenant, "frames_processed", t0)
+    assert (row.value_micro, row.events) == (500_000_000, 250)
+    assert session.scalar(select(func.count()).select_from(UsageEvent).where(UsageEvent.tenant_id == tenant)) == 250
+
+
+def test_claimed_ids_are_exactly_the_submitted_ones(session, tenant, clock, t0):
+    """SQLite claims a batch as one JSON array unless an id needs an escape in JSON; either way
+    the claimed id is exactly the submitted one, and a later batch sees it as a duplicate."""
+    now = clock.now_ns()
+    plain = ["ünï-ç☃", "emoji-🙂", "sp ace", "12", "a'b", "x\u2028y"]
+    escaped = ['q"uote', "back\\slash", "tab\tid", "ctl\x01id"]
+    first = [ev(e, 1, ts=t0 + i) for i, e in enumerate(plain)]
+    assert ingest(session, tenant, first, now).accepted == len(plain)
+    second = [ev(e, 1, ts=t0 + i) for i, e in enumerate(escaped)]
+    assert ingest(session, tenant, second, now).accepted == len(escaped)
+    claimed = set(session.scalars(select(UsageEventId.event_id).where(UsageEventId.tenant_id == tenant)))
+    assert claimed == set(plain) | set(escaped)
+    again = ingest(session, tenant, [*first, *second, ev("new", 1, ts=t0)], now)
+    assert (again.accepted, again.duplicates) == (1, len(plain) + len(escaped))
+    raw = set(session.scalars(select(UsageEvent.event_id).where(UsageEvent.tenant_id == tenant)))
+    assert raw == claimed | {"new"}
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # PostgreSQL prunes by partition
+def test_sqlite_retention_by_rowid_ranges(session, tenant, clock, t0):
+    """Each SQLite batch records its rowid range and earliest ts; pruning deletes exactly the rows
+    before the cutoff, moves a straddling range's min_ts up to what is left, drops emptied ones."""
+    now = clock.now_ns()
+    day = 24 * HOUR_NS
+    # batch 1 straddles three days; batch 2 is wholly recent; batch 3 wholly old
+    b1 = [ev(f"a{i}", 1, ts=now - (6 - i) * day) for i in range(3)]  # 6, 5, 4 days ago
+    b2 = [ev(f"b{i}", 1, ts=now - i * NS) for i in range(5)]
+    b3 = [ev(f"c{i}", 1, ts=now - 6 * day - i * NS) for i in range(300)]
+    for batch in (b1, b2, b3):
+        assert ingest(session, tenant, batch, now, lateness_s=7 * 24 * 3600).accepted == len(batch)
+
+    def ranges():
+        return session.execute(text("SELECT first_rowid, last_rowid, min_ts FROM usage_event_ranges "
+                                    "ORDER BY first_rowid")).all()
+
+    def raw():
+        return set(session.scalars(select(UsageEvent.event_id).where(UsageEvent.tenant_id == tenant)))
+
+    mine = ranges()[-3:]
+    assert [r.min_ts for r in mine] == [now - 6 * day, now - 4 * NS, now - 6 * day - 299 * NS]
+    assert [r.last_rowid - r.first_rowid + 1 for r in mine] == [3, 5, 300]
+    # cutoff between 6 and 5 days ago: a0 and all of batch 3 go
+    n = metering_service.prune(session, now + 12 * HOUR_NS, retention_days=6)
+    assert n >= 301
+    assert raw() == {"a1", "a2"} | {f"b{i}" for i in range(5)}
+    after = {r.first_rowid: r for r in ranges()}
+    assert after[mine[0].first_rowid].min_ts == now - 5 * day  # moved up to what is left
+    assert mine[2].first_rowid not in after  # emptied: dropped
+    # a day on, a1 goes too; nothing recent is touched
+    metering_service.prune(session, now + 36 * HOUR_NS, retention_days=6)
+    assert raw() == {"a2"} | {f"b{i}" for i in range(5)}
+    assert {r.first_rowid: r.min_ts for r in ranges()}[mine[0].first_rowid] == now - 4 * day
+    # the pruned ids stay claimed
+    assert ingest(session, tenant, [ev("c7", 1, ts=now)], now).results == ["duplicate"]
