@@ -110,6 +110,11 @@ class GroupCommitter(ABC, Generic[T, R]):
         """How much of the batch cap one item uses."""
         return 1
 
+    def finish(self, conn: Connection) -> None:
+        """Called last inside the transaction, after `apply`. A subclass may end the
+        transaction here itself (on PostgreSQL: its queued writes and COMMIT sent in one
+        round trip); the commit that follows then has nothing left to do."""
+
     def observe(self, items: list[T], seconds: float) -> None:
         """Called after each successful commit (metrics)."""
 
@@ -269,7 +274,9 @@ class GroupCommitter(ABC, Generic[T, R]):
         conn = self._connection()
         try:
             with conn.begin():
-                return self.apply(conn, items)
+                outcomes = self.apply(conn, items)
+                self.finish(conn)
+                return outcomes
         except BaseException:
             # The connection may be broken: the next batch starts on a fresh one.
             self._close_connection()
@@ -277,9 +284,10 @@ class GroupCommitter(ABC, Generic[T, R]):
 
     def _connection(self) -> Connection:
         """The writer's own connection, kept across batches: a pool checkout per batch costs
-        a pre-ping round trip on PostgreSQL, a large share of a small group commit."""
+        a pre-ping round trip on PostgreSQL, a large share of a small group commit. (On
+        PostgreSQL it is not a pool connection at all: see `Database.writer_connection`.)"""
         if self._conn is None:
-            conn = self.db.engine.connect()
+            conn = self.db.writer_connection()
             if self.db.is_sqlite:
                 tune_sqlite_writer(conn)
                 conn = conn.execution_options(**WRITE)
