@@ -76,9 +76,9 @@ def text_array(values: Sequence[str | None]) -> bytes:
     if not values:
         return b"{}"
     if None not in values:
-        body = '","'.join(values)  # type: ignore[arg-type]
-        if '"' not in body and "\\" not in body:
-            return ('{"' + body + '"}').encode()
+        probe = "".join(values)  # type: ignore[arg-type]
+        if '"' not in probe and "\\" not in probe:
+            return ('{"' + '","'.join(values) + '"}').encode()  # type: ignore[arg-type]
     return ("{" + ",".join([_quote(v) for v in values]) + "}").encode()
 
 
