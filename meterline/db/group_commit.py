@@ -116,7 +116,7 @@ class GroupCommitter(ABC, Generic[T, R]):
         round trip); the commit that follows then has nothing left to do."""
 
     def observe(self, items: list[T], seconds: float) -> None:
-        """Called after each successful commit (metrics)."""
+        """Called after each successful commit, once its callers are answered (metrics)."""
 
     def committed(self) -> None:
         """Called right after each successful commit, before any caller is answered."""
@@ -265,10 +265,13 @@ class GroupCommitter(ABC, Generic[T, R]):
                 self._commit([entry])
             return
         self.committed()
+        elapsed = time.perf_counter() - started
         # Who answers next: the callers about to be answered, plus those already queued.
         self._expect = len(entries) + self._queue.qsize()
-        self.observe(items, time.perf_counter() - started)
+        # Answer first, count after: the callers prepare their next items while the writer
+        # does its bookkeeping, instead of after it.
         self._settle(entries, outcomes)
+        self.observe(items, elapsed)
 
     def _apply(self, items: list[T]) -> list[R | Exception]:
         conn = self._connection()

@@ -109,5 +109,5 @@ class LedgerBatcher(GroupCommitter[_Item, list[TransferResult]]):
 
     def observe(self, items: list[_Item], seconds: float) -> None:
         metrics.observe_batch(sum(len(i.segment.transfers) for i in items), len(items), seconds)
-        for item in items:
-            metrics.count_results(item.segment.results)
+        # One tally for the whole group: a labelled counter costs microseconds per call.
+        metrics.count_results([r for item in items for r in item.segment.results])

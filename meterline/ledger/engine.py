@@ -611,12 +611,16 @@ class LedgerEngine:
             rows(results[i], kinds) if i is not None else []
             for i, kinds in zip(reads, ("ttittittiitttit", "tttittiitii", "ttiiiii"), strict=True)
         )
-        if head_rows:
-            head = self._head(head_rows[0])
-        else:  # a tenant's first transfer: create its head (a concurrent creator wins)
+        if not head_rows:
+            # A tenant's first transfer: create its head (a concurrent creator wins), then
+            # read everything again under its lock. The reads above ran with no lock to
+            # hold — there was no head yet — so a writer that created the head at the same
+            # time may have committed balances since; building on them lost its transfers'
+            # balance changes (seen once in a few runs of eight processes starting at once).
             pipe.add(self._PG_NEW_HEAD, [tenant, text(GENESIS_HASH)])
-            head_i = pipe.add(self._PG_HEAD, [tenant])
-            head = self._head(rows(pipe.run()[head_i], "iti")[0])
+            pipe.run()
+            return self._load_pg(pipe, tenant_id, transfer_ids, hold_ids, acc_ids)
+        head = self._head(head_rows[0])
         return (head, self._transfers(transfer_rows), {r[0]: _Hold(*r) for r in hold_rows},
                 {r[0]: _Acc(r[1], r[2], r[3], r[4], r[5], r[6]) for r in acc_rows})
 

@@ -100,12 +100,10 @@ def test_eight_processes_lose_nothing(db, tenant_id, mode):
             ),
             {"t": tenant_id},
         ).one()
-        assert sums[0] == sums[1] == sum(a for _, a in acked)
-        assert sums[2] == sums[3] == 0
         mismatched = conn.execute(
             text(
                 """
-                SELECT a.id FROM accounts a
+                SELECT a.id, a.debits_posted, d.s, a.credits_posted, c.s FROM accounts a
                 LEFT JOIN (SELECT debit_account_id AS id, SUM(amount) AS s FROM transfers
                            WHERE tenant_id = :t GROUP BY debit_account_id) d ON d.id = a.id
                 LEFT JOIN (SELECT credit_account_id AS id, SUM(amount) AS s FROM transfers
@@ -117,6 +115,8 @@ def test_eight_processes_lose_nothing(db, tenant_id, mode):
             {"t": tenant_id},
         ).all()
         assert mismatched == []
+        assert sums[0] == sums[1] == sum(a for _, a in acked)
+        assert sums[2] == sums[3] == 0
 
 
 def test_hot_wallet_never_overdraws_under_concurrency(db, tenant_id):
