@@ -156,3 +156,36 @@ def test_hot_wallet_never_overdraws_under_concurrency(db, tenant_id):
         ).one()
     assert cpo == 50_000
     assert dpo <= cpo
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_a_tenants_first_batches_created_together_both_count(db, tenant_id, monkeypatch):
+    """Two writers find no head: the one that loses the race to create it must not build
+    on the balances it read before the winner committed."""
+    from meterline.db.pgpipe import PgPipe
+    from meterline.ledger.service import ledger_service
+
+    clock = SystemClock()
+    with db.session() as s:
+        make_tenant(s, tenant_id, clock)
+        make_account(s, tenant_id, clock, id="a")
+        make_account(s, tenant_id, clock, id="b")
+    real = PgPipe.run
+    armed = [True]
+
+    def run(self, *, commit=False):  # type: ignore[no-untyped-def]
+        out = real(self, commit=commit)
+        if armed[0]:  # the loser has read (no head, no lock yet): the winner commits now
+            armed[0] = False
+            with db.session() as other:
+                assert ledger_service.post(other, tenant_id, [TransferIn("first", "a", "b", 5)], clock)[0].result == "ok"
+        return out
+
+    monkeypatch.setattr(PgPipe, "run", run)
+    with db.session() as s:
+        [res] = ledger_service.post(s, tenant_id, [TransferIn("second", "a", "b", 3)], clock)
+    assert res.result == "ok" and res.transfer is not None and res.transfer.seq == 2
+    assert not armed[0]
+    with db.session(write=False) as s:
+        a = ledger_service.get_account(s, tenant_id, "a")
+        assert (a.debits_posted, a.credits_posted) == (8, 0)
