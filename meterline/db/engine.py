@@ -99,6 +99,7 @@ class Database:
         self.engine = make_engine(url, busy_timeout_ms=busy_timeout_ms, pool_size=pool_size)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._writer_engine: Engine | None = None
 
     def new_session(self, *, write: bool) -> Session:
         session = self._sessions()
@@ -127,5 +128,25 @@ class Database:
             with conn.begin():
                 yield conn
 
+    def writer_connection(self) -> Connection:
+        """A connection for a long-lived writer (a group committer), which keeps it across
+        batches and closes it after a failure.
+
+        On PostgreSQL it is a new connection of its own, outside the pool, on which psycopg
+        never prepares statements (`prepare_threshold=None`): the ledger's writer prepares
+        its own, by name, and psycopg answers a rollback on a connection where it prepared
+        anything with DEALLOCATE ALL, which would drop them unseen. Never pooled, so no other
+        user inherits them, and a writer reconnecting after a failure starts clean.
+        """
+        if self.is_sqlite:
+            return self.engine.connect()
+        if self._writer_engine is None:
+            self._writer_engine = create_engine(
+                self.engine.url, poolclass=NullPool, connect_args={"prepare_threshold": None}
+            )
+        return self._writer_engine.connect()
+
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._writer_engine is not None:
+            self._writer_engine.dispose()

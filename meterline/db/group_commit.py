@@ -110,8 +110,13 @@ class GroupCommitter(ABC, Generic[T, R]):
         """How much of the batch cap one item uses."""
         return 1
 
+    def finish(self, conn: Connection) -> None:
+        """Called last inside the transaction, after `apply`. A subclass may end the
+        transaction here itself (on PostgreSQL: its queued writes and COMMIT sent in one
+        round trip); the commit that follows then has nothing left to do."""
+
     def observe(self, items: list[T], seconds: float) -> None:
-        """Called after each successful commit (metrics)."""
+        """Called after each successful commit, once its callers are answered (metrics)."""
 
     def committed(self) -> None:
         """Called right after each successful commit, before any caller is answered."""
@@ -260,16 +265,21 @@ class GroupCommitter(ABC, Generic[T, R]):
                 self._commit([entry])
             return
         self.committed()
+        elapsed = time.perf_counter() - started
         # Who answers next: the callers about to be answered, plus those already queued.
         self._expect = len(entries) + self._queue.qsize()
-        self.observe(items, time.perf_counter() - started)
+        # Answer first, count after: the callers prepare their next items while the writer
+        # does its bookkeeping, instead of after it.
         self._settle(entries, outcomes)
+        self.observe(items, elapsed)
 
     def _apply(self, items: list[T]) -> list[R | Exception]:
         conn = self._connection()
         try:
             with conn.begin():
-                return self.apply(conn, items)
+                outcomes = self.apply(conn, items)
+                self.finish(conn)
+                return outcomes
         except BaseException:
             # The connection may be broken: the next batch starts on a fresh one.
             self._close_connection()
@@ -277,9 +287,10 @@ class GroupCommitter(ABC, Generic[T, R]):
 
     def _connection(self) -> Connection:
         """The writer's own connection, kept across batches: a pool checkout per batch costs
-        a pre-ping round trip on PostgreSQL, a large share of a small group commit."""
+        a pre-ping round trip on PostgreSQL, a large share of a small group commit. (On
+        PostgreSQL it is not a pool connection at all: see `Database.writer_connection`.)"""
         if self._conn is None:
-            conn = self.db.engine.connect()
+            conn = self.db.writer_connection()
             if self.db.is_sqlite:
                 tune_sqlite_writer(conn)
                 conn = conn.execution_options(**WRITE)

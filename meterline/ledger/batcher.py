@@ -20,6 +20,7 @@ from sqlalchemy import Connection
 from meterline.clock import Clock
 from meterline.db.engine import Database
 from meterline.db.group_commit import CommitterStopped, GroupCommitter
+from meterline.db.pgpipe import PgPipe
 from meterline.ledger import metrics
 from meterline.ledger.engine import WriterCache, engine
 from meterline.ledger.types import Segment, TransferIn, TransferResult
@@ -45,6 +46,7 @@ class LedgerBatcher(GroupCommitter[_Item, list[TransferResult]]):
         # Heads and balances as of this writer's last commit: lets a batch of new transfers
         # skip its reads (the engine's head guard proves the cache current, or fails it).
         self.cache = WriterCache()
+        self._pipe: PgPipe | None = None  # PostgreSQL: the open batch's queued statements
 
     def start(self) -> LedgerBatcher:
         super().start()
@@ -78,10 +80,22 @@ class LedgerBatcher(GroupCommitter[_Item, list[TransferResult]]):
         for item in items:
             by_tenant.setdefault(item.tenant_id, []).append(item.segment)
         now = self.clock.now_ns()
+        # PostgreSQL: every tenant's writes stay queued on one pipe; `finish` sends them with
+        # the COMMIT, so a batch the cache covers is one round trip in all (BEGIN included).
+        # Statements are prepared: this is the writer's own connection.
+        pipe = self._pipe = PgPipe(conn, prepare=True) if not self.db.is_sqlite else None
         # Tenants in a fixed order so two batchers never lock heads in opposite orders.
         for tenant_id in sorted(by_tenant):
-            engine.apply(conn, tenant_id, by_tenant[tenant_id], now, self.cache)
+            engine.apply(conn, tenant_id, by_tenant[tenant_id], now, self.cache, pipe)
         return [item.segment.results for item in items]
+
+    def finish(self, conn: Connection) -> None:
+        # The COMMIT is sent only behind the writes: if any of them fails (a guard, a
+        # duplicate id), PostgreSQL skips the rest of the pipeline, COMMIT included, and
+        # the error raised here rolls the batch back like any other.
+        pipe, self._pipe = self._pipe, None
+        if pipe is not None:
+            pipe.run(commit=True)
 
     def committed(self) -> None:
         self.cache.commit()
@@ -95,5 +109,5 @@ class LedgerBatcher(GroupCommitter[_Item, list[TransferResult]]):
 
     def observe(self, items: list[_Item], seconds: float) -> None:
         metrics.observe_batch(sum(len(i.segment.transfers) for i in items), len(items), seconds)
-        for item in items:
-            metrics.count_results(item.segment.results)
+        # One tally for the whole group: a labelled counter costs microseconds per call.
+        metrics.count_results([r for item in items for r in item.segment.results])

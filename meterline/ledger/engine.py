@@ -37,6 +37,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from meterline.db.pgpipe import PgPipe, int_array, integer, rows, text, text_array
 from meterline.ledger.chain import GENESIS_HASH, chain_hash
 from meterline.ledger.types import (
     CODE_EXPIRED,
@@ -63,6 +64,23 @@ _MAX_ID = 128
 _MAX_TIMEOUT_S = 2**31 - 1
 _CHUNK = 900  # stays under every driver's bound-parameter limit
 _COPY_MIN_ROWS = 32  # PostgreSQL: below this, a pipelined INSERT beats COPY's extra round trips
+
+_TRANSFER_FIELDS = (
+    "tenant_id", "id", "seq", "debit_account_id", "credit_account_id", "amount", "asset", "pending_id",
+    "flags", "timeout_s", "code", "reference", "metadata", "timestamp", "hash",
+)
+_TRANSFER_COLS = ", ".join(_TRANSFER_FIELDS)
+_dumps = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode
+
+
+# PostgreSQL writes. Each that must touch an exact number of rows carries its own guard:
+# the statement fails (an integer cast of a message) when the count is wrong, because
+# the batcher's COMMIT travels in the same pipeline — nothing can be checked on the
+# client between the write and the commit. The cast's text depends on count(*), so the
+# planner cannot fold it into an error at plan time.
+def _guarded(write: str, expected: str, what: str) -> str:
+    return (f"WITH w AS ({write} RETURNING 1) SELECT CASE WHEN count(*) = {expected} THEN 1 "
+            f"ELSE ('ledger guard: ' || count(*) || ' {what}, expected ' || {expected})::int END FROM w")
 
 
 @dataclass(slots=True)
@@ -397,13 +415,31 @@ class LedgerEngine:
 
     def apply(
         self, conn: Connection, tenant_id: str, segments: list[Segment], now_ns: int,
-        cache: WriterCache | None = None,
+        cache: WriterCache | None = None, pipe: PgPipe | None = None,
     ) -> None:
         """Apply all segments for one tenant; fills each segment's `results` in place.
 
         With a `cache`, a batch it fully covers is applied without reading (see the
         module docstring); the caller must `commit()` or `clear()` the cache afterwards.
+
+        On PostgreSQL every statement goes through a `PgPipe`. Given one (the batcher's),
+        the writes are left queued on it: the caller sends them with its other tenants'
+        writes and the COMMIT in one round trip, and any read queued later goes out behind
+        them, so statements still run in the order they were made. Without one, the writes
+        are sent before returning (inside the caller's transaction, not committed).
         """
+        own = pipe is None and conn.dialect.name == "postgresql"
+        if own:
+            pipe = PgPipe(conn)
+        self._apply(conn, tenant_id, segments, now_ns, cache, pipe)
+        if own:
+            assert pipe is not None
+            pipe.run()
+
+    def _apply(
+        self, conn: Connection, tenant_id: str, segments: list[Segment], now_ns: int,
+        cache: WriterCache | None, pipe: PgPipe | None,
+    ) -> None:
         all_t = [t for s in segments for t in s.transfers]
         acc_ids = {a for t in all_t for a in (t.debit_account_id, t.credit_account_id) if a}
         head = cache.head(tenant_id) if cache is not None else None
@@ -416,7 +452,7 @@ class LedgerEngine:
             accounts = {a: _Acc(c.asset, c.flags, c.dp, c.dpo, c.cp, c.cpo)
                         for a in acc_ids for c in (cached.get(a),) if c is not None}
             if len(accounts) < len(acc_ids):
-                accounts.update(self._load_accounts(conn, tenant_id, acc_ids - accounts.keys()))
+                accounts.update(self._load_accounts(conn, tenant_id, acc_ids - accounts.keys(), pipe))
             batch = _Batch(conn, tenant_id, now_ns, accounts, {}, {})
             accepted = self._run(batch, segments)
             # A refusal may be wrong here: an id stored earlier answers `exists` (or its
@@ -424,19 +460,19 @@ class LedgerEngine:
             # anything else is decided again, reading.
             if all(r.result in SUCCESS for s in segments for r in s.results):
                 cache.optimistic = True
-                new_head = self._persist(conn, tenant_id, head, batch, accepted, now_ns)
+                new_head = self._persist(conn, tenant_id, head, batch, accepted, now_ns, pipe)
                 cache.stage(tenant_id, head, new_head, accounts)
                 return
         ids = {t.id for t in all_t if t.id}
         pending_ids = {t.pending_id for t in all_t if t.pending_id}
-        head, existing, holds, accounts = self._load(conn, tenant_id, ids | pending_ids, pending_ids, acc_ids)
+        head, existing, holds, accounts = self._load(conn, tenant_id, ids | pending_ids, pending_ids, acc_ids, pipe)
         # A post or void may name only the hold: its accounts come from the hold (rarely unread).
         hold_accs = {a for h in holds.values() for a in (h.debit_account_id, h.credit_account_id)}
         if hold_accs - accounts.keys():
-            accounts.update(self._load_accounts(conn, tenant_id, hold_accs - accounts.keys()))
+            accounts.update(self._load_accounts(conn, tenant_id, hold_accs - accounts.keys(), pipe))
         batch = _Batch(conn, tenant_id, now_ns, accounts, holds, existing)
         accepted = self._run(batch, segments)
-        new_head = self._persist(conn, tenant_id, head, batch, accepted, now_ns) if accepted else head
+        new_head = self._persist(conn, tenant_id, head, batch, accepted, now_ns, pipe) if accepted else head
         if cache is not None:
             cache.stage(tenant_id, head, new_head, accounts)
 
@@ -528,12 +564,15 @@ class LedgerEngine:
               "created_at, expires_at, resolved_by, resolved_at, posted_amount FROM holds")
 
     def _load(
-        self, conn: Connection, tenant_id: str, transfer_ids: set[str], hold_ids: set[str], acc_ids: set[str]
+        self, conn: Connection, tenant_id: str, transfer_ids: set[str], hold_ids: set[str], acc_ids: set[str],
+        pipe: PgPipe | None = None,
     ) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, _Hold], dict[str, _Acc]]:
         """Lock the head and read everything the batch names — on PostgreSQL as one pipeline,
         so a small group commit pays one round trip for its reads instead of four."""
+        if pipe is not None:
+            return self._load_pg(pipe, tenant_id, transfer_ids, hold_ids, acc_ids)
         sql = _Sql.of(conn)
-        head_q = self._HEAD.format(p=sql.p) + (" FOR UPDATE" if sql.pg else "")
+        head_q = self._HEAD.format(p=sql.p)
         queries = [[(head_q, (tenant_id,))],
                    sql.in_queries(f"SELECT {_TRANSFER_COLS} FROM transfers", "id", tenant_id, transfer_ids),
                    sql.in_queries(self._HOLDS, "transfer_id", tenant_id, hold_ids),
@@ -543,27 +582,72 @@ class LedgerEngine:
         return (head, self._transfers(transfer_rows), {r[0]: _Hold(*r) for r in hold_rows},
                 {r[0]: _Acc(r[1], r[2], r[3], r[4], r[5], r[6]) for r in acc_rows})
 
+    # PostgreSQL: key lookups by one array parameter, probed one key at a time: LATERAL ...
+    # LIMIT 1 cannot be flattened into a join, so the plan is a nested loop of key lookups.
+    # The plain `col = ANY($1)` form let the planner pick a tenant-only index (or a generic
+    # plan) that reads every row of the tenant. (While a tenant's table has no statistics —
+    # the first few thousand transfers with autovacuum off — the planner can still cost the
+    # (tenant_id, seq) index like the primary key and pick it; see docs/operations.md.)
+    _PG_HEAD = "SELECT last_seq, last_hash, last_timestamp FROM ledger_heads WHERE tenant_id = $1 FOR UPDATE"
+    _PG_BY_KEYS = ("SELECT x.* FROM unnest($1::text[]) AS k(key) CROSS JOIN LATERAL "
+                   "({head} WHERE tenant_id = $2 AND {col} = k.key LIMIT 1) AS x")
+    _PG_TRANSFERS = _PG_BY_KEYS.format(head=f"SELECT {_TRANSFER_COLS} FROM transfers", col="id")
+    _PG_HOLDS = _PG_BY_KEYS.format(head=_HOLDS, col="transfer_id")
+    _PG_ACCOUNTS = _PG_BY_KEYS.format(head=_ACCOUNTS, col="id")
+    _PG_NEW_HEAD = ("INSERT INTO ledger_heads (tenant_id, last_seq, last_hash, last_timestamp) "
+                    "VALUES ($1, 0, $2, 0) ON CONFLICT DO NOTHING")
+
+    def _load_pg(
+        self, pipe: PgPipe, tenant_id: str, transfer_ids: set[str], hold_ids: set[str], acc_ids: set[str],
+    ) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, _Hold], dict[str, _Acc]]:
+        tenant = text(tenant_id)
+        head_i = pipe.add(self._PG_HEAD, [tenant])
+        reads = [(pipe.add(q, [text_array(sorted(ids)), tenant]) if ids else None)
+                 for q, ids in ((self._PG_TRANSFERS, transfer_ids), (self._PG_HOLDS, hold_ids),
+                                (self._PG_ACCOUNTS, acc_ids))]
+        results = pipe.run()
+        head_rows = rows(results[head_i], "iti")
+        transfer_rows, hold_rows, acc_rows = (
+            rows(results[i], kinds) if i is not None else []
+            for i, kinds in zip(reads, ("ttittittiitttit", "tttittiitii", "ttiiiii"), strict=True)
+        )
+        if not head_rows:
+            # A tenant's first transfer: create its head (a concurrent creator wins), then
+            # read everything again under its lock. The reads above ran with no lock to
+            # hold — there was no head yet — so a writer that created the head at the same
+            # time may have committed balances since; building on them lost its transfers'
+            # balance changes (seen once in a few runs of eight processes starting at once).
+            pipe.add(self._PG_NEW_HEAD, [tenant, text(GENESIS_HASH)])
+            pipe.run()
+            return self._load_pg(pipe, tenant_id, transfer_ids, hold_ids, acc_ids)
+        head = self._head(head_rows[0])
+        return (head, self._transfers(transfer_rows), {r[0]: _Hold(*r) for r in hold_rows},
+                {r[0]: _Acc(r[1], r[2], r[3], r[4], r[5], r[6]) for r in acc_rows})
+
     @staticmethod
     def _head(row: Any) -> dict[str, Any]:
         return {"last_seq": row[0], "last_hash": row[1], "last_timestamp": row[2]}
 
     def _create_head(self, conn: Connection, tenant_id: str, head_q: str) -> dict[str, Any]:
-        """A tenant's first transfer: create its head (a concurrent creator wins on PostgreSQL)."""
-        sql = _Sql.of(conn)
-        conflict = " ON CONFLICT DO NOTHING" if sql.pg else ""
+        """A tenant's first transfer on SQLite: create its head."""
         conn.exec_driver_sql(
-            "INSERT INTO ledger_heads (tenant_id, last_seq, last_hash, last_timestamp) "
-            f"VALUES ({sql.p}, 0, {sql.p}, 0){conflict}",
+            "INSERT INTO ledger_heads (tenant_id, last_seq, last_hash, last_timestamp) VALUES (?, 0, ?, 0)",
             (tenant_id, GENESIS_HASH),
         )
         row = conn.exec_driver_sql(head_q, (tenant_id,)).first()
         assert row is not None
         return self._head(row)
 
-    def _load_accounts(self, conn: Connection, tenant_id: str, ids: set[str]) -> dict[str, _Acc]:
-        sql = _Sql.of(conn)
-        [rows] = sql.fetch_all(conn, [sql.in_queries(self._ACCOUNTS, "id", tenant_id, ids)])
-        return {r[0]: _Acc(r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows}
+    def _load_accounts(
+        self, conn: Connection, tenant_id: str, ids: set[str], pipe: PgPipe | None = None,
+    ) -> dict[str, _Acc]:
+        if pipe is not None:
+            i = pipe.add(self._PG_ACCOUNTS, [text_array(sorted(ids)), text(tenant_id)])
+            acc_rows = rows(pipe.run()[i], "ttiiiii")
+        else:
+            sql = _Sql.of(conn)
+            [acc_rows] = sql.fetch_all(conn, [sql.in_queries(self._ACCOUNTS, "id", tenant_id, ids)])
+        return {r[0]: _Acc(r[1], r[2], r[3], r[4], r[5], r[6]) for r in acc_rows}
 
     @staticmethod
     def _transfers(rows: list[Any]) -> dict[str, dict[str, Any]]:
@@ -584,9 +668,9 @@ class LedgerEngine:
         batch: _Batch,
         accepted: list[tuple[TransferResult, dict[str, Any]]],
         now_ns: int,
+        pipe: PgPipe | None = None,
     ) -> dict[str, Any]:
         """Sequence, hash and write the accepted transfers; returns the new head."""
-        sql = _Sql.of(conn)
         seq = head["last_seq"]
         prev = head["last_hash"]
         ts = max(now_ns, head["last_timestamp"] + 1)
@@ -609,37 +693,119 @@ class LedgerEngine:
             res.transfer = _stored(row)
         new_head = {"last_seq": seq, "last_hash": prev,
                     "last_timestamp": ts - 1 if rows else head["last_timestamp"]}
-        p = sql.p
-        # The head goes first: it is the tenant's lock (taken before any account row, as
-        # everywhere), and its guard — the stored hash must still be the one this batch
-        # was built on, else NULL violates NOT NULL and the transaction fails — is what
-        # lets a batch built on a writer's cache commit only on the state it assumed.
-        head_write = (
-            f"UPDATE ledger_heads SET last_seq = {p}, "
-            f"last_hash = CASE WHEN last_hash = {p} AND last_seq = {p} THEN {p} END, "
-            f"last_timestamp = {p} WHERE tenant_id = {p}",
-            (seq, head["last_hash"], head["last_seq"], prev, new_head["last_timestamp"], tenant_id),
-        )
-        # Every write of the batch goes out in one go: on PostgreSQL as one pipeline (one
-        # round trip instead of one per statement), on SQLite one after the other.
+        new_holds = [h for h in batch.holds.values() if h.is_new]
+        resolved = [h for h in batch.holds.values() if h.dirty and not h.is_new]
+        dirty = [(acc_id, acc) for acc_id, acc in batch.accounts.items() if acc.dirty]
+        if pipe is not None:
+            self._write_pg(conn, pipe, tenant_id, head, new_head, rows, new_holds, resolved, dirty)
+        else:
+            self._write_sqlite(conn, tenant_id, head, new_head, rows, new_holds, resolved, dirty)
+        for acc in batch.accounts.values():
+            acc.dirty = False  # written; a writer's cache may carry these objects on
+        return new_head
+
+    # The head goes first: it is the tenant's lock (taken before any account row, as
+    # everywhere), and its guard — the stored hash must still be the one this batch was built
+    # on, else NULL violates NOT NULL and the transaction fails — is what lets a batch built
+    # on a writer's cache commit only on the state it assumed.
+    _PG_HEAD_WRITE = _guarded(
+        "UPDATE ledger_heads SET last_seq = $1::bigint, "
+        "last_hash = CASE WHEN last_hash = $2::text AND last_seq = $3::bigint THEN $4::text END, "
+        "last_timestamp = $5::bigint WHERE tenant_id = $6::text",
+        "1", "ledger heads updated")
+    _PG_INSERT_TRANSFERS = (
+        f"INSERT INTO transfers ({_TRANSFER_COLS}) SELECT t, i, s, d, c, a, x, p, f, o, k, r, m::json, ts, h "
+        "FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::bigint[], $7::text[], "
+        "$8::text[], $9::int[], $10::int[], $11::text[], $12::text[], $13::text[], $14::bigint[], $15::text[]) "
+        "AS v(t, i, s, d, c, a, x, p, f, o, k, r, m, ts, h)")
+    _PG_INSERT_HOLDS = (
+        "INSERT INTO holds (tenant_id, transfer_id, debit_account_id, credit_account_id, amount, asset, state, "
+        "created_at, expires_at, resolved_by, resolved_at, posted_amount) "
+        "SELECT $1::text, i, d, c, a, x, s, ca, e, NULL, NULL, NULL "
+        "FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::text[], $8::bigint[], "
+        "$9::bigint[]) AS v(i, d, c, a, x, s, ca, e)")
+    # Guarded by state = 'pending': a hold is resolved exactly once. The head lock makes a
+    # concurrent change impossible; the guard makes it visible if it happens.
+    _PG_RESOLVE_HOLDS = _guarded(
+        "UPDATE holds AS h SET state = v.s, resolved_by = v.b, resolved_at = v.ra, posted_amount = v.pa "
+        "FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[]) AS v(i, s, b, ra, pa) "
+        "WHERE h.tenant_id = $6::text AND h.transfer_id = v.i AND h.state = 'pending'",
+        "$7::bigint", "holds resolved (one was not pending)")
+    # One statement with array parameters instead of a Bind/Execute per account.
+    _PG_ACCOUNT_WRITE = _guarded(
+        "UPDATE accounts AS a SET debits_pending = v.dp, debits_posted = v.dpo, "
+        "credits_pending = v.cp, credits_posted = v.cpo "
+        "FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[]) "
+        "AS v(id, dp, dpo, cp, cpo) WHERE a.tenant_id = $6::text AND a.id = v.id",
+        "$7::bigint", "accounts updated")
+
+    def _write_pg(
+        self, conn: Connection, pipe: PgPipe, tenant_id: str, head: dict[str, Any], new_head: dict[str, Any],
+        rows: list[tuple[Any, ...]], new_holds: list[_Hold], resolved: list[_Hold],
+        dirty: list[tuple[str, _Acc]],
+    ) -> None:
+        """Queue the batch's writes on `pipe` (the caller sends them, with its COMMIT)."""
+        tenant = text(tenant_id)
+        pipe.add(self._PG_HEAD_WRITE, [
+            integer(new_head["last_seq"]), text(head["last_hash"]), integer(head["last_seq"]),
+            text(new_head["last_hash"]), integer(new_head["last_timestamp"]), tenant,
+        ])
+        if not rows:
+            return
+        if len(rows) >= _COPY_MIN_ROWS:
+            # COPY: one stream instead of arrays the server must parse (faster for big
+            # batches), but it cannot run inside a pipeline: what is queued goes out first.
+            pipe.run()
+            _Sql.copy(conn, f"COPY transfers ({_TRANSFER_COLS}) FROM STDIN", rows)
+        else:
+            cols = list(zip(*rows, strict=True))
+            pipe.add(self._PG_INSERT_TRANSFERS, [
+                text_array(c) if kind == "t" else int_array(c)
+                for c, kind in zip(cols, "ttittittiitttit", strict=True)
+            ])
+        if new_holds:
+            pipe.add(self._PG_INSERT_HOLDS, [
+                tenant, text_array([h.transfer_id for h in new_holds]),
+                text_array([h.debit_account_id for h in new_holds]),
+                text_array([h.credit_account_id for h in new_holds]), int_array([h.amount for h in new_holds]),
+                text_array([h.asset for h in new_holds]), text_array([h.state for h in new_holds]),
+                int_array([h.created_at for h in new_holds]), int_array([h.expires_at for h in new_holds]),
+            ])
+        if resolved:
+            pipe.add(self._PG_RESOLVE_HOLDS, [
+                text_array([h.transfer_id for h in resolved]), text_array([h.state for h in resolved]),
+                text_array([h.resolved_by for h in resolved]), int_array([h.resolved_at for h in resolved]),
+                int_array([h.posted_amount for h in resolved]), tenant, integer(len(resolved)),
+            ])
+        pipe.add(self._PG_ACCOUNT_WRITE, [
+            text_array([i for i, _ in dirty]), int_array([a.dp for _, a in dirty]),
+            int_array([a.dpo for _, a in dirty]), int_array([a.cp for _, a in dirty]),
+            int_array([a.cpo for _, a in dirty]), tenant, integer(len(dirty)),
+        ])
+
+    @staticmethod
+    def _write_sqlite(
+        conn: Connection, tenant_id: str, head: dict[str, Any], new_head: dict[str, Any],
+        rows: list[tuple[Any, ...]], new_holds: list[_Hold], resolved: list[_Hold],
+        dirty: list[tuple[str, _Acc]],
+    ) -> None:
+        sql = _Sql.of(conn)
         # (kind, statement, parameters, check) — check(rowcount) returns an error or None.
-        writes: list[tuple[str, str, Any, Any]] = [
-            ("one", *head_write, lambda count: None if count == 1 else f"ledger head of {tenant_id} missing"),
-        ]
+        # The head guard: as on PostgreSQL (above), the stored hash must still be the one
+        # this batch was built on, else NULL violates NOT NULL.
+        writes: list[tuple[str, str, Any, Any]] = [(
+            "one",
+            "UPDATE ledger_heads SET last_seq = ?, last_hash = CASE WHEN last_hash = ? AND last_seq = ? "
+            "THEN ? END, last_timestamp = ? WHERE tenant_id = ?",
+            (new_head["last_seq"], head["last_hash"], head["last_seq"], new_head["last_hash"],
+             new_head["last_timestamp"], tenant_id),
+            lambda count: None if count == 1 else f"ledger head of {tenant_id} missing",
+        )]
         if not rows:
             sql.write_all(conn, writes)
-            return new_head
-        if sql.pg and len(rows) >= _COPY_MIN_ROWS:
-            # COPY: one stream instead of a Bind/Execute per row (a few times faster). COPY
-            # cannot run inside a pipeline: the head goes out first, then the COPY.
-            sql.write_all(conn, writes)
-            writes = []
-            sql.copy(conn, f"COPY transfers ({_TRANSFER_COLS}) FROM STDIN", rows)
-        else:
-            writes.append(("many", f"INSERT INTO transfers ({_TRANSFER_COLS}) "
-                           f"VALUES ({sql.marks(len(_TRANSFER_FIELDS))})", rows, None))
-
-        new_holds = [h for h in batch.holds.values() if h.is_new]
+            return
+        writes.append(("many", f"INSERT INTO transfers ({_TRANSFER_COLS}) "
+                       f"VALUES ({sql.marks(len(_TRANSFER_FIELDS))})", rows, None))
         if new_holds:
             writes.append((
                 "many",
@@ -654,68 +820,34 @@ class LedgerEngine:
                 ],
                 None,
             ))
-        resolved = [h for h in batch.holds.values() if h.dirty and not h.is_new]
         if resolved:
-            # Guarded by state = 'pending': a hold is resolved exactly once. The head lock
-            # makes a concurrent change impossible; the guard makes it visible if it happens.
             n_resolved = len(resolved)
             writes.append((
                 "many",
-                f"UPDATE holds SET state = {p}, resolved_by = {p}, resolved_at = {p}, posted_amount = {p} "
-                f"WHERE tenant_id = {p} AND transfer_id = {p} AND state = 'pending'",
+                "UPDATE holds SET state = ?, resolved_by = ?, resolved_at = ?, posted_amount = ? "
+                "WHERE tenant_id = ? AND transfer_id = ? AND state = 'pending'",
                 [(h.state, h.resolved_by, h.resolved_at, h.posted_amount, tenant_id, h.transfer_id)
                  for h in resolved],
                 lambda count: None if count in (-1, n_resolved)
                 else "hold resolved concurrently; ledger head lock violated",
             ))
-
-        dirty = [(acc_id, acc) for acc_id, acc in batch.accounts.items() if acc.dirty]
-        if sql.pg:
-            # One statement with five array parameters instead of a Bind/Execute per account:
-            # psycopg's per-row executemany work cost more than the updates themselves. Sent
-            # in binary: psycopg's text array dumper quotes every element in Python (about
-            # 9x the binary dumper's cost — ≈ 50 µs per transfer at 1,000 a batch).
-            n_dirty = len(dirty)
-            writes.append((
-                "binary",
-                "UPDATE accounts AS a SET debits_pending = v.dp, debits_posted = v.dpo, "
-                "credits_pending = v.cp, credits_posted = v.cpo "
-                "FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[]) "
-                "AS v(id, dp, dpo, cp, cpo) WHERE a.tenant_id = %s AND a.id = v.id",
-                ([i for i, _ in dirty], [a.dp for _, a in dirty], [a.dpo for _, a in dirty],
-                 [a.cp for _, a in dirty], [a.cpo for _, a in dirty], tenant_id),
-                lambda count: None if count == n_dirty else f"updated {count} of {n_dirty} accounts",
-            ))
-        else:
-            writes.append((
-                "many",
-                f"UPDATE accounts SET debits_pending = {p}, debits_posted = {p}, credits_pending = {p}, "
-                f"credits_posted = {p} WHERE tenant_id = {p} AND id = {p}",
-                [(acc.dp, acc.dpo, acc.cp, acc.cpo, tenant_id, acc_id) for acc_id, acc in dirty],
-                None,
-            ))
+        writes.append((
+            "many",
+            "UPDATE accounts SET debits_pending = ?, debits_posted = ?, credits_pending = ?, "
+            "credits_posted = ? WHERE tenant_id = ? AND id = ?",
+            [(acc.dp, acc.dpo, acc.cp, acc.cpo, tenant_id, acc_id) for acc_id, acc in dirty],
+            None,
+        ))
         sql.write_all(conn, writes)
-        for acc in batch.accounts.values():
-            acc.dirty = False  # written; a writer's cache may carry these objects on
-        return new_head
-
-
-_TRANSFER_FIELDS = (
-    "tenant_id", "id", "seq", "debit_account_id", "credit_account_id", "amount", "asset", "pending_id",
-    "flags", "timeout_s", "code", "reference", "metadata", "timestamp", "hash",
-)
-_TRANSFER_COLS = ", ".join(_TRANSFER_FIELDS)
-_dumps = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode
 
 
 class _Sql:
-    """Placeholder style and IN-list strategy per dialect (sqlite3 `?`, psycopg `%s`)."""
+    """SQLite's driver-level statements (PostgreSQL's go through `PgPipe`), and COPY."""
 
     _cache: dict[str, _Sql] = {}
 
     def __init__(self, dialect: str) -> None:
-        self.pg = dialect == "postgresql"
-        self.p = "%s" if self.pg else "?"
+        self.p = "?"
 
     @classmethod
     def of(cls, conn: Connection) -> _Sql:
@@ -732,124 +864,55 @@ class _Sql:
         """The statements that read the rows of `ids` (none for no ids)."""
         if not ids:
             return []
-        if self.pg:
-            # One array parameter instead of thousands of placeholders, probed one key at a
-            # time: LATERAL ... LIMIT 1 cannot be flattened into a join, so the plan is a
-            # nested loop of key lookups. The plain `col = ANY(%s)` form let the planner pick
-            # a tenant-only index (or, once psycopg prepared it, a generic plan) that reads
-            # every row of the tenant. (While a tenant's table has no statistics — the first
-            # few thousand transfers with autovacuum off — the planner can still cost the
-            # (tenant_id, seq) index like the primary key and pick it; see docs/operations.md.)
-            return [(f"SELECT x.* FROM unnest(%s::text[]) AS k(key) CROSS JOIN LATERAL "
-                     f"({head} WHERE tenant_id = %s AND {col} = k.key LIMIT 1) AS x",
-                     (list(ids), tenant_id))]
         return [(f"{head} WHERE tenant_id = ? AND {col} IN ({self.marks(len(chunk))})", (tenant_id, *chunk))
                 for chunk in _chunks(sorted(ids))]
 
     def fetch_all(self, conn: Connection, groups: list[list[tuple[str, Any]]]) -> list[list[Any]]:
-        """Run groups of reads; return each group's rows. On PostgreSQL every statement goes
-        out in one pipeline: one round trip, whatever the number of reads."""
+        """Run groups of reads; return each group's rows."""
         raw = conn.connection.dbapi_connection
         assert raw is not None
-        cursors: list[list[Any]] = []
-        try:
-            if self.pg:
-                with raw.pipeline():  # type: ignore[attr-defined]
-                    for group in groups:
-                        cursors.append([])
-                        for statement, params in group:
-                            cur = raw.cursor()
-                            cursors[-1].append(cur)
-                            cur.execute(statement, params)
-            else:
-                for group in groups:
-                    cursors.append([])
-                    for statement, params in group:
-                        cur = raw.cursor()
-                        cursors[-1].append(cur)
-                        cur.execute(statement, params)
-            return [[row for cur in group_cursors for row in cur.fetchall()] for group_cursors in cursors]
-        finally:
-            for group_cursors in cursors:
-                for cur in group_cursors:
+        out: list[list[Any]] = []
+        for group in groups:
+            out.append([])
+            for statement, params in group:
+                cur = raw.cursor()
+                try:
+                    cur.execute(statement, params)
+                    out[-1].extend(cur.fetchall())
+                finally:
                     cur.close()
+        return out
 
     def write_all(self, conn: Connection, writes: list[tuple[str, str, Any, Any]]) -> None:
-        """Run (kind, statement, params, check) writes in order; on PostgreSQL as one pipeline.
-        Kinds: "one" (execute), "many" (executemany), "binary" (execute, binary parameters:
-        PostgreSQL only).
-
-        Row counts are checked after all of them ran; a failed check raises, which rolls
-        the caller's transaction back.
-        """
+        """Run (kind, statement, params, check) writes in order. Kinds: "one" (execute),
+        "many" (executemany). A failed row-count check raises, which rolls the caller's
+        transaction back."""
         raw = conn.connection.dbapi_connection
         assert raw is not None
-        cursors: list[Any] = []
-        try:
-            if self.pg:
-                with raw.pipeline():  # type: ignore[attr-defined]
-                    for kind, statement, params, _ in writes:
-                        cur = raw.cursor(binary=kind == "binary")
-                        cursors.append(cur)
-                        if kind == "many":
-                            cur.executemany(statement, params)
-                        else:
-                            cur.execute(statement, params)
-            else:
-                for kind, statement, params, _ in writes:
-                    cur = raw.cursor()
-                    cursors.append(cur)
-                    if kind == "many":
-                        if params:
-                            cur.executemany(statement, params)
-                    else:
-                        cur.execute(statement, params)
-            for (_, _, _, check), cur in zip(writes, cursors, strict=True):
-                if check is not None:
-                    error = check(int(cur.rowcount))
-                    if error:
-                        raise RuntimeError(error)
-        finally:
-            for cur in cursors:
+        for kind, statement, params, check in writes:
+            cur = raw.cursor()
+            try:
+                if kind == "many":
+                    if not params:
+                        continue
+                    cur.executemany(statement, params)
+                else:
+                    cur.execute(statement, params)
+                if check is not None and (error := check(int(cur.rowcount))):
+                    raise RuntimeError(error)
+            finally:
                 cur.close()
-
-    @staticmethod
-    def execute(conn: Connection, statement: str, params: tuple[Any, ...]) -> int:
-        """One statement on the raw driver cursor; returns the affected row count."""
-        cur = _cursor(conn)
-        try:
-            cur.execute(statement, params)
-            return int(cur.rowcount)
-        finally:
-            cur.close()
 
     @staticmethod
     def copy(conn: Connection, statement: str, rows: list[tuple[Any, ...]]) -> None:
         """PostgreSQL COPY FROM STDIN of `rows` on the raw psycopg cursor (same transaction)."""
-        cur = _cursor(conn)
+        cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
             with cur.copy(statement) as cp:
                 for row in rows:
                     cp.write_row(row)
         finally:
             cur.close()
-
-    @staticmethod
-    def many(conn: Connection, statement: str, rows: list[tuple[Any, ...]]) -> int:
-        """executemany on the raw driver cursor; returns the affected row count (or -1)."""
-        if not rows:
-            return 0
-        cur = _cursor(conn)
-        try:
-            cur.executemany(statement, rows)
-            return int(cur.rowcount)
-        finally:
-            cur.close()
-
-
-def _cursor(conn: Connection) -> Any:
-    # The DBAPI connection under SQLAlchemy's, inside the same transaction.
-    return conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
 
 
 engine = LedgerEngine()

@@ -29,9 +29,9 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     seen: list[tuple[str, int]] = []
     real = engine.apply
 
-    def recording(conn, tenant_id, segments, now_ns, cache=None):  # type: ignore[no-untyped-def]
+    def recording(conn, tenant_id, segments, now_ns, cache=None, pipe=None):  # type: ignore[no-untyped-def]
         seen.append((tenant_id, len(segments)))
-        return real(conn, tenant_id, segments, now_ns, cache)
+        return real(conn, tenant_id, segments, now_ns, cache, pipe)
 
     monkeypatch.setattr(engine, "apply", recording)
     return seen
@@ -147,8 +147,8 @@ def test_a_poisoned_segment_is_retried_alone_and_fails_only_its_caller(db, clock
     good1, bad, good2 = tenants
     recording = engine.apply  # the `calls` fixture's wrapper
 
-    def poisoned(conn, tenant_id, segments, now_ns, cache=None):  # type: ignore[no-untyped-def]
-        out = recording(conn, tenant_id, segments, now_ns, cache)  # writes, then the transaction dies
+    def poisoned(conn, tenant_id, segments, now_ns, cache=None, pipe=None):  # type: ignore[no-untyped-def]
+        out = recording(conn, tenant_id, segments, now_ns, cache, pipe)  # writes, then the transaction dies
         if tenant_id == bad:
             raise RuntimeError("poisoned segment")
         return out
@@ -176,9 +176,9 @@ def test_stop_drains_queued_work(db, tenant_id, clock, monkeypatch):
     real = engine.apply
     gate = threading.Event()
 
-    def slow(conn, tenant_id_, segments, now_ns, cache=None):  # type: ignore[no-untyped-def]
+    def slow(conn, tenant_id_, segments, now_ns, cache=None, pipe=None):  # type: ignore[no-untyped-def]
         gate.wait(10)  # hold the writer so the rest stays queued
-        return real(conn, tenant_id_, segments, now_ns, cache)
+        return real(conn, tenant_id_, segments, now_ns, cache, pipe)
 
     monkeypatch.setattr(engine, "apply", slow)
     b = LedgerBatcher(db, clock, window_ms=0, max_transfers=1).start()
@@ -246,9 +246,9 @@ def test_a_cancelled_caller_does_not_stop_the_batcher(db, tenant_id, clock, monk
     real = engine.apply
     gate = threading.Event()
 
-    def held(conn, tenant_id_, segments, now_ns, cache=None):  # type: ignore[no-untyped-def]
+    def held(conn, tenant_id_, segments, now_ns, cache=None, pipe=None):  # type: ignore[no-untyped-def]
         gate.wait(10)
-        return real(conn, tenant_id_, segments, now_ns, cache)
+        return real(conn, tenant_id_, segments, now_ns, cache, pipe)
 
     monkeypatch.setattr(engine, "apply", held)
     b = LedgerBatcher(db, clock, window_ms=0).start()
@@ -357,3 +357,83 @@ def test_the_sqlite_writer_keeps_a_larger_page_cache_and_gives_it_back(db, tenan
     assert raw.execute("PRAGMA cache_size").fetchone()[0] == -WRITER_CACHE_KIB
     b.stop()
     assert raw.execute("PRAGMA cache_size").fetchone()[0] == -2000  # back in the pool at the default
+
+
+# -- PostgreSQL: the writes and the COMMIT in one round trip ----------------------------------
+
+
+def _pipe_runs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bool]]:
+    """Every pipeline the engine and batcher send: (statements queued, carries the COMMIT)."""
+    from meterline.db.pgpipe import PgPipe
+
+    runs: list[tuple[int, bool]] = []
+    real = PgPipe.run
+
+    def counting(self, *, commit=False):  # type: ignore[no-untyped-def]
+        runs.append((self.pending, commit))
+        return real(self, commit=commit)
+
+    monkeypatch.setattr(PgPipe, "run", counting)
+    return runs
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_a_cached_batch_is_one_round_trip_with_its_commit(db, tenant_id, clock, batcher, monkeypatch):
+    _setup(db, tenant_id, clock, {"a": 0, "b": 0})
+    assert batcher.post(tenant_id, [TransferIn("t0", "a", "b", 1)])[0].result == "ok"  # creates the head
+    batcher.cache.clear()  # (the writer is idle between posts)
+    runs = _pipe_runs(monkeypatch)
+    assert batcher.post(tenant_id, [TransferIn("t1", "a", "b", 4)])[0].result == "ok"
+    # Nothing cached: the reads (head lock, ids, accounts), then the writes with the COMMIT.
+    assert runs == [(3, False), (3, True)]
+    runs.clear()
+    res = batcher.post(tenant_id, [TransferIn("t2", "b", "a", 2), TransferIn("t3", "a", "b", 1)])
+    assert [r.result for r in res] == ["ok", "ok"]
+    # Head (guarded), transfers, accounts (guarded) and COMMIT: one pipeline, one round trip.
+    assert runs == [(3, True)]
+    assert _balance(db, tenant_id, "a") == (0, 6, 0, 2)
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_a_failing_guard_stops_the_commit_sent_behind_it(db, tenant_id, clock, batcher, monkeypatch):
+    _setup(db, tenant_id, clock, {"src": 0, "w": DMNEC, "m": 0})
+    assert batcher.post(tenant_id, [TransferIn("fund", "src", "w", 5)])[0].result == "ok"
+    with db.session() as s:  # another writer moves the head behind the batcher's back
+        assert ledger_service.post(s, tenant_id, [TransferIn("elsewhere", "w", "m", 4)], clock)[0].result == "ok"
+    runs = _pipe_runs(monkeypatch)
+    # The optimistic attempt went out with its COMMIT; the head guard failed it, so the
+    # COMMIT never ran; the rerun read the real balance and refused.
+    assert batcher.post(tenant_id, [TransferIn("spend", "w", "src", 3)])[0].result == "exceeds_credits"
+    assert runs[0] == (3, True)  # head, transfer, accounts and the COMMIT: all cached, no read
+    assert len(runs) > 1
+    assert _transfer_ids(db, tenant_id) == ["fund", "elsewhere"]
+    assert _balance(db, tenant_id, "w") == (0, 4, 0, 5)
+    # A resubmitted id fails the primary key inside the pipeline the same way: `exists`.
+    assert batcher.post(tenant_id, [TransferIn("fund", "src", "w", 5)])[0].result == "exists"
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_the_row_count_guards_fail_their_statement(db, tenant_id, clock):
+    """The guards the COMMIT relies on: a write touching the wrong number of rows fails."""
+    import psycopg
+
+    from meterline.db.pgpipe import PgPipe, int_array, integer, text, text_array
+    from meterline.ledger.engine import LedgerEngine
+
+    _setup(db, tenant_id, clock, {"a": 0})
+    with db.writer_connection() as conn:
+        pipe = PgPipe(conn)
+        pipe.add(LedgerEngine._PG_ACCOUNT_WRITE, [
+            text_array(["a", "gone"]), int_array([0, 0]), int_array([7, 7]), int_array([0, 0]),
+            int_array([0, 0]), text(tenant_id), integer(2),
+        ])
+        with pytest.raises(psycopg.errors.InvalidTextRepresentation, match="ledger guard: 1 accounts updated"):
+            pipe.run(commit=True)
+        conn.connection.dbapi_connection.rollback()
+        pipe.add(LedgerEngine._PG_HEAD_WRITE, [
+            integer(1), text("0" * 64), integer(0), text("f" * 64), integer(1), text(tenant_id + "-none"),
+        ])
+        with pytest.raises(psycopg.errors.InvalidTextRepresentation, match="ledger guard: 0 ledger heads"):
+            pipe.run(commit=True)
+        conn.connection.dbapi_connection.rollback()
+    assert _balance(db, tenant_id, "a") == (0, 0, 0, 0)

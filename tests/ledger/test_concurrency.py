@@ -100,12 +100,10 @@ def test_eight_processes_lose_nothing(db, tenant_id, mode):
             ),
             {"t": tenant_id},
         ).one()
-        assert sums[0] == sums[1] == sum(a for _, a in acked)
-        assert sums[2] == sums[3] == 0
         mismatched = conn.execute(
             text(
                 """
-                SELECT a.id FROM accounts a
+                SELECT a.id, a.debits_posted, d.s, a.credits_posted, c.s FROM accounts a
                 LEFT JOIN (SELECT debit_account_id AS id, SUM(amount) AS s FROM transfers
                            WHERE tenant_id = :t GROUP BY debit_account_id) d ON d.id = a.id
                 LEFT JOIN (SELECT credit_account_id AS id, SUM(amount) AS s FROM transfers
@@ -117,6 +115,8 @@ def test_eight_processes_lose_nothing(db, tenant_id, mode):
             {"t": tenant_id},
         ).all()
         assert mismatched == []
+        assert sums[0] == sums[1] == sum(a for _, a in acked)
+        assert sums[2] == sums[3] == 0
 
 
 def test_hot_wallet_never_overdraws_under_concurrency(db, tenant_id):
@@ -156,3 +156,36 @@ def test_hot_wallet_never_overdraws_under_concurrency(db, tenant_id):
         ).one()
     assert cpo == 50_000
     assert dpo <= cpo
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_a_tenants_first_batches_created_together_both_count(db, tenant_id, monkeypatch):
+    """Two writers find no head: the one that loses the race to create it must not build
+    on the balances it read before the winner committed."""
+    from meterline.db.pgpipe import PgPipe
+    from meterline.ledger.service import ledger_service
+
+    clock = SystemClock()
+    with db.session() as s:
+        make_tenant(s, tenant_id, clock)
+        make_account(s, tenant_id, clock, id="a")
+        make_account(s, tenant_id, clock, id="b")
+    real = PgPipe.run
+    armed = [True]
+
+    def run(self, *, commit=False):  # type: ignore[no-untyped-def]
+        out = real(self, commit=commit)
+        if armed[0]:  # the loser has read (no head, no lock yet): the winner commits now
+            armed[0] = False
+            with db.session() as other:
+                assert ledger_service.post(other, tenant_id, [TransferIn("first", "a", "b", 5)], clock)[0].result == "ok"
+        return out
+
+    monkeypatch.setattr(PgPipe, "run", run)
+    with db.session() as s:
+        [res] = ledger_service.post(s, tenant_id, [TransferIn("second", "a", "b", 3)], clock)
+    assert res.result == "ok" and res.transfer is not None and res.transfer.seq == 2
+    assert not armed[0]
+    with db.session(write=False) as s:
+        a = ledger_service.get_account(s, tenant_id, "a")
+        assert (a.debits_posted, a.credits_posted) == (8, 0)
