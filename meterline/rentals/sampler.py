@@ -4,7 +4,9 @@ Devices post a sample every few hundred milliseconds; one write transaction (and
 fsync) per sample caps a SQLite server at a few hundred samples per second. Request
 handlers instead hand their validated samples to the `SampleBatcher`. Its writer thread
 takes everything queued while the previous commit was in flight (plus up to `window_ms`
-more if the batch is still small) and applies it in ONE transaction:
+more if the batch is still small; and it starts a batch no sooner than `pace_ms` after the
+previous one, so a steady fleet shares commits instead of paying one each) and applies it
+in ONE transaction:
 
 - load every touched rental with one query (locked with `FOR UPDATE` on PostgreSQL, in
   key order; on SQLite the writer is the single writer);
@@ -118,8 +120,9 @@ _SQLITE_UPDATE = (
     "UPDATE rentals SET energy2_mw_ms = ?, power_cost_e6 = ?, last_sample_at = ?, last_power_mw = ?, "
     "sample_count = ? WHERE tenant_id = ? AND id = ?"
 )
-# A batch starts at most this often (see SampleBatcher._gather). METERLINE_SAMPLE_PACE_MS overrides
-# it (benchmarks compare values); 0 turns pacing off.
+# A batch starts at most this often (see SampleBatcher._gather); 0 turns pacing off. The
+# environment override lets a benchmark compare values without a code change; it belongs in
+# `Settings` (as `sample_pace_ms`, passed by `Runtime`), which this package does not own.
 PACE_MS = float(os.environ.get("METERLINE_SAMPLE_PACE_MS", "10"))
 _compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
