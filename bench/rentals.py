@@ -86,6 +86,44 @@ def cpu_seconds(pid: int) -> float:
         return float("nan")
 
 
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """User + system CPU time of each of a process's threads so far, by thread id (Linux /proc).
+
+    The server's event loop is its main thread (thread id = pid); the rest is the sample
+    writer, the worker and the threadpool — split so a change shows on which side it landed."""
+    out: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+            out[int(tid)] = (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def sampler_counts(port: int) -> tuple[float, float]:
+    """(sample batches committed, samples in them) so far, from the server's /metrics."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            text_ = r.read().decode()
+    except OSError:
+        return float("nan"), float("nan")
+    found = {}
+    for line in text_.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("meterline_sample_batches_total", "meterline_samples_committed_total"):
+            found[name] = float(value)
+    return (found.get("meterline_sample_batches_total", float("nan")),
+            found.get("meterline_samples_committed_total", float("nan")))
+
+
 def _uvloop_run(coro: Any) -> Any:
     try:
         import uvloop
@@ -341,9 +379,16 @@ def run_load(port: int, ids: list[str], args: argparse.Namespace, db_url: str,
     for p in procs:
         p.start()
     time.sleep(max(0.0, start_at - time.perf_counter()))
+    batches0, samples0 = sampler_counts(port)
     cpu0 = cpu_seconds(server_pid)
+    threads0 = thread_cpu_seconds(server_pid)
     results = [q.get(timeout=args.seconds + 3 * REQUEST_TIMEOUT_S + 60) for _ in procs]
     cpu = cpu_seconds(server_pid) - cpu0  # the server's CPU over the run: robust to a busy machine
+    threads = thread_cpu_seconds(server_pid)
+    loop_cpu = threads.get(server_pid, float("nan")) - threads0.get(server_pid, float("nan"))
+    batches1, samples1 = sampler_counts(port)
+    batches = batches1 - batches0
+    per_batch = (samples1 - samples0) / batches if batches > 0 else float("nan")
     for p in procs:
         p.join()
     load_end = loadavg()
@@ -364,8 +409,10 @@ def run_load(port: int, ids: list[str], args: argparse.Namespace, db_url: str,
         + (f"  e.g. {status['samples'][0]}" if status["samples"] else "") + f"  [load {load_end}]")
     answered = metrics["ok"] + status["ok"]
     log(f"  server CPU: {cpu:.1f} s over {metrics['elapsed']:.0f} s ({cpu / metrics['elapsed'] * 100:.0f} % of a core), "
-        f"{cpu / max(1, answered) * 1e6:.0f} µs per answered request; clients: metrics "
+        f"{cpu / max(1, answered) * 1e6:.0f} µs per answered request (event loop {loop_cpu / max(1, answered) * 1e6:.0f}, "
+        f"other threads {(cpu - loop_cpu) / max(1, answered) * 1e6:.0f}); clients: metrics "
         f"{metrics['cpu'] / metrics['elapsed'] * 100:.0f} %, status {status['cpu'] / status['elapsed'] * 100:.0f} % of a core")
+    log(f"  sample commits: {batches:,.0f} ({batches / metrics['elapsed']:,.0f}/s), {per_batch:.1f} samples each")
     log(_per_second_line("POST /api/metrics", mps, METRICS_P99_MS))
     log(_per_second_line("GET /api/contracts/{id}", sps_, STATUS_P99_MS))
     consistent = check_samples(db_url, ids, metrics["ok"])
@@ -378,6 +425,7 @@ def run_load(port: int, ids: list[str], args: argparse.Namespace, db_url: str,
         metrics_secs_over=f"{mps['over']}/{mps['seconds']}", status_sec_p99_median_ms=fmt(sps_["median"], 1),
         status_sec_p99_worst_ms=fmt(sps_["worst"], 1), status_secs_over=f"{sps_['over']}/{sps_['seconds']}",
         load_after_run=load_end.replace(" ", "/"), server_cpu_us_per_req=fmt(cpu / max(1, answered) * 1e6),
+        server_loop_cpu_us_per_req=fmt(loop_cpu / max(1, answered) * 1e6), samples_per_commit=fmt(per_batch, 1),
     )
 
 
@@ -491,7 +539,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="meterline-bench-rentals-") as d:
         with fresh_sqlite(d) as url:
             port = _free_port()
-            env = dict(os.environ, METERLINE_DATABASE_URL=url, METERLINE_DATA_DIR=str(Path(d) / "data"))
+            # The server runs this checkout's code (the one this script imported), whatever is
+            # installed in the environment: its root goes first on the server's PYTHONPATH.
+            root = str(Path(__file__).resolve().parent.parent)
+            path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+            env = dict(os.environ, METERLINE_DATABASE_URL=url, METERLINE_DATA_DIR=str(Path(d) / "data"),
+                       PYTHONPATH=path)
             exe = Path(sys.executable).with_name("meterline")
             cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "meterline.cli.main"]
             log(f"\n== setup: `meterline serve --dev` on {url}")

@@ -441,24 +441,37 @@ class RentalService:
         return power_mw
 
     @staticmethod
-    def validate_sample(values: dict[str, Any]) -> dict[str, Decimal]:
+    def validate_sample(values: dict[str, Any], *, ignore_unknown: bool = False) -> dict[str, Decimal]:
+        """The sample's metrics as exact Decimals, each checked against its physical range.
+
+        `ignore_unknown`: names that are not metrics are skipped (a parsed request body, whose
+        other fields the schema ignores) instead of refused. None means "not measured".
+        """
         clean: dict[str, Decimal] = {}
         errors = []
         for name, raw in values.items():
             limit = SAMPLE_FIELDS.get(name)
             if limit is None:
-                errors.append(f"unknown metric {name!r}")
+                if not ignore_unknown:
+                    errors.append(f"unknown metric {name!r}")
                 continue
-            if raw is None:
-                continue
-            if isinstance(raw, bool) or not isinstance(raw, int | Decimal | str):
-                errors.append(f"{name} must be a number")
-                continue
-            try:
+            kind = type(raw)
+            # The JSON parser's two number types first (exact checks; a bool is not an int here).
+            if kind is Decimal:
+                d = raw
+            elif kind is int:
                 d = Decimal(raw)
-            except ArithmeticError:
+            elif raw is None:
+                continue
+            elif isinstance(raw, bool) or not isinstance(raw, int | Decimal | str):
                 errors.append(f"{name} must be a number")
                 continue
+            else:
+                try:
+                    d = Decimal(raw)
+                except ArithmeticError:
+                    errors.append(f"{name} must be a number")
+                    continue
             if not d.is_finite() or d < 0 or d > limit:
                 errors.append(f"{name} must be between 0 and {limit}")
                 continue

@@ -13,11 +13,12 @@ from sqlalchemy import select
 from meterline.catalog.service import catalog_service
 from meterline.clock import Clock, FrozenClock, SystemClock
 from meterline.db.engine import Database
+from meterline.db.group_commit import _Entry
 from meterline.pricing.service import pricing_service
 from meterline.rentals import accrual
 from meterline.rentals.contracts import contract_service
 from meterline.rentals.models import Rental, RentalSample
-from meterline.rentals.sampler import SampleBatcher
+from meterline.rentals.sampler import Recorded, SampleBatcher, _Item
 from meterline.rentals.service import (
     PAYG,
     RentalAlreadySettled,
@@ -201,3 +202,66 @@ def test_stop_commits_what_was_queued(db: Database, tenant_id: str):
     futures = [batcher.submit(tenant, rid, [_sample("10")]) for _ in range(5)]
     batcher.stop()
     assert sorted(f.result(0).rental.sample_count for f in futures) == [1, 2, 3, 4, 5]
+
+
+# -- pacing: a batch starts no sooner than `pace` after the previous one ---------------------
+
+
+class _Time:
+    """A stand-in for the sampler module's `time`: monotonic moves only when slept."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def _entries(n: int) -> list[_Entry[_Item, Recorded]]:
+    """Queued callers with one (empty) sample each: `_gather` only counts them."""
+    return [_Entry(_Item("t", f"r{i}", [{}], None), None) for i in range(n)]
+
+
+def test_pacing_waits_out_the_rest_of_the_pace_then_takes_what_queued(db: Database, monkeypatch):
+    fake = _Time()
+    monkeypatch.setattr("meterline.rentals.sampler.time", fake)
+    batcher = SampleBatcher(db, SystemClock(), window_ms=0, pace_ms=10)  # never started: _gather only
+    first = _entries(1)
+    assert batcher._gather(first, 1) is False
+    assert fake.slept == []  # the first batch has nobody to wait for
+    fake.now += 0.004  # the batch took 4 ms; samples keep arriving
+    for e in _entries(3):
+        batcher._queue.put(e)
+    second = _entries(1)
+    batcher._gather(second, 1)
+    assert fake.slept == [pytest.approx(0.006)]  # the rest of the 10 ms pace
+    assert len(second) == 4  # ... and everything queued meanwhile shares the commit
+
+
+def test_pacing_never_delays_a_batch_after_a_long_commit_or_a_full_queue(db: Database, monkeypatch):
+    fake = _Time()
+    monkeypatch.setattr("meterline.rentals.sampler.time", fake)
+    batcher = SampleBatcher(db, SystemClock(), window_ms=0, pace_ms=10, max_samples=4)
+    batcher._gather(_entries(1), 1)
+    fake.now += 0.015  # the commit outlasted the pace
+    batcher._gather(_entries(1), 1)
+    assert fake.slept == []
+    for e in _entries(4):  # a full batch is waiting
+        batcher._queue.put(e)
+    batch = _entries(1)
+    batcher._gather(batch, 1)
+    assert fake.slept == [] and len(batch) == 4
+
+
+def test_pace_zero_never_waits(db: Database, monkeypatch):
+    fake = _Time()
+    monkeypatch.setattr("meterline.rentals.sampler.time", fake)
+    batcher = SampleBatcher(db, SystemClock(), window_ms=0, pace_ms=0)
+    for _ in range(3):
+        batcher._gather(_entries(1), 1)
+    assert fake.slept == []

@@ -238,3 +238,33 @@ def test_the_locked_rate_is_stored_as_an_exact_fraction(db, tenant, clock):
     assert (r.rate_num, r.rate_den) == (1250, 9)  # 0.5 DGPU/h = 500,000 / 3600 micro per second
     with db.session(write=False) as s:
         assert ledger_service.get_asset(s, tenant, "DGPU").scale == r.scale == 6
+
+
+# -- sample validation ------------------------------------------------------------------------
+
+
+def test_validate_sample_keeps_exact_decimals_and_skips_unmeasured():
+    clean = rental_service.validate_sample({"power_w": Decimal("450.125"), "cpu_percent": 12,
+                                            "memory_mb": "3500", "gpu_util_percent": None})
+    assert clean == {"power_w": Decimal("450.125"), "cpu_percent": Decimal(12), "memory_mb": Decimal(3500)}
+    assert all(type(v) is Decimal for v in clean.values())
+
+
+@pytest.mark.parametrize("values", [
+    {"cpu_percent": True}, {"cpu_percent": 1.5}, {"cpu_percent": [1]}, {"cpu_percent": "abc"},
+    {"cpu_percent": Decimal("NaN")}, {"cpu_percent": Decimal(-1)}, {"cpu_percent": 101},
+    {"power_w": Decimal("Infinity")},
+])
+def test_validate_sample_refuses_what_is_not_an_exact_number_in_range(values):
+    with pytest.raises(InvalidRentalRequest):
+        rental_service.validate_sample(values)
+    with pytest.raises(InvalidRentalRequest):
+        rental_service.validate_sample(values, ignore_unknown=True)
+
+
+def test_validate_sample_unknown_names_refused_or_ignored():
+    """A bare metrics dict must name metrics only; a request body's other fields are ignored."""
+    with pytest.raises(InvalidRentalRequest, match="unknown metric"):
+        rental_service.validate_sample({"cpu_percent": 5, "gpu_temp_c": 61})
+    assert rental_service.validate_sample({"cpu_percent": 5, "gpu_temp_c": 61, "note": [1]},
+                                          ignore_unknown=True) == {"cpu_percent": Decimal(5)}

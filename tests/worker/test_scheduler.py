@@ -7,7 +7,7 @@ import time
 import uuid
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from meterline.clock import FrozenClock, system_clock
 from meterline.config import Settings
@@ -178,3 +178,71 @@ def test_worker_loop_runs_jobs_and_survives_failures(db):
     assert ok.n >= 3 and failing.n >= 3
     assert not worker.running
     assert _row(db, bad)["last_error"] == "RuntimeError: boom"
+
+
+def _count_commits(db: Database) -> list[int]:
+    """Commits on `db`'s engine from now on, each as the committing connection's
+    `PRAGMA synchronous` on SQLite (2 = FULL, 1 = NORMAL), else 0."""
+    seen: list[int] = []
+
+    def on_commit(conn) -> None:
+        if db.is_sqlite:
+            seen.append(conn.connection.dbapi_connection.execute("PRAGMA synchronous").fetchone()[0])
+        else:
+            seen.append(0)
+
+    event.listen(db.engine, "commit", on_commit)
+    _listeners.append((db, on_commit))
+    return seen
+
+
+_listeners: list = []
+
+
+@pytest.fixture(autouse=True)
+def _remove_listeners():
+    yield
+    while _listeners:
+        d, fn = _listeners.pop()
+        event.remove(d.engine, "commit", fn)
+
+
+def test_a_tick_claims_all_due_jobs_in_one_transaction_and_records_them_in_one(db, clock):
+    """Three due jobs cost two bookkeeping commits, not two each (the single SQLite writer is
+    shared with the sample and ledger writers)."""
+    names = [_name() for _ in range(3)]
+    counters = [Counter() for _ in names]
+    sched = Scheduler(db, clock, [Job(n, 5, c) for n, c in zip(names, counters, strict=True)])
+    sched.ensure_registered()
+    commits = _count_commits(db)
+    assert sched.run_due() == dict.fromkeys(names, 7)
+    assert len(commits) == 2
+    for n in names:
+        row = _row(db, n)
+        assert row["run_count"] == 1 and row["last_run_at"] == clock.now_ns()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # a per-connection SQLite setting
+def test_sqlite_bookkeeping_skips_the_fsync_but_jobs_and_the_pool_keep_full(db, clock):
+    """The schedule's own commits run with synchronous=NORMAL; a job's transactions, and every
+    connection back in the pool afterwards, are FULL (money rows are never written NORMAL)."""
+    inside: list[int] = []
+
+    def job() -> int:
+        with db.write_connection() as conn:
+            inside.append(conn.connection.dbapi_connection.execute("PRAGMA synchronous").fetchone()[0])
+        return 1
+
+    name = _name()
+    sched = Scheduler(db, clock, [Job(name, 5, job)])
+    sched.ensure_registered()
+    commits = _count_commits(db)
+    assert sched.run_due() == {name: 1}
+    assert commits == [1, 2, 1]  # claim (NORMAL), the job's own (FULL), record (NORMAL)
+    assert inside == [2]
+    conns = [db.engine.connect() for _ in range(3)]
+    try:
+        assert all(c.exec_driver_sql("PRAGMA synchronous").scalar() == 2 for c in conns)
+    finally:
+        for c in conns:
+            c.close()

@@ -29,7 +29,8 @@ from sqlalchemy.orm import Session, load_only
 from starlette.concurrency import run_in_threadpool
 
 from meterline.api import exact_json
-from meterline.api.body import Parsed, json_body, openapi_body, read_json
+from meterline.api.body import Parsed, json_body, openapi_body
+from meterline.api.body import loads as json_loads
 from meterline.api.deps import ReadSession, RuntimeDep, WriteSession, get_runtime
 from meterline.api.exact_json import ExactJSONResponse
 from meterline.api.fastpath import FastRoute
@@ -100,6 +101,7 @@ _json_str = json.encoder.encode_basestring  # type: ignore[attr-defined]  # the 
 
 ContractId = Annotated[str, Path(min_length=1, max_length=64, description="`CTR-` and 8 letters/digits.")]
 _metrics_body = json_body(MetricsRequest)
+_FAST_BODY_BYTES = 16 * 1024  # a sample's body on the fast path (bigger ones take the route)
 PageLimit = Annotated[int, Query(ge=1, le=1000, description="Active contracts per page (newest first).")]
 SettledLimit = Annotated[int, Query(ge=0, le=1000, description="How many recent settlements to list.")]
 PageCursor = Annotated[str | None, Query(max_length=200, pattern=r"^[A-Za-z0-9_-]*$",
@@ -167,6 +169,37 @@ def _j_num(value: Decimal | None) -> str:
     return "null" if value is None else exact_json.number(value)
 
 
+def _j_minor(minor: int, scale: int) -> str:
+    """`_j_num(to_major(minor, scale))`, from the integer: the same exact digits (trailing zeros
+    dropped, "0" for zero) without building, scaling and normalising a Decimal."""
+    if minor == 0:
+        return "0"
+    sign = "-" if minor < 0 else ""
+    whole, frac = divmod(abs(minor), 10**scale)
+    if frac == 0:
+        return f"{sign}{whole}"
+    return f"{sign}{whole}.{frac:0{scale}d}".rstrip("0")
+
+
+def _j_elapsed_hours(seconds: int) -> str:
+    """`_j_num(_elapsed_hours(seconds))` in integers: seconds / 3600 to 4 places, half-up, is
+    round(seconds × 25 / 9) ten-thousandths. (A ninth never sits on a half, so no tie arises.)"""
+    return _j_minor((seconds * 50 + 9) // 18, 4) if seconds >= 0 else _j_num(_elapsed_hours(seconds))
+
+
+class _JSONAnswer(Response):
+    """A 200 JSON answer from bytes already written: Starlette's `Response` renders its content
+    and works out its headers in Python on every construction; the hot answers know both."""
+
+    media_type = "application/json"
+
+    def __init__(self, body: bytes) -> None:
+        self.status_code = 200
+        self.background = None
+        self.body = body
+        self.raw_headers = [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]
+
+
 def _contract_status(rental: ContractRow, now_ns: int) -> bytes:
     """A ContractStatus, as JSON."""
     acc = rental_service.accrual(rental, now_ns)
@@ -174,15 +207,15 @@ def _contract_status(rental: ContractRow, now_ns: int) -> bytes:
     settled = rental.status == SETTLED
     return (
         f'{{"contract_id":{_j_str(rental.id)},"wallet":{_j_str(rental.customer_id)},"tier":{_j_str(rental.tier)},'
-        f'"status":{_j_str(_status(rental, now_ns))},"prepaid_sol":{_j_num(to_major(rental.held_minor, m))},'
-        f'"used_sol":{_j_num(to_major(acc.cost_minor, m))},'
-        f'"refund_available":{_j_num(to_major(acc.refund_minor, m))},'
+        f'"status":{_j_str(_status(rental, now_ns))},"prepaid_sol":{_j_minor(rental.held_minor, m)},'
+        f'"used_sol":{_j_minor(acc.cost_minor, m)},'
+        f'"refund_available":{_j_minor(acc.refund_minor, m)},'
         f'"duration_hours":{_j_num(_hours(rental.duration_s or 0))},'
-        f'"elapsed_hours":{_j_num(_elapsed_hours(acc.elapsed_s))},'
+        f'"elapsed_hours":{_j_elapsed_hours(acc.elapsed_s)},'
         f'"remaining_seconds":{_remaining(rental, acc.elapsed_s)},"created_at":{rental.created_at // NS},'
         f'"expires_at":{_j_int(_secs(rental.expires_at))},"device_id":{_j_str(rental.device_id)},'
         f'"asset":{_j_str(rental.asset)},"settled_at":{_j_int(_secs(rental.settled_at))},'
-        f'"refund_sol":{_j_num(to_major(rental.refund_minor or 0, m) if settled else None)},'
+        f'"refund_sol":{_j_minor(rental.refund_minor or 0, m) if settled else "null"},'
         f'"tx_signature":{_j_str(rental.refund_tx if settled else None)}}}'
     ).encode()
 
@@ -255,7 +288,7 @@ def _read_contract(runtime: Runtime, reader: ContractReader, tenant: str, contra
     row = reader.status_row(tenant, contract_id)
     if row is None:
         raise RentalNotFound(f"contract {contract_id} does not exist")
-    return Response(_contract_status(row, runtime.clock.now_ns()), media_type="application/json")
+    return _JSONAnswer(_contract_status(row, runtime.clock.now_ns()))
 
 
 @router.post(
@@ -312,17 +345,31 @@ async def _fast_get_contract(request: Request) -> Response | None:
 
 
 async def _fast_record_metrics(request: Request) -> Response | None:
-    contract_id = _fast_contract_id(request)
-    if contract_id is None:
+    contract_id: str = request.path_params["contract_id"]
+    if not 1 <= len(contract_id) <= 64:  # `ContractId`; otherwise the route renders the 422
         return None
     principal = await ledger_write_async(request)
-    data, raw = await read_json(request, max_bytes=get_runtime(request).settings.max_body_bytes)
+    # The fast path hands over bodies that came in one message (a sample is ~100 bytes); the
+    # body limit middleware has refused any declared Content-Length over the limit already.
+    raw = await request.body()
+    if len(raw) > _FAST_BODY_BYTES:
+        return None  # the route reads, limits and parses a big body (off the event loop)
+    data = json_loads(raw)
     # MetricsRequest, without building the model: an object's sample fields (others are ignored,
     # as the model ignores them). Anything else goes to the route, which renders the 422.
     if not isinstance(data, dict):
         return None
-    values = {k: v for k, v in data.items() if k in SAMPLE_FIELDS and v is not None}
-    return await _record(request, principal.tenant_id, contract_id, values, raw)
+    runtime: Runtime = request.app.state.runtime
+    if _has_header(request, _IDEMPOTENCY_NAME):
+        values = {k: v for k, v in data.items() if k in SAMPLE_FIELDS and v is not None}
+        return await run_in_threadpool(_record_idempotent, request, runtime, principal.tenant_id, contract_id,
+                                       values, raw)
+    clean = rental_service.validate_sample(data, ignore_unknown=True)
+    try:
+        done = await runtime.sampler.record_async(principal.tenant_id, contract_id, [clean])
+    except SamplerStopped:
+        raise ServiceUnavailable("samples are not being accepted right now") from None
+    return _metrics_answer(done.rental, done.accrual)
 
 
 # Devices stream samples and poll status thousands of times a second: both are dispatched
@@ -344,13 +391,12 @@ def _record_idempotent(request: Request, runtime: Runtime, tenant: str, contract
 def _metrics_answer(rental: RentalState, acc: Accrual) -> Response:
     """A MetricsResponse, written directly (see `_contract_status`): it answers every sample."""
     m = rental.scale
-    return Response(
-        f'{{"contract_id":{_j_str(rental.id)},"metrics_recorded":true,'
-        f'"elapsed_hours":{_j_num(_elapsed_hours(acc.elapsed_s))},'
-        f'"cost_so_far":{_j_num(to_major(acc.cost_minor, m))},'
-        f'"refund_available":{_j_num(to_major(acc.refund_minor, m))},'
-        f'"remaining_seconds":{_remaining(rental, acc.elapsed_s)},"samples":{rental.sample_count}}}'.encode(),
-        media_type="application/json",
+    return _JSONAnswer(
+        f'{{"contract_id":{_json_str(rental.id)},"metrics_recorded":true,'
+        f'"elapsed_hours":{_j_elapsed_hours(acc.elapsed_s)},'
+        f'"cost_so_far":{_j_minor(acc.cost_minor, m)},'
+        f'"refund_available":{_j_minor(acc.held_minor - acc.cost_minor, m)},'
+        f'"remaining_seconds":{_remaining(rental, acc.elapsed_s)},"samples":{rental.sample_count}}}'.encode()
     )
 
 

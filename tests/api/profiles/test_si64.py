@@ -17,13 +17,17 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import delete, event, insert
 
+from meterline.api.profiles import si64
 from meterline.api.profiles.si64_schemas import ContractStatus, MetricsResponse
 from meterline.catalog.service import catalog_service
 from meterline.clock import FrozenClock
 from meterline.db.engine import Database
 from meterline.ledger.verify import verify_ledger
+from meterline.money import to_major
 from meterline.pricing.service import pricing_service
 from meterline.rentals.models import Rental
 from tests.api.conftest import ApiTenant, MakeClient, assert_problem, create_tenant
@@ -554,3 +558,34 @@ def test_ledger_answers_fast_with_10000_active_contracts(client: TestClient, t: 
     assert min(timings) < 0.5, timings
     stats = client.get("/api/stats", headers=t.r)
     assert body(stats)["devices_leased"] == 4
+
+
+# -- the hot answers' number text, written from integers --------------------------------------
+
+
+@settings(max_examples=400, deadline=None)
+@given(minor=st.integers(min_value=-(10**20), max_value=10**20), scale=st.integers(min_value=0, max_value=18))
+def test_minor_text_is_the_exact_number_of_to_major(minor: int, scale: int):
+    """The integer writer of amounts gives the same digits as exact_json.number(to_major(...))."""
+    assert si64._j_minor(minor, scale) == si64._j_num(to_major(minor, scale))
+
+
+@settings(max_examples=400, deadline=None)
+@given(seconds=st.integers(min_value=0, max_value=10 * 365 * 24 * 3600))
+def test_elapsed_hours_text_is_the_quantized_decimal(seconds: int):
+    assert si64._j_elapsed_hours(seconds) == si64._j_num(si64._elapsed_hours(seconds))
+
+
+@pytest.mark.parametrize("seconds", [0, 1, 17, 18, 35, 36, 3599, 3600, 5400, 86_400])
+def test_elapsed_hours_text_at_rounding_edges(seconds: int):
+    assert si64._j_elapsed_hours(seconds) == si64._j_num(si64._elapsed_hours(seconds))
+
+
+def test_a_large_metrics_body_takes_the_route_and_is_stored_once(client: TestClient, t: ApiTenant, db: Database):
+    """Past the fast path's body size the request is handed to the route (one sample either way)."""
+    cid = rent_id(client, t)
+    big = {**METRICS, "note": "x" * (si64._FAST_BODY_BYTES + 1)}
+    r = client.post(f"/api/metrics/{cid}", json=big, headers=t.w)
+    assert r.status_code == 200, r.text
+    assert body(r)["samples"] == 1
+    assert body(client.post(f"/api/metrics/{cid}", json=METRICS, headers=t.w))["samples"] == 2
