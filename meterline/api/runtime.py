@@ -37,7 +37,8 @@ class Runtime:
                 max_transfers=self.settings.batch_max_transfers,
             )
         if self.samples is None:
-            self.samples = SampleBatcher(self.db, self.clock, window_ms=self.settings.batch_window_ms)
+            self.samples = SampleBatcher(self.db, self.clock, window_ms=self.settings.batch_window_ms,
+                                         pace_ms=self.settings.sample_pace_ms)
         if self.licensing is None:
             self.licensing = shared_runtime(self.db, self.settings)
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import sqlite3
 import time
 from concurrent.futures import Future
@@ -120,10 +119,9 @@ _SQLITE_UPDATE = (
     "UPDATE rentals SET energy2_mw_ms = ?, power_cost_e6 = ?, last_sample_at = ?, last_power_mw = ?, "
     "sample_count = ? WHERE tenant_id = ? AND id = ?"
 )
-# A batch starts at most this often (see SampleBatcher._gather); 0 turns pacing off. The
-# environment override lets a benchmark compare values without a code change; it belongs in
-# `Settings` (as `sample_pace_ms`, passed by `Runtime`), which this package does not own.
-PACE_MS = float(os.environ.get("METERLINE_SAMPLE_PACE_MS", "10"))
+# A batch starts at most this often (see SampleBatcher._gather); 0 turns pacing off. A server
+# takes it from `Settings.sample_pace_ms` (METERLINE_SAMPLE_PACE_MS).
+PACE_MS = 10.0
 _compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 

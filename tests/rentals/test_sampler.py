@@ -8,10 +8,13 @@ import threading
 from decimal import Decimal
 
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import select
 
+from meterline.api.runtime import Runtime
 from meterline.catalog.service import catalog_service
 from meterline.clock import Clock, FrozenClock, SystemClock
+from meterline.config import Settings
 from meterline.db.engine import Database
 from meterline.db.group_commit import _Entry
 from meterline.pricing.service import pricing_service
@@ -265,3 +268,12 @@ def test_pace_zero_never_waits(db: Database, monkeypatch):
     for _ in range(3):
         batcher._gather(_entries(1), 1)
     assert fake.slept == []
+
+
+def test_the_server_takes_the_sample_pace_from_its_settings(db: Database) -> None:
+    default = Runtime(settings=Settings(database_url=db.url), db=db)
+    assert default.samples is not None and default.samples.pace_s == pytest.approx(0.010)
+    off = Runtime(settings=Settings(database_url=db.url, sample_pace_ms=0), db=db)
+    assert off.samples is not None and off.samples.pace_s == 0
+    with pytest.raises(ValidationError):
+        Settings(database_url=db.url, sample_pace_ms=-1)
