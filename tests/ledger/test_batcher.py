@@ -318,6 +318,25 @@ def test_a_refusal_on_cached_balances_is_decided_again_by_reading(db, tenant_id,
     assert batcher.post(tenant_id, [TransferIn("big", "w", "m", 6)])[0].result == "exceeds_credits"
 
 
+def test_a_cached_batch_refused_part_way_leaves_the_cache_at_the_committed_balances(
+    db, tenant_id, clock, batcher, monkeypatch
+):
+    # The cached path changes the cached balances in place; a batch it cannot finish (here
+    # the second spend is refused) is decided again by reading, and what the next batches
+    # see must be exactly what committed — s1 counted once, never twice or not at all.
+    _setup(db, tenant_id, clock, {"src": 0, "w": DMNEC, "m": 0})
+    assert batcher.post(tenant_id, [TransferIn("fund", "src", "w", 5)])[0].result == "ok"
+    reads = _no_reads(monkeypatch)
+    res = batcher.post(tenant_id, [TransferIn("s1", "w", "m", 3), TransferIn("s2", "w", "m", 3)])
+    assert [r.result for r in res] == ["ok", "exceeds_credits"]
+    assert reads == [tenant_id]
+    assert _balance(db, tenant_id, "w") == (0, 3, 0, 5)
+    assert batcher.post(tenant_id, [TransferIn("s3", "w", "m", 2)])[0].result == "ok"
+    assert batcher.post(tenant_id, [TransferIn("s4", "w", "m", 1)])[0].result == "exceeds_credits"
+    assert _balance(db, tenant_id, "w") == (0, 5, 0, 5)
+    assert _balance(db, tenant_id, "m") == (0, 0, 0, 5)
+
+
 def test_another_writer_moving_the_head_invalidates_the_cache(db, tenant_id, clock, batcher, monkeypatch):
     _setup(db, tenant_id, clock, {"src": 0, "w": DMNEC, "m": 0})
     assert batcher.post(tenant_id, [TransferIn("fund", "src", "w", 5)])[0].result == "ok"
