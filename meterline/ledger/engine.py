@@ -582,7 +582,7 @@ class LedgerEngine:
         so a small group commit pays one round trip for its reads instead of four."""
         if pipe is not None:
             return self._load_pg(pipe, tenant_id, transfer_ids, hold_ids, acc_ids)
-        sql = _Sql.of(conn)
+        sql = _SQLITE
         head_q = self._HEAD.format(p=sql.p)
         queries = [[(head_q, (tenant_id,))],
                    sql.in_queries(f"SELECT {_TRANSFER_COLS} FROM transfers", "id", tenant_id, transfer_ids),
@@ -656,7 +656,7 @@ class LedgerEngine:
             i = pipe.add(self._PG_ACCOUNTS, [text_array(sorted(ids)), text(tenant_id)])
             acc_rows = rows(pipe.run()[i], "ttiiiii")
         else:
-            sql = _Sql.of(conn)
+            sql = _SQLITE
             [acc_rows] = sql.fetch_all(conn, [sql.in_queries(self._ACCOUNTS, "id", tenant_id, ids)])
         return {r[0]: _Acc(r[1], r[2], r[3], r[4], r[5], r[6]) for r in acc_rows}
 
@@ -800,7 +800,7 @@ class LedgerEngine:
         rows: list[tuple[Any, ...]], new_holds: list[_Hold], resolved: list[_Hold],
         dirty: list[tuple[str, _Acc]],
     ) -> None:
-        sql = _Sql.of(conn)
+        sql = _SQLITE
         # (kind, statement, parameters, check) — check(rowcount) returns an error or None.
         # The head guard: as on PostgreSQL (above), the stored hash must still be the one
         # this batch was built on, else NULL violates NOT NULL.
@@ -855,18 +855,7 @@ class LedgerEngine:
 class _Sql:
     """SQLite's driver-level statements (PostgreSQL's go through `PgPipe`), and COPY."""
 
-    _cache: dict[str, _Sql] = {}
-
-    def __init__(self, dialect: str) -> None:
-        self.p = "?"
-
-    @classmethod
-    def of(cls, conn: Connection) -> _Sql:
-        name = conn.dialect.name
-        sql = cls._cache.get(name)
-        if sql is None:
-            sql = cls._cache[name] = cls(name)
-        return sql
+    p = "?"
 
     def marks(self, n: int) -> str:
         return ", ".join([self.p] * n)
@@ -926,4 +915,5 @@ class _Sql:
             cur.close()
 
 
+_SQLITE = _Sql()
 engine = LedgerEngine()

@@ -194,25 +194,39 @@ def test_failed_write_leaves_ids_unclaimed(session, tenant, clock, t0, monkeypat
     assert (r.accepted, r.duplicates) == (2, 0)
 
 
-def test_a_failure_while_the_claim_streams_leaves_ids_unclaimed(session, tenant, clock, t0, monkeypatch):
-    """On PostgreSQL the batch is folded while the claim's COPY is still open; an error there
-    aborts the COPY and the transaction, so no id stays claimed (SQLite folds after its claim)."""
+@pytest.mark.parametrize(
+    ("stage", "events", "quantity"),
+    [
+        # PostgreSQL folds the batch while the claim's COPY is still open (40 events is enough
+        # for the COPY claim); an error there aborts the COPY and the transaction.
+        ("_fold", 40, 1),
+        # The claim and the raw rows are in (250: full multi-row statements and single rows),
+        # then the rollup upsert fails. SQLite's claim is a plain INSERT betting on new ids:
+        # it must roll back too.
+        ("_upsert_rollups", 250, 2),
+    ],
+)
+def test_a_failure_part_way_leaves_no_id_claimed_and_no_raw_row(
+    session, tenant, clock, t0, monkeypatch, stage, events, quantity
+):
     now = clock.now_ns()
-    batch = [ev(f"f{i}", 1, ts=t0 + i) for i in range(40)]  # enough for the COPY claim
+    batch = [ev(f"{stage}{i}", quantity, ts=t0 + i) for i in range(events)]
 
     def boom(*args, **kwargs):
-        raise RuntimeError("fold failed")
+        raise RuntimeError(f"{stage} failed")
 
-    monkeypatch.setattr(ingest_engine, "_fold", boom)
+    monkeypatch.setattr(ingest_engine, stage, boom)
     with pytest.raises(RuntimeError):
         with session.begin_nested():
             ingest(session, tenant, batch, now)
     monkeypatch.undo()
     assert session.scalar(select(func.count()).select_from(UsageEventId).where(UsageEventId.tenant_id == tenant)) == 0
+    assert session.scalar(select(func.count()).select_from(UsageEvent).where(UsageEvent.tenant_id == tenant)) == 0
     r = ingest(session, tenant, batch, now)
-    assert (r.accepted, r.duplicates, set(r.results)) == (40, 0, {"accepted"})
+    assert (r.accepted, r.duplicates, set(r.results)) == (events, 0, {"accepted"})
     [row] = total(session, tenant, "frames_processed", t0)
-    assert (row.value_micro, row.events) == (40_000_000, 40)
+    assert (row.value_micro, row.events) == (events * quantity * 1_000_000, events)
+    assert session.scalar(select(func.count()).select_from(UsageEvent).where(UsageEvent.tenant_id == tenant)) == events
 
 
 @pytest.mark.parametrize("db_url", ["postgres"], indirect=True)  # the COPY claim is PostgreSQL's
@@ -320,29 +334,6 @@ def test_copy_text_escapes_exactly_when_needed(text_value):
         f"{null if p is None else p.translate(esc)}\t99\n"
         for ts, e, s, _m, q, p in rows)
     assert ingest_engine._events_copy_text("t", "lic", "dev", 99, rows) == expected
-
-
-def test_a_failure_after_the_raw_rows_leaves_ids_unclaimed(session, tenant, clock, t0, monkeypatch):
-    """The claim and the raw rows are in, then the rollup upsert fails: the whole batch goes,
-    claim included (SQLite's claim is a plain INSERT betting on new ids — it must roll back too)."""
-    now = clock.now_ns()
-    batch = [ev(f"w{i}", 2, ts=t0 + i) for i in range(250)]  # raw rows in full multi-row statements and singly
-
-    def boom(*args, **kwargs):
-        raise RuntimeError("rollup write failed")
-
-    monkeypatch.setattr(ingest_engine, "_upsert_rollups", boom)
-    with pytest.raises(RuntimeError):
-        with session.begin_nested():
-            ingest(session, tenant, batch, now)
-    monkeypatch.undo()
-    assert session.scalar(select(func.count()).select_from(UsageEventId).where(UsageEventId.tenant_id == tenant)) == 0
-    assert session.scalar(select(func.count()).select_from(UsageEvent).where(UsageEvent.tenant_id == tenant)) == 0
-    r = ingest(session, tenant, batch, now)
-    assert (r.accepted, r.duplicates) == (250, 0)
-    [row] = total(session, tenant, "frames_processed", t0)
-    assert (row.value_micro, row.events) == (500_000_000, 250)
-    assert session.scalar(select(func.count()).select_from(UsageEvent).where(UsageEvent.tenant_id == tenant)) == 250
 
 
 def test_claimed_ids_are_exactly_the_submitted_ones(session, tenant, clock, t0):
