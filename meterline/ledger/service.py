@@ -125,6 +125,10 @@ class AssetCache:
                 self._scales[key] = asset
         return asset
 
+    def peek(self, tenant_id: str, code: str) -> Asset | None:
+        """The cached asset, or None: never loads (the caller decides where a load may block)."""
+        return self._scales.get((tenant_id, code))
+
     def clear(self) -> None:
         with self._lock:
             self._scales.clear()

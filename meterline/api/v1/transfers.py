@@ -38,6 +38,7 @@ from meterline.api.v1.common import (
 from meterline.errors import MeterlineError, PayloadTooLarge, ServiceUnavailable
 from meterline.ledger.batcher import BatcherStopped
 from meterline.ledger.schemas import (
+    PlainTransfer,
     TransferBatch,
     TransferBatchResult,
     TransferCreate,
@@ -191,7 +192,7 @@ async def create_transfers(request: Request, principal: LedgerWriteAsync) -> Res
             raise BatchTooLarge(f"a batch holds at most {runtime.settings.max_batch} transfers")
         envelope = validate(TransferBatch, data)
     else:
-        single = validate(TransferCreate, data)
+        single = PlainTransfer.of(data) or validate(TransferCreate, data)
     idem = IdempotentRequest.of(request, tenant, raw)
     if idem is not None:
         replay = await run_in_threadpool(idem.lookup, runtime.db)
@@ -209,17 +210,24 @@ async def create_transfers(request: Request, principal: LedgerWriteAsync) -> Res
 FAST_ROUTES = [FastRoute("POST", "/v1/transfers", authorized(ledger_write_async, create_transfers))]
 
 
-async def _post_single(runtime: Runtime, tenant: str, item: TransferCreate, path: str) -> Response:
-    assets = await assets_for(runtime, tenant, {item.asset} if item.asset else set())
-    transfer_in = item.to_transfer_in(_asset(assets, item.asset) if item.asset else None)
-    [res] = await _post(runtime, tenant, [transfer_in])
+async def _asset_of(runtime: Runtime, tenant: str, code: str) -> Asset:
+    """One asset's scale: from the cache on the event loop, else as `assets_for` reads it."""
+    asset = ledger_service.assets.peek(tenant, code)
+    if asset is None:
+        asset = _asset(await assets_for(runtime, tenant, {code}), code)
+    return asset
+
+
+async def _post_single(runtime: Runtime, tenant: str, item: TransferCreate | PlainTransfer,
+                       path: str) -> Response:
+    asset = await _asset_of(runtime, tenant, item.asset) if item.asset else None
+    [res] = await _post(runtime, tenant, [item.to_transfer_in(asset)])
     if not res.ok or res.transfer is None:
         return rejected(res, path)
     stored = res.transfer
-    if stored.asset not in assets:
-        assets.update(await assets_for(runtime, tenant, {stored.asset}))
-    return Response(transfer_json(stored, _asset(assets, stored.asset)), 201 if res.result == "ok" else 200,
-                    media_type="application/json")
+    if asset is None or stored.asset != asset.code:
+        asset = await _asset_of(runtime, tenant, stored.asset)
+    return Response(transfer_json(stored, asset), 201 if res.result == "ok" else 200, media_type="application/json")
 
 
 def _raw_id(item: Any) -> str | None:
