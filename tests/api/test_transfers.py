@@ -440,3 +440,24 @@ def test_a_cancelled_request_does_not_cancel_its_transfer_or_stop_the_batcher(db
         from meterline.ledger.service import ledger_service
 
         assert ledger_service.get_account(s, tenant.id, "a").debits_posted == 3  # t2 committed too
+
+
+@pytest.mark.parametrize(("amount", "status", "code"), [
+    ("12.50", 201, None), ("1e1", 201, None), ("0.001", 422, "amount_precision"), ("0", 422, "amount_not_positive"),
+    ("1,5", 422, "invalid_amount"), ("100.01", 409, "exceeds_credits"),
+])
+def test_plain_and_model_parsed_transfers_answer_alike(client, accounts, amount, status, code):
+    """The five-field body takes the plain parse; the same transfer with `"flags": []` goes through
+    the model. Both answer the same status, problem code and transfer (but for its id and seq)."""
+    answers = []
+    for tid, extra in (("plain", {}), ("model", {"flags": []})):
+        r = post_transfer(client, accounts, id=tid, debit_account_id="alice", credit_account_id="escrow",
+                          amount=amount, asset="USD", **extra)
+        assert r.status_code == status, r.text
+        body = r.json()
+        if code is not None:
+            assert body["code"] == code and r.headers["content-type"].startswith("application/problem+json")
+            answers.append({k: v for k, v in body.items() if k != "transfer_id"})
+        else:
+            answers.append({k: v for k, v in body.items() if k not in ("id", "seq", "hash", "timestamp")})
+    assert answers[0] == answers[1]
