@@ -282,9 +282,10 @@ class PlainTransfer:
         """The body as a `PlainTransfer` if it is exactly the five plain fields and each holds
         what the model's own rules accept; None for anything else (the model then decides).
 
-        Why: this is nearly every single transfer, and `TransferCreate.model_validate` plus
-        `to_transfer_in` cost more than the rest of the request's own work. A body this
-        declines is validated by the model as before, so every error keeps its answer."""
+        Why: nearly every single transfer looks like this, and `TransferCreate.model_validate`
+        plus `to_transfer_in` were about a fifth of the app's own event-loop work on it (~10 of
+        ~45 µs; this check and conversion cost ~4). A body this declines is validated by the
+        model as before, so every error keeps its answer."""
         if type(data) is not dict or len(data) != 5 or not data.keys() <= _PLAIN_FIELDS:
             return None
         tid, debit, credit = data["id"], data["debit_account_id"], data["credit_account_id"]
