@@ -51,9 +51,12 @@ ASSET_PATTERN = r"^[A-Z0-9]{1,16}$"
 MAX_METADATA_BYTES = 4096
 MAX_METADATA_DEPTH = 16
 
-Id = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=ID_PATTERN)]
-TransferId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=ID_PATTERN)]
-AssetCode = Annotated[str, StringConstraints(min_length=1, max_length=16, pattern=ASSET_PATTERN)]
+ID_MAX = 64
+TRANSFER_ID_MAX = 128
+ASSET_MAX = 16
+Id = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX, pattern=ID_PATTERN)]
+TransferId = Annotated[str, StringConstraints(min_length=1, max_length=TRANSFER_ID_MAX, pattern=ID_PATTERN)]
+AssetCode = Annotated[str, StringConstraints(min_length=1, max_length=ASSET_MAX, pattern=ASSET_PATTERN)]
 AccountFlagName = Literal["debits_must_not_exceed_credits", "credits_must_not_exceed_debits"]
 TransferFlagName = Literal["pending", "post_pending", "void_pending", "linked"]
 
@@ -258,7 +261,7 @@ class TransferCreate(_Request):
 # -- the plain single transfer, checked without the model ---------------------------------
 _PLAIN_FIELDS = frozenset({"id", "debit_account_id", "credit_account_id", "amount", "asset"})
 _ID_CHARS = re.compile(ID_PATTERN[1:-1])  # fullmatch: no "$"-before-newline leniency
-_ASSET_CHARS = re.compile(r"[A-Z0-9]+")
+_ASSET_CHARS = re.compile(ASSET_PATTERN[1:-1])  # its length bound included
 
 
 def _plain_id(value: Any, max_length: int) -> bool:
@@ -290,12 +293,12 @@ class PlainTransfer:
             return None
         tid, debit, credit = data["id"], data["debit_account_id"], data["credit_account_id"]
         amount, asset = data["amount"], data["asset"]
-        if not (_plain_id(tid, 128) and _plain_id(debit, 64) and _plain_id(credit, 64)):
+        if not (_plain_id(tid, TRANSFER_ID_MAX) and _plain_id(debit, ID_MAX) and _plain_id(credit, ID_MAX)):
             return None
         # An amount only as ASCII text: a JSON number (Decimal) or any other text goes to the model.
         if type(amount) is not str or not amount.isascii():
             return None
-        if type(asset) is not str or len(asset) > 16 or _ASSET_CHARS.fullmatch(asset) is None:
+        if type(asset) is not str or _ASSET_CHARS.fullmatch(asset) is None:
             return None
         return PlainTransfer(tid, debit, credit, amount, asset)
 
