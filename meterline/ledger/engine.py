@@ -794,9 +794,8 @@ class LedgerEngine:
             int_array([a.cpo for _, a in dirty]), tenant, integer(len(dirty)),
         ])
 
-    @staticmethod
     def _write_sqlite(
-        conn: Connection, tenant_id: str, head: dict[str, Any], new_head: dict[str, Any],
+        self, conn: Connection, tenant_id: str, head: dict[str, Any], new_head: dict[str, Any],
         rows: list[tuple[Any, ...]], new_holds: list[_Hold], resolved: list[_Hold],
         dirty: list[tuple[str, _Acc]],
     ) -> None:
@@ -850,6 +849,33 @@ class LedgerEngine:
             None,
         ))
         sql.write_all(conn, writes)
+        if head["last_seq"] // self.HISTORY_RUN != new_head["last_seq"] // self.HISTORY_RUN:
+            self._append_history_run(conn, tenant_id, new_head["last_seq"])
+
+    # SQLite's account history (`AccountHistory`): every HISTORY_RUN transfers of a tenant,
+    # the transfers since its last run are appended as one run. The tail a reader scans is
+    # at most this plus one batch; a run costs about 1 µs per transfer and account, and a
+    # first-page read of an account one index seek per run.
+    HISTORY_RUN = 8192
+    _LAST_RUN = "SELECT max(last_seq) FROM account_history_runs WHERE tenant_id = ?"
+    _APPEND_RUN = (
+        "INSERT INTO account_history (tenant_id, run, account_id, seq) "
+        "SELECT tenant_id, ?, debit_account_id, seq FROM transfers WHERE tenant_id = ? AND seq > ? AND seq <= ? "
+        "UNION ALL "
+        "SELECT tenant_id, ?, credit_account_id, seq FROM transfers WHERE tenant_id = ? AND seq > ? AND seq <= ? "
+        "ORDER BY 3, 4")
+
+    def _append_history_run(self, conn: Connection, tenant_id: str, last_seq: int) -> None:
+        """Append the transfers after the tenant's last run, up to `last_seq`, as a new run —
+        sorted by (account, seq) under a key larger than any before it, so SQLite writes it
+        at the end of the index instead of all over it."""
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        prev = raw.execute(self._LAST_RUN, (tenant_id,)).fetchone()[0] or 0
+        if prev >= last_seq:
+            return
+        raw.execute(self._APPEND_RUN, (last_seq, tenant_id, prev, last_seq) * 2)
+        raw.execute("INSERT INTO account_history_runs (tenant_id, last_seq) VALUES (?, ?)", (tenant_id, last_seq))
 
 
 class _Sql:
