@@ -18,8 +18,19 @@ _PARTITIONS = re.compile(r"usage_events_(default|y\d{4}m\d{2})")
 
 
 def include_object(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
-    """Alembic `include_object` hook: leave run-time partitions out of autogenerate."""
+    """Alembic `include_object` hook: leave run-time partitions out of autogenerate, and
+    the indexes that exist on one dialect only (`Index.ddl_if`): Alembic does not know
+    `ddl_if`, so their migrations create them by hand on the dialect they name."""
+    if type_ == "index" and name in _dialect_indexes():
+        return False
     return not (type_ == "table" and reflected and compare_to is None and name and _PARTITIONS.fullmatch(name))
+
+
+def _dialect_indexes() -> set[str]:
+    from meterline.db.registry import metadata
+
+    return {str(ix.name) for table in metadata.tables.values() for ix in table.indexes
+            if ix._ddl_if is not None}
 
 
 def alembic_config(url: str) -> Config:

@@ -156,6 +156,8 @@ class _Verifier:
         self._check_account_balances(conn)
         self._check_transfer_accounts(conn)
         self._check_holds(conn)
+        if conn.dialect.name == "sqlite":
+            self._check_account_history(conn)
         self._check_chains(conn)
 
     # -- set-based checks ---------------------------------------------------------------
@@ -233,6 +235,30 @@ class _Verifier:
                     self.report.add(Problem(t, "transfer_asset_mismatch",
                                             f"{n} transfers in {asset} {side} an account in {acc_asset}",
                                             account_id=acc, expected=acc_asset, found=asset))
+
+    def _check_account_history(self, conn: Connection) -> None:
+        """SQLite: the appended history runs list exactly both accounts of each transfer up
+        to the tenant's last run, each under the run its seq falls in (`AccountHistory`) —
+        an entry missing would hide a transfer from its account's history."""
+        sets = f"""
+            WITH r AS (
+              SELECT tenant_id, last_seq, COALESCE(LAG(last_seq) OVER (
+                  PARTITION BY tenant_id ORDER BY last_seq), 0) AS after_seq
+              FROM account_history_runs{self._where()}),
+            expected AS (
+              SELECT t.tenant_id, r.last_seq AS run, t.debit_account_id AS account_id, t.seq FROM transfers t
+                JOIN r ON r.tenant_id = t.tenant_id AND t.seq > r.after_seq AND t.seq <= r.last_seq
+              UNION ALL
+              SELECT t.tenant_id, r.last_seq, t.credit_account_id, t.seq FROM transfers t
+                JOIN r ON r.tenant_id = t.tenant_id AND t.seq > r.after_seq AND t.seq <= r.last_seq),
+            stored AS (SELECT tenant_id, run, account_id, seq FROM account_history{self._where()})
+        """
+        for check, a, b, what in (("account_history_missing", "expected", "stored", "not listed in"),
+                                  ("account_history_extra", "stored", "expected", "listed wrongly in")):
+            sql = f"{sets} SELECT * FROM (SELECT * FROM {a} EXCEPT SELECT * FROM {b}) ORDER BY 1, 4, 3 LIMIT 100"
+            for t, run, acc, seq in self._q(conn, sql):
+                self.report.add(Problem(t, check, f"transfer {what} the account's history run {run}",
+                                        account_id=acc, seq=seq))
 
     def _check_holds(self, conn: Connection) -> None:
         tw = self._where("t", first=False)
