@@ -69,3 +69,23 @@ def test_sqlite_account_history_migration_both_ways(tmp_path):
     assert {"ix_transfers_debit", "ix_transfers_credit"} <= indexes
     assert not {"account_history", "account_history_runs"} & set(inspect(engine).get_table_names())
     engine.dispose()
+
+
+def test_postgres_balance_tables_leave_room_for_heap_only_updates(postgres_url):
+    """0011: accounts and ledger_heads keep free space per page on PostgreSQL, so rewriting a
+    balance or a head stays on its page without new index entries; the down step resets it."""
+    engine = make_nullpool_engine(postgres_url)
+
+    def options() -> dict[str, list[str] | None]:
+        with engine.connect() as conn:
+            return dict(conn.exec_driver_sql(
+                "SELECT relname, reloptions FROM pg_class WHERE relname IN ('accounts', 'ledger_heads')").all())
+
+    assert options() == {"accounts": ["fillfactor=70"], "ledger_heads": ["fillfactor=50"]}
+    migrate.downgrade(postgres_url, "0010")
+    try:
+        assert options() == {"accounts": None, "ledger_heads": None}
+    finally:
+        migrate.upgrade(postgres_url)
+    assert options()["accounts"] == ["fillfactor=70"]
+    engine.dispose()
