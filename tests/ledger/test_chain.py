@@ -68,10 +68,16 @@ def test_seal_chains_rows_exactly_as_chain_hash_does(ts: list[dict[str, Any]], g
     assert last == prev
 
 
-@given(transfers, text, text)
-def test_seal_of_a_batch_of_one_tenant_matches_chain_hash(t: dict[str, Any], dr: str, cr: str) -> None:
-    # The common shape (str accounts, one tenant for every row): seal's own f-string.
-    t = t | {"debit_account_id": dr, "credit_account_id": cr}
+@given(transfers, text, text, ints, st.booleans())
+def test_seal_of_a_batch_of_one_tenant_matches_chain_hash(
+    t: dict[str, Any], dr: str, cr: str, seq: int, plain: bool,
+) -> None:
+    # The common shapes (str accounts, one tenant for every row; a plain transfer's tail —
+    # no pending id, code, reference or metadata — half the time): seal's own f-strings.
+    t = t | {"debit_account_id": dr, "credit_account_id": cr, "asset": dr, "seq": seq, "amount": seq * 3,
+             "flags": seq % 16, "timeout_s": -seq, "timestamp": seq + 2**62}
+    if plain:
+        t |= {"pending_id": None, "code": "", "reference": None, "metadata": None}
     rows = [[t[f] if f != "hash" else "" for f in ROW_FIELDS] for _ in range(2)]
     seal(GENESIS_HASH, rows)
     first = chain_hash(GENESIS_HASH, t)
