@@ -55,6 +55,56 @@ def chain_hash(prev_hash: str, t: dict[str, Any]) -> str:
     return hashlib.sha256(bytes.fromhex(prev_hash) + canonical_transfer(t)).hexdigest()
 
 
+# The transfers table's column order (and StoredTransfer's): the rows `seal` takes.
+ROW_FIELDS = (
+    "tenant_id", "id", "seq", "debit_account_id", "credit_account_id", "amount", "asset", "pending_id",
+    "flags", "timeout_s", "code", "reference", "metadata", "timestamp", "hash",
+)
+_HASH = len(ROW_FIELDS) - 1
+
+
+def seal(prev_hash: str, rows: list[list[Any]]) -> str:
+    """Chain `rows` (lists in ROW_FIELDS order, seq and timestamp set) after `prev_hash`:
+    write each one's hash into its last field; returns the last hash (`prev_hash` for none).
+
+    The same bytes as `chain_hash` over each row as a dict — a Hypothesis test holds it so
+    — but one call per batch: `chain_hash` per transfer, with its dict, `canonical_transfer`
+    and four `_opt_str` calls, was about 2 µs of a transfer's CPU. A plain transfer (no
+    pending id, code, reference or metadata) writes those four as constants: 0.12 of the
+    1.5 ms a batch of 1000 costs here (measured). A row of any unusual type takes
+    `canonical_transfer` itself.
+    """
+    if not rows:
+        return prev_hash
+    sha256 = hashlib.sha256
+    prev = bytes.fromhex(prev_hash)
+    enc = _str
+    last_tenant: Any = None
+    tenant_json = ""
+    for row in rows:
+        tenant, tid, seq, dr, cr, amount, asset, pid, flags, timeout_s, code, ref, meta, ts, _ = row
+        if (type(seq) is int and type(amount) is int and type(flags) is int and type(timeout_s) is int
+                and type(ts) is int and type(tenant) is str and type(tid) is str and type(asset) is str
+                and type(code) is str and type(dr) is str and type(cr) is str):
+            if tenant is not last_tenant:
+                last_tenant, tenant_json = tenant, enc(tenant)
+            if pid is None and ref is None and meta is None and not code:  # a plain transfer's tail
+                data = (f"[{tenant_json},{seq},{enc(tid)},{enc(dr)},{enc(cr)},{amount},{enc(asset)},null,"
+                        f"{flags},{timeout_s},\"\",null,null,{ts}]").encode()
+            else:
+                data = (
+                    f"[{tenant_json},{seq},{enc(tid)},{enc(dr)},{enc(cr)},{amount},{enc(asset)},"
+                    f"{'null' if pid is None else _opt_str(pid)},{flags},{timeout_s},{enc(code)},"
+                    f"{'null' if ref is None else _opt_str(ref)},{'null' if meta is None else _encode(meta)},{ts}]"
+                ).encode()
+        else:
+            data = canonical_transfer(dict(zip(ROW_FIELDS, row, strict=True)))
+        digest = sha256(prev + data).digest()
+        row[_HASH] = digest.hex()
+        prev = digest
+    return prev.hex()
+
+
 def _node(left: bytes, right: bytes) -> bytes:
     # Domain-separated inner nodes (0x01) vs leaves (0x00) prevent second-preimage tricks.
     return hashlib.sha256(b"\x01" + left + right).digest()

@@ -39,7 +39,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from meterline.db.pgpipe import PgPipe, int_array, integer, rows, text, text_array
-from meterline.ledger.chain import GENESIS_HASH, chain_hash
+from meterline.ledger.chain import GENESIS_HASH, seal
 from meterline.ledger.types import (
     CODE_EXPIRED,
     SUCCESS,
@@ -196,7 +196,7 @@ class _Batch:
         self.accounts = accounts
         self.holds = holds
         self.existing = existing  # transfers stored before this batch, by id
-        self.new: dict[str, dict[str, Any]] = {}  # accepted in this batch, by id
+        self.new: dict[str, list[Any]] = {}  # accepted in this batch, by id: rows in _TRANSFER_FIELDS order
         self.undo: list[tuple[str, Any, Any]] | None = None
 
     # -- undo log for linked chains -------------------------------------------------
@@ -225,12 +225,22 @@ class _Batch:
                 del self.new[key]
 
     # -- one transfer ---------------------------------------------------------------
-    def apply_one(self, t: TransferIn, system: bool) -> dict[str, Any] | str:
-        """Apply `t` in memory. Returns the stored row (dict), "exists", or raises _Fail."""
-        if not t.id or len(t.id) > _MAX_ID:
-            raise _Fail("id_must_not_be_empty" if not t.id else "id_too_long")
-        flags = int(t.flags)
-        prior = self.new.get(t.id) or self.existing.get(t.id)
+    def apply_one(self, t: TransferIn, system: bool) -> list[Any] | str:
+        """Apply `t` in memory. Returns the stored row (a list in _TRANSFER_FIELDS order),
+        "exists", or raises _Fail.
+
+        A new transfer's checks are written out here, on locals, rather than in a
+        `_post_new` of their own: a call and the repeated attribute reads were a visible
+        share of the ~3 µs its validation cost. The order of the checks is the order of
+        the result codes' precedence — keep it.
+        """
+        tid = t.id
+        if not tid or len(tid) > _MAX_ID:
+            raise _Fail("id_must_not_be_empty" if not tid else "id_too_long")
+        flags = t.flags
+        if type(flags) is not int:
+            flags = int(flags)
+        prior = self.new.get(tid) or self.existing.get(tid)
         if prior is not None:
             return self._compare_existing(t, prior)
         kind = flags & (_PENDING | _POST | _VOID)
@@ -238,7 +248,8 @@ class _Batch:
             raise _Fail("flags_are_mutually_exclusive")
         if flags & ~_KNOWN_FLAGS:
             raise _Fail("reserved_flag")
-        if t.timeout_s < 0:
+        timeout_s = t.timeout_s
+        if timeout_s < 0:
             raise _Fail("timeout_must_not_be_negative")
         if t.code is not None and len(t.code) > 64:
             raise _Fail("code_too_long")
@@ -246,9 +257,81 @@ class _Batch:
             raise _Fail("reference_too_long")
         if kind & (_POST | _VOID):
             return self._resolve_pending(t, flags, system)
-        return self._post_new(t, flags)
+        # A new transfer (plain or pending).
+        if t.pending_id:
+            raise _Fail("pending_id_must_be_empty")
+        if timeout_s:
+            if not flags & _PENDING:
+                raise _Fail("timeout_reserved_for_pending_transfer")
+            # timeout_s is a 32-bit column and expires_at a 64-bit one: a larger value would
+            # fail the whole batch's INSERT instead of this one transfer.
+            if timeout_s > _MAX_TIMEOUT_S or self.now_ns + timeout_s * 1_000_000_000 > MAX_AMOUNT:
+                raise _Fail("overflows_timeout")
+        dr_id = t.debit_account_id
+        cr_id = t.credit_account_id
+        if not dr_id:
+            raise _Fail("debit_account_id_must_not_be_empty")
+        if not cr_id:
+            raise _Fail("credit_account_id_must_not_be_empty")
+        if dr_id == cr_id:
+            raise _Fail("accounts_must_be_different")
+        a = t.amount
+        if a is None or a == 0:
+            raise _Fail("amount_must_not_be_zero")
+        if a < 0:
+            raise _Fail("amount_must_be_positive")
+        if a > MAX_AMOUNT:
+            raise _Fail("overflows_debits")
+        accounts = self.accounts
+        dr = accounts.get(dr_id)
+        if dr is None:
+            raise _Fail("debit_account_not_found")
+        cr = accounts.get(cr_id)
+        if cr is None:
+            raise _Fail("credit_account_not_found")
+        asset = dr.asset
+        if cr.asset != asset:
+            raise _Fail("asset_mismatch")
+        if t.asset is not None and t.asset != asset:
+            raise _Fail("asset_mismatch")
+        if dr.dp + a > MAX_AMOUNT or dr.dpo + a > MAX_AMOUNT or dr.dp + dr.dpo + a > MAX_AMOUNT:
+            raise _Fail("overflows_debits")
+        if cr.cp + a > MAX_AMOUNT or cr.cpo + a > MAX_AMOUNT or cr.cp + cr.cpo + a > MAX_AMOUNT:
+            raise _Fail("overflows_credits")
+        # Balance limits count pending amounts too, so holds can never overdraw.
+        if dr.flags & _DMNEC and dr.dp + dr.dpo + a > dr.cpo:
+            raise _Fail("exceeds_credits")
+        if cr.flags & _CMNED and cr.cp + cr.cpo + a > cr.dpo:
+            raise _Fail("exceeds_debits")
+        undo = self.undo
+        if undo is not None:  # inside a linked chain only
+            undo.append(("acc", dr_id, (dr.dp, dr.dpo, dr.cp, dr.cpo, dr.dirty)))
+            undo.append(("acc", cr_id, (cr.dp, cr.dpo, cr.cp, cr.cpo, cr.dirty)))
+        if flags & _PENDING:
+            dr.dp += a
+            cr.cp += a
+            now_ns = self.now_ns
+            self.holds[tid] = _Hold(
+                tid, dr_id, cr_id, a, asset, HoldState.PENDING, now_ns,
+                now_ns + timeout_s * 1_000_000_000 if timeout_s else None, is_new=True,
+            )
+            if undo is not None:
+                undo.append(("newhold", tid, None))
+        else:
+            dr.dpo += a
+            cr.cpo += a
+        dr.dirty = cr.dirty = True
+        row = [self.tenant_id, tid, 0, dr_id, cr_id, a, asset, t.pending_id, flags, timeout_s, t.code or "",
+               t.reference, t.metadata or None, 0, ""]
+        self.new[tid] = row
+        if undo is not None:
+            undo.append(("new", tid, None))
+        return row
 
-    def _compare_existing(self, t: TransferIn, prior: dict[str, Any]) -> str:
+    def _compare_existing(self, t: TransferIn, prior: dict[str, Any] | list[Any]) -> str:
+        if type(prior) is list:  # accepted earlier in this batch
+            prior = dict(zip(_TRANSFER_FIELDS, prior, strict=True))
+        assert isinstance(prior, dict)
         if int(t.flags) != prior["flags"]:
             raise _Fail("exists_with_different_flags")
         if t.pending_id != prior["pending_id"]:
@@ -269,68 +352,7 @@ class _Batch:
             raise _Fail("idempotency_conflict")
         return "exists"
 
-    def _account(self, acc_id: str | None, missing: str) -> _Acc:
-        acc = self.accounts.get(acc_id) if acc_id else None
-        if acc is None:
-            raise _Fail(missing)
-        return acc
-
-    def _post_new(self, t: TransferIn, flags: int) -> dict[str, Any]:
-        if t.pending_id:
-            raise _Fail("pending_id_must_be_empty")
-        if t.timeout_s and not flags & _PENDING:
-            raise _Fail("timeout_reserved_for_pending_transfer")
-        # timeout_s is a 32-bit column and expires_at a 64-bit one: a larger value would fail
-        # the whole batch's INSERT instead of this one transfer.
-        if t.timeout_s and (t.timeout_s > _MAX_TIMEOUT_S or self.now_ns + t.timeout_s * 1_000_000_000 > MAX_AMOUNT):
-            raise _Fail("overflows_timeout")
-        if not t.debit_account_id:
-            raise _Fail("debit_account_id_must_not_be_empty")
-        if not t.credit_account_id:
-            raise _Fail("credit_account_id_must_not_be_empty")
-        if t.debit_account_id == t.credit_account_id:
-            raise _Fail("accounts_must_be_different")
-        if t.amount is None or t.amount == 0:
-            raise _Fail("amount_must_not_be_zero")
-        if t.amount < 0:
-            raise _Fail("amount_must_be_positive")
-        if t.amount > MAX_AMOUNT:
-            raise _Fail("overflows_debits")
-        dr = self._account(t.debit_account_id, "debit_account_not_found")
-        cr = self._account(t.credit_account_id, "credit_account_not_found")
-        if dr.asset != cr.asset:
-            raise _Fail("asset_mismatch")
-        if t.asset is not None and t.asset != dr.asset:
-            raise _Fail("asset_mismatch")
-        a = t.amount
-        if dr.dp + a > MAX_AMOUNT or dr.dpo + a > MAX_AMOUNT or dr.dp + dr.dpo + a > MAX_AMOUNT:
-            raise _Fail("overflows_debits")
-        if cr.cp + a > MAX_AMOUNT or cr.cpo + a > MAX_AMOUNT or cr.cp + cr.cpo + a > MAX_AMOUNT:
-            raise _Fail("overflows_credits")
-        # Balance limits count pending amounts too, so holds can never overdraw.
-        if dr.flags & _DMNEC and dr.dp + dr.dpo + a > dr.cpo:
-            raise _Fail("exceeds_credits")
-        if cr.flags & _CMNED and cr.cp + cr.cpo + a > cr.dpo:
-            raise _Fail("exceeds_debits")
-        self._save_acc(t.debit_account_id, dr)  # type: ignore[arg-type]
-        self._save_acc(t.credit_account_id, cr)  # type: ignore[arg-type]
-        if flags & _PENDING:
-            dr.dp += a
-            cr.cp += a
-            expires = self.now_ns + t.timeout_s * 1_000_000_000 if t.timeout_s else None
-            self.holds[t.id] = _Hold(
-                t.id, t.debit_account_id, t.credit_account_id, a, dr.asset,  # type: ignore[arg-type]
-                HoldState.PENDING, self.now_ns, expires, is_new=True,
-            )
-            if self.undo is not None:
-                self.undo.append(("newhold", t.id, None))
-        else:
-            dr.dpo += a
-            cr.cpo += a
-        dr.dirty = cr.dirty = True
-        return self._accept(t, t.debit_account_id, t.credit_account_id, a, dr.asset, flags)  # type: ignore[arg-type]
-
-    def _resolve_pending(self, t: TransferIn, flags: int, system: bool) -> dict[str, Any]:
+    def _resolve_pending(self, t: TransferIn, flags: int, system: bool) -> list[Any]:
         if not t.pending_id:
             raise _Fail("pending_id_must_not_be_empty")
         if t.pending_id == t.id:
@@ -390,24 +412,11 @@ class _Batch:
         dr.dirty = cr.dirty = hold.dirty = True
         return self._accept(t, hold.debit_account_id, hold.credit_account_id, amount, hold.asset, flags)
 
-    def _accept(self, t: TransferIn, dr: str, cr: str, amount: int, asset: str, flags: int) -> dict[str, Any]:
-        row = {
-            "tenant_id": self.tenant_id,
-            "id": t.id,
-            "seq": 0,
-            "debit_account_id": dr,
-            "credit_account_id": cr,
-            "amount": amount,
-            "asset": asset,
-            "pending_id": t.pending_id,
-            "flags": flags,
-            "timeout_s": t.timeout_s,
-            "code": t.code or "",
-            "reference": t.reference,
-            "metadata": t.metadata or None,
-            "timestamp": 0,
-            "hash": "",
-        }
+    def _accept(self, t: TransferIn, dr: str, cr: str, amount: int, asset: str, flags: int) -> list[Any]:
+        # A list, not a dict: `_persist` fills seq, timestamp and hash in place, and both the
+        # INSERT's tuple and the StoredTransfer come from it positionally.
+        row = [self.tenant_id, t.id, 0, dr, cr, amount, asset, t.pending_id, flags, t.timeout_s, t.code or "",
+               t.reference, t.metadata or None, 0, ""]
         self.new[t.id] = row
         if self.undo is not None:
             self.undo.append(("new", t.id, None))
@@ -488,11 +497,14 @@ class LedgerEngine:
         if cache is not None:
             cache.stage(tenant_id, head, new_head, accounts)
 
-    def _run(self, batch: _Batch, segments: list[Segment]) -> list[tuple[TransferResult, dict[str, Any]]]:
+    def _run(self, batch: _Batch, segments: list[Segment]) -> list[tuple[TransferResult, list[Any]]]:
         """Validate and apply every segment in memory; returns the accepted (result, row) pairs."""
-        accepted: list[tuple[TransferResult, dict[str, Any]]] = []
+        accepted: list[tuple[TransferResult, list[Any]]] = []
+        append = accepted.append
+        apply_one = batch.apply_one
         for seg in segments:
             transfers = seg.transfers
+            system = seg.system
             results = seg.results = [TransferResult(i, t.id, "") for i, t in enumerate(transfers)]
             n = len(transfers)
             i = 0
@@ -500,11 +512,16 @@ class LedgerEngine:
                 t = transfers[i]
                 if not t.flags & _LINKED:  # the common case, without a chain's bookkeeping
                     try:
-                        outcome = batch.apply_one(t, seg.system)
+                        outcome = apply_one(t, system)
                     except _Fail as f:
                         results[i].result = f.code
                     else:
-                        self._accepted(batch, results[i], outcome, accepted)
+                        if type(outcome) is list:  # accepted: the `_accepted` call, inlined
+                            res = results[i]
+                            res.result = "ok"
+                            append((res, outcome))
+                        else:
+                            self._accepted(batch, results[i], outcome, accepted)
                     i += 1
                     continue
                 # A chain runs through the first unlinked transfer (or to the end: still open).
@@ -517,14 +534,14 @@ class LedgerEngine:
 
     @staticmethod
     def _accepted(
-        batch: _Batch, res: TransferResult, outcome: dict[str, Any] | str,
-        accepted: list[tuple[TransferResult, dict[str, Any]]],
+        batch: _Batch, res: TransferResult, outcome: list[Any] | str,
+        accepted: list[tuple[TransferResult, list[Any]]],
     ) -> None:
-        if outcome == "exists":
+        if type(outcome) is str:  # "exists"
             res.result = "exists"
-            prior = batch.new.get(res.id) or batch.existing[res.id]
-            if prior["seq"]:
-                res.transfer = _stored(prior)
+            prior = batch.new.get(res.id)
+            if prior is None:  # stored before this batch: sequenced already
+                res.transfer = _stored(batch.existing[res.id])
             else:  # accepted earlier in this same batch; filled in after sequencing
                 accepted.append((res, prior))
         else:
@@ -536,12 +553,12 @@ class LedgerEngine:
         batch: _Batch,
         seg: Segment,
         group: list[int],
-        accepted: list[tuple[TransferResult, dict[str, Any]]],
+        accepted: list[tuple[TransferResult, list[Any]]],
     ) -> None:
         linked = len(group) > 1 or int(seg.transfers[group[-1]].flags) & _LINKED
         open_chain = bool(int(seg.transfers[group[-1]].flags) & _LINKED)
         batch.undo = [] if linked else None
-        outcomes: list[dict[str, Any] | str] = []
+        outcomes: list[list[Any] | str] = []
         failed_at: int | None = None
         failure = ""
         for pos, i in enumerate(group):
@@ -678,31 +695,34 @@ class LedgerEngine:
         tenant_id: str,
         head: dict[str, Any],
         batch: _Batch,
-        accepted: list[tuple[TransferResult, dict[str, Any]]],
+        accepted: list[tuple[TransferResult, list[Any]]],
         now_ns: int,
         pipe: PgPipe | None = None,
     ) -> dict[str, Any]:
-        """Sequence, hash and write the accepted transfers; returns the new head."""
+        """Sequence, hash and write the accepted transfers; returns the new head.
+
+        Each accepted row is one list in column order, filled in place: its INSERT tuple
+        is the list itself (metadata as JSON), its StoredTransfer is built positionally —
+        a dict per row, a tuple rebuilt from it and `StoredTransfer(**row)` cost about
+        3 µs a transfer.
+        """
         seq = head["last_seq"]
-        prev = head["last_hash"]
         ts = max(now_ns, head["last_timestamp"] + 1)
-        rows: list[tuple[Any, ...]] = []
+        sealed: list[list[Any]] = []
         for res, row in accepted:
             if res.result == "ok":
                 seq += 1
-                row["seq"] = seq
-                row["timestamp"] = ts
+                row[2] = seq
+                row[13] = ts
                 ts += 1
-                prev = row["hash"] = chain_hash(prev, row)
-                meta = row["metadata"]
-                rows.append((
-                    tenant_id, row["id"], seq, row["debit_account_id"], row["credit_account_id"],
-                    row["amount"], row["asset"], row["pending_id"], row["flags"], row["timeout_s"],
-                    row["code"], row["reference"], None if meta is None else _dumps(meta),
-                    row["timestamp"], row["hash"],
-                ))
+                sealed.append(row)
+        prev = seal(head["last_hash"], sealed)
+        rows: list[tuple[Any, ...]] = [
+            tuple(row) if row[12] is None else (*row[:12], _dumps(row[12]), row[13], row[14]) for row in sealed
+        ]
+        stored = StoredTransfer
         for res, row in accepted:
-            res.transfer = _stored(row)
+            res.transfer = stored(*row)
         new_head = {"last_seq": seq, "last_hash": prev,
                     "last_timestamp": ts - 1 if rows else head["last_timestamp"]}
         new_holds = [h for h in batch.holds.values() if h.is_new]
