@@ -183,9 +183,10 @@ class Sent:
     """A pipeline on the wire. `wait()` reads its results — after those of every pipeline
     sent before it on the connection, which PostgreSQL answers first — and raises its error."""
 
-    def __init__(self, pipe: PgPipe, slots: list[tuple[str, Any]]) -> None:
+    def __init__(self, pipe: PgPipe, slots: list[tuple[str, Any]], earlier: Sent | None) -> None:
         self._pipe = pipe
         self._slots = slots
+        self._earlier = earlier  # an unread pipeline of the same transaction, sent before this one
         self._results: list[Any] | None = None
         self._error: Exception | None = None
 
@@ -197,6 +198,8 @@ class Sent:
         session = self._pipe._session
         while not self.done:
             session.unread[0]._read()
+        if self._earlier is not None and self._earlier._error is not None:
+            raise self._earlier._error  # the first failure of the transaction, not "skipped"
         if self._error is not None:
             raise self._error
         assert self._results is not None
@@ -277,6 +280,7 @@ class PgPipe:
         prepared = session.prepared
         # What each result slot is: ("begin"|"commit"|"prepare"|"stmt", name or index).
         slots: list[tuple[str, Any]] = []
+        earlier = None
         if not pg.pipeline_status:
             pg.enter_pipeline_mode()
         try:
@@ -284,6 +288,8 @@ class PgPipe:
             if session.ends_transaction if session.unread else pg.transaction_status == _IDLE:
                 pg.send_query_params(b"BEGIN", None)
                 slots.append(("begin", None))
+            elif session.unread:
+                earlier = session.unread[-1]
             for i, (sql, params) in enumerate(queue):
                 if not self._prepare:
                     pg.send_query_params(sql.encode(), params)
@@ -311,7 +317,7 @@ class PgPipe:
                     log.debug("pipeline: leaving pipeline mode failed", exc_info=True)
             raise
         self.round_trips += 1
-        sent = Sent(self, slots)
+        sent = Sent(self, slots, earlier)
         session.unread.append(sent)
         session.ends_transaction = commit
         return sent
@@ -338,8 +344,10 @@ class PgPipe:
             else:
                 if kind == "prepare":
                     prepared.discard(key)
-                if status != pq.ExecStatus.PIPELINE_ABORTED and error is None:
-                    error = pg_errors.error_from_result(res, encoding="utf-8")
+                if status != pq.ExecStatus.PIPELINE_ABORTED:
+                    error = error or pg_errors.error_from_result(res, encoding="utf-8")
+                elif kind == "commit":  # skipped: a statement sent earlier failed
+                    error = error or pg_errors.InFailedSqlTransaction("COMMIT skipped: the transaction failed")
         sync = self._next()
         if sync is None or sync.status != _SYNC:
             raise pg_errors.InternalError("pipeline: the sync did not come back")

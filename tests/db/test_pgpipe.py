@@ -128,3 +128,19 @@ def test_a_transaction_sent_behind_an_unread_commit(db: Database, writer) -> Non
         b.wait()
     raw.connection.dbapi_connection.rollback()  # type: ignore[union-attr]
     assert sorted(raw.exec_driver_sql("SELECT k FROM pipe_s").scalars().all()) == ["a", "b"]
+
+
+def test_a_commit_behind_a_failed_part_of_its_transaction_raises_that_failure(db: Database, writer) -> None:  # type: ignore[no-untyped-def]
+    raw = writer
+    raw.exec_driver_sql("CREATE TEMP TABLE pipe_p (k text PRIMARY KEY)")
+    raw.commit()
+    pipe = PgPipe(raw, prepare=True)
+    pipe.add("INSERT INTO pipe_p VALUES ($1)", [text("a")])
+    pipe.add("INSERT INTO pipe_p VALUES ($1)", [text("a")])  # duplicate key
+    pipe.send()  # the transaction's first part, unanswered
+    pipe.add("INSERT INTO pipe_p VALUES ($1)", [text("b")])
+    last = pipe.send(commit=True)  # the rest, and a COMMIT PostgreSQL skips
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        last.wait()
+    raw.connection.dbapi_connection.rollback()  # type: ignore[union-attr]
+    assert raw.exec_driver_sql("SELECT count(*) FROM pipe_p").scalar() == 0
