@@ -400,7 +400,9 @@ class GroupCommitter(ABC, Generic[T, R]):
                 self._failed(nxt, nxt.error)
                 nxt = None
             flight = nxt
-            if flight is None or stop or not overlap:
+            # (Re-read: under steady load this loop never runs dry, and the splitter's probes
+            # and verdicts must take effect.)
+            if flight is None or stop or not self._splitter.split:
                 if flight is not None:
                     self._land(flight, None)
                 return stop
