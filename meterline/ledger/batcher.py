@@ -41,8 +41,10 @@ class LedgerBatcher(GroupCommitter[_Item, list[TransferResult]]):
     name = "ledger-batcher"
     stopped = BatcherStopped
 
-    def __init__(self, db: Database, clock: Clock, *, window_ms: float = 1.0, max_transfers: int = 8000) -> None:
-        super().__init__(db, window_ms=window_ms, max_size=max_transfers)
+    def __init__(
+        self, db: Database, clock: Clock, *, window_ms: float = 1.0, max_transfers: int = 8000, overlap: bool = False,
+    ) -> None:
+        super().__init__(db, window_ms=window_ms, max_size=max_transfers, overlap=overlap)
         self.clock = clock
         # Heads and balances as of this writer's last commit: lets a batch of new transfers
         # skip its reads (the engine's head guard proves the cache current, or fails it).
