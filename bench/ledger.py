@@ -229,7 +229,7 @@ def bench_single(db: Database, backend: str, args: argparse.Namespace) -> dict[s
     out: dict[str, dict[str, float]] = {}
     acked = 0
     errors = 0
-    with LedgerBatcher(db, SystemClock(), window_ms=args.window_ms) as batcher:
+    with LedgerBatcher(db, SystemClock(), window_ms=args.window_ms, overlap=args.overlap) as batcher:
         for mode in ("spread", "hot"):
             warm = batcher.post(tenant, make_transfers(f"s-{mode}-warm", BATCH, ids, mode == "hot",
                                                        random.Random(mode)))
@@ -586,6 +586,9 @@ def main() -> None:
     ap.add_argument("--http-reps", type=int, default=3, help="repetitions of parts 3-4")
     ap.add_argument("--client-procs", type=int, default=1, help="HTTP load-generator processes")
     ap.add_argument("--window-ms", type=float, default=1.0, help="batcher window for part 2")
+    ap.add_argument("--no-overlap", dest="overlap", action="store_false",
+                    help="part 2: never overlap two batches (the server's METERLINE_LEDGER_OVERLAP=false); "
+                         "by default the batcher does, as the server does, when it measures that it pays")
     args = ap.parse_args()
     args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     args.http_seconds = args.seconds

@@ -35,6 +35,7 @@ class Runtime:
                 self.clock,
                 window_ms=self.settings.batch_window_ms,
                 max_transfers=self.settings.batch_max_transfers,
+                overlap=self.settings.ledger_overlap,
             )
         if self.samples is None:
             self.samples = SampleBatcher(self.db, self.clock, window_ms=self.settings.batch_window_ms,

@@ -36,7 +36,8 @@ def worker(
         raise typer.Exit(2) from None
     db = Database(settings.database_url, busy_timeout_ms=settings.sqlite_busy_timeout_ms)
     batcher = LedgerBatcher(
-        db, system_clock, window_ms=settings.batch_window_ms, max_transfers=settings.batch_max_transfers
+        db, system_clock, window_ms=settings.batch_window_ms, max_transfers=settings.batch_max_transfers,
+        overlap=settings.ledger_overlap,
     ).start()
     w = Worker(db=db, clock=system_clock, batcher=batcher, settings=settings, signer=signer)
     tune_gc()

@@ -20,10 +20,13 @@ failed state and the caller's usual rollback applies.
 
 from __future__ import annotations
 
+import ctypes
 import json
+import logging
 import select
 import weakref
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from psycopg import errors as pg_errors
@@ -31,16 +34,16 @@ from psycopg import pq
 from sqlalchemy import Connection
 
 Param = bytes | None
+log = logging.getLogger(__name__)
 
 _OK = (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK)
 _SYNC = pq.ExecStatus.PIPELINE_SYNC
 _IDLE = pq.TransactionStatus.IDLE
 
-# Statement text -> its prepared name (the same for every connection), and for each psycopg
-# connection the names already prepared on it (prepared statements live as long as the
-# session and are not transactional, so a rolled-back batch keeps those it parsed).
+# Statement text -> its prepared name (the same for every connection). Each connection's
+# prepared names are in its `_Session` (prepared statements live as long as the session and
+# are not transactional, so a rolled-back batch keeps those it parsed).
 _names: dict[str, bytes] = {}
-_prepared: weakref.WeakKeyDictionary[Any, set[bytes]] = weakref.WeakKeyDictionary()
 
 
 def _name(sql: str) -> bytes:
@@ -112,14 +115,118 @@ def rows(result: pq.abc.PGresult, kinds: str) -> list[tuple[Any, ...]]:
     return out
 
 
+def _find_sync() -> Callable[[Any], None]:
+    """`pipeline_sync` that lets go of the GIL while libpq writes the pipeline to the socket.
+
+    psycopg's binary build calls libpq holding the GIL, and the write that ends a pipeline
+    wakes the server's backend: on a busy machine the scheduler then often runs the backend
+    at once on this core, and this thread sits preempted *holding the GIL* — every other
+    Python thread (the callers preparing the next batch) stalls with it. py-spy put 19% of
+    the ledger writer's GIL-holding time on that one call under load (it costs 7 µs on an
+    idle machine). A ctypes call releases the GIL for its duration; it must reach the very
+    libpq psycopg loaded (a `PGconn*` means nothing to another copy), so it is used only
+    when the process has exactly one libpq mapped; otherwise psycopg's own call.
+    """
+    fallback: Callable[[Any], None] = lambda pg: pg.pipeline_sync()  # noqa: E731
+    if pq.__impl__ == "python":  # psycopg's ctypes implementation already releases the GIL
+        return fallback
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "/libpq" in line and ".so" in line}
+        if len(paths) != 1:
+            return fallback
+        fn = ctypes.CDLL(paths.pop()).PQpipelineSync
+    except (OSError, AttributeError):
+        return fallback
+    fn.argtypes = [ctypes.c_void_p]
+    fn.restype = ctypes.c_int
+
+    def sync(pg: Any) -> None:
+        if fn(pg.pgconn_ptr) != 1:
+            raise pg_errors.OperationalError(f"pipeline sync failed: {pg.get_error_message()}")
+
+    return sync
+
+
+_sync: Callable[[Any], None] | None = None
+
+
+def pipeline_sync(pg: Any) -> None:
+    global _sync
+    if _sync is None:
+        _sync = _find_sync()
+    _sync(pg)
+
+
 def _wait(fd: int, events: int) -> None:
     poller = select.poll()
     poller.register(fd, events)
     poller.poll()
 
 
+class _Session:
+    """What one connection carries across pipes: the statements prepared on it, and the
+    pipelines sent on it whose results are not read yet (oldest first)."""
+
+    __slots__ = ("ends_transaction", "prepared", "unread")
+
+    def __init__(self) -> None:
+        self.prepared: set[bytes] = set()
+        self.unread: deque[Sent] = deque()
+        self.ends_transaction = False  # the last unread pipeline ends with COMMIT
+
+
+_sessions: weakref.WeakKeyDictionary[Any, _Session] = weakref.WeakKeyDictionary()
+
+
+class Sent:
+    """A pipeline on the wire. `wait()` reads its results — after those of every pipeline
+    sent before it on the connection, which PostgreSQL answers first — and raises its error."""
+
+    def __init__(self, pipe: PgPipe, slots: list[tuple[str, Any]], earlier: Sent | None) -> None:
+        self._pipe = pipe
+        self._slots = slots
+        self._earlier = earlier  # an unread pipeline of the same transaction, sent before this one
+        self._results: list[Any] | None = None
+        self._error: Exception | None = None
+
+    @property
+    def done(self) -> bool:
+        return self._results is not None or self._error is not None
+
+    def wait(self) -> list[Any]:
+        session = self._pipe._session
+        while not self.done:
+            session.unread[0]._read()
+        if self._earlier is not None and self._earlier._error is not None:
+            raise self._earlier._error  # the first failure of the transaction, not "skipped"
+        if self._error is not None:
+            raise self._error
+        assert self._results is not None
+        return self._results
+
+    def _read(self) -> None:
+        pipe = self._pipe
+        session = pipe._session
+        try:
+            self._results, self._error = pipe._collect(self._slots)
+        except Exception as exc:  # the connection is broken: nothing sent behind this will answer
+            for sent in session.unread:
+                sent._error = sent._error or exc
+            session.unread.clear()
+        else:
+            session.unread.popleft()
+        if not session.unread:
+            pg = pipe._pg
+            if pg.pipeline_status:
+                try:
+                    pg.exit_pipeline_mode()
+                except Exception as exc:  # a broken connection cannot leave it; it is closed next
+                    self._error = self._error or pg_errors.InternalError(f"pipeline: {exc}")
+
+
 class PgPipe:
-    """Statements queued for one connection, sent together by `run()` in one round trip.
+    """Statements queued for one connection, sent together in one round trip.
 
     With `prepare`, each statement is prepared by name the first time it is sent on a
     connection — only for a connection nothing else prepares or deallocates on (a writer's
@@ -130,6 +237,12 @@ class PgPipe:
     sent first when the connection is not in a transaction (as psycopg would before its own
     first statement); `run(commit=True)` ends the pipeline with COMMIT, so the writes and
     their commit travel together.
+
+    `send(commit=True)` does the same without waiting for the answer: it returns a `Sent`
+    to wait on later, and the connection may carry the next transaction meanwhile (its BEGIN
+    goes right behind the COMMIT). PostgreSQL runs them strictly in order: if the first
+    fails, its transaction is left aborted and everything of the next fails with it, COMMIT
+    included. A later `run` or `wait` reads the earlier answers first.
     """
 
     def __init__(self, conn: Connection, *, prepare: bool = False) -> None:
@@ -139,6 +252,10 @@ class PgPipe:
         self._pg: Any = raw.pgconn  # type: ignore[attr-defined]
         self._prepare = prepare
         self._queue: list[tuple[str, Sequence[Param]]] = []
+        session = _sessions.get(raw)
+        if session is None:
+            session = _sessions[raw] = _Session()
+        self._session = session
         self.round_trips = 0  # sent pipelines (tests and benchmarks count them)
 
     @property
@@ -151,48 +268,63 @@ class PgPipe:
 
     def run(self, *, commit: bool = False) -> list[Any]:
         """Send everything queued (and COMMIT); return one result per `add`, in order."""
-        queue, self._queue = self._queue, []
-        if not queue and not commit:
+        if not self._queue and not commit:
             return []
+        return self.send(commit=commit).wait()
+
+    def send(self, *, commit: bool = False) -> Sent:
+        """Send everything queued (and COMMIT) without reading the answer."""
+        queue, self._queue = self._queue, []
         pg = self._pg
-        prepared = _prepared.get(self._raw)
-        if prepared is None:
-            prepared = _prepared[self._raw] = set()
+        session = self._session
+        prepared = session.prepared
         # What each result slot is: ("begin"|"commit"|"prepare"|"stmt", name or index).
         slots: list[tuple[str, Any]] = []
-        pg.enter_pipeline_mode()
+        earlier = None
+        if not pg.pipeline_status:
+            pg.enter_pipeline_mode()
         try:
-            if pg.transaction_status == _IDLE:
+            # Behind an unread COMMIT the connection will be idle; otherwise ask libpq.
+            if session.ends_transaction if session.unread else pg.transaction_status == _IDLE:
                 pg.send_query_params(b"BEGIN", None)
                 slots.append(("begin", None))
-            preparing: set[bytes] = set()
+            elif session.unread:
+                earlier = session.unread[-1]
             for i, (sql, params) in enumerate(queue):
                 if not self._prepare:
                     pg.send_query_params(sql.encode(), params)
                     slots.append(("stmt", i))
                     continue
                 name = _name(sql)
-                if name not in prepared and name not in preparing:
+                if name not in prepared:
+                    # Counted as prepared from now on, so a pipeline sent behind this one
+                    # does not parse it again; `_collect` takes it back if it failed.
                     pg.send_prepare(name, sql.encode())
-                    preparing.add(name)
+                    prepared.add(name)
                     slots.append(("prepare", name))
                 pg.send_query_prepared(name, params)
                 slots.append(("stmt", i))
             if commit:
                 pg.send_query_params(b"COMMIT", None)
                 slots.append(("commit", None))
-            pg.pipeline_sync()
-            self.round_trips += 1
-            results, error = self._collect(slots, prepared)
-        finally:
-            if pg.pipeline_status:
-                pg.exit_pipeline_mode()
-        if error is not None:
-            raise error
-        return results
+            pipeline_sync(pg)
+            self._flush()
+        except BaseException:
+            if not session.unread and pg.pipeline_status:
+                try:
+                    pg.exit_pipeline_mode()
+                except Exception:  # a broken connection: its owner closes it
+                    log.debug("pipeline: leaving pipeline mode failed", exc_info=True)
+            raise
+        self.round_trips += 1
+        sent = Sent(self, slots, earlier)
+        session.unread.append(sent)
+        session.ends_transaction = commit
+        return sent
 
-    def _collect(self, slots: list[tuple[str, Any]], prepared: set[bytes]) -> tuple[list[Any], Exception | None]:
+    def _collect(self, slots: list[tuple[str, Any]]) -> tuple[list[Any] | None, Exception | None]:
         pg = self._pg
+        prepared = self._session.prepared
         self._flush()
         results: list[Any] = [None] * sum(1 for kind, _ in slots if kind == "stmt")
         error: Exception | None = None
@@ -204,21 +336,25 @@ class PgPipe:
                 raise pg_errors.InternalError("pipeline: more results than commands")
             status = res.status
             if status in _OK:
-                if kind == "prepare":
-                    prepared.add(key)
-                elif kind == "stmt":
+                if kind == "stmt":
                     results[key] = res
                 elif kind == "commit" and res.command_status != b"COMMIT":
                     error = error or pg_errors.InFailedSqlTransaction(
                         f"COMMIT answered {res.command_status!r}: the transaction was rolled back")
-            elif status != pq.ExecStatus.PIPELINE_ABORTED and error is None:
-                error = pg_errors.error_from_result(res, encoding="utf-8")
+            else:
+                if kind == "prepare":
+                    prepared.discard(key)
+                if status != pq.ExecStatus.PIPELINE_ABORTED:
+                    error = error or pg_errors.error_from_result(res, encoding="utf-8")
+                elif kind == "commit":  # skipped: a statement sent earlier failed
+                    error = error or pg_errors.InFailedSqlTransaction("COMMIT skipped: the transaction failed")
         sync = self._next()
         if sync is None or sync.status != _SYNC:
             raise pg_errors.InternalError("pipeline: the sync did not come back")
-        if error is None and slots[-1][0] == "commit" and pg.transaction_status != _IDLE:
+        if error is None and slots and slots[-1][0] == "commit" and len(self._session.unread) == 1 \
+                and pg.transaction_status != _IDLE:
             error = pg_errors.InternalError("pipeline: still in a transaction after COMMIT")
-        return results, error
+        return (None if error is not None else results), error
 
     def _flush(self) -> None:
         pg = self._pg

@@ -12,6 +12,7 @@ acknowledged transfer is always a committed one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -40,8 +41,10 @@ class LedgerBatcher(GroupCommitter[_Item, list[TransferResult]]):
     name = "ledger-batcher"
     stopped = BatcherStopped
 
-    def __init__(self, db: Database, clock: Clock, *, window_ms: float = 1.0, max_transfers: int = 8000) -> None:
-        super().__init__(db, window_ms=window_ms, max_size=max_transfers)
+    def __init__(
+        self, db: Database, clock: Clock, *, window_ms: float = 1.0, max_transfers: int = 8000, overlap: bool = False,
+    ) -> None:
+        super().__init__(db, window_ms=window_ms, max_size=max_transfers, overlap=overlap)
         self.clock = clock
         # Heads and balances as of this writer's last commit: lets a batch of new transfers
         # skip its reads (the engine's head guard proves the cache current, or fails it).
@@ -76,6 +79,7 @@ class LedgerBatcher(GroupCommitter[_Item, list[TransferResult]]):
         return len(item.segment.transfers)
 
     def apply(self, conn: Connection, items: list[_Item]) -> list[list[TransferResult] | Exception]:
+        self.cache.begin()  # whatever this batch stages lands with its commit or rollback
         by_tenant: dict[str, list[Segment]] = {}
         for item in items:
             by_tenant.setdefault(item.tenant_id, []).append(item.segment)
@@ -97,15 +101,29 @@ class LedgerBatcher(GroupCommitter[_Item, list[TransferResult]]):
         if pipe is not None:
             pipe.run(commit=True)
 
+    def pipelines(self) -> bool:
+        return not self.db.is_sqlite
+
+    def send(
+        self, conn: Connection, items: list[_Item],
+    ) -> tuple[list[list[TransferResult] | Exception], Callable[[], object]]:
+        """PostgreSQL: the batch's writes and COMMIT go out, and the writer builds the next
+        batch on this one's cached outcome while the commit is in flight. Every tenant the
+        next batch writes carries a head guard naming the head it was built on — this
+        batch's new head where it touched the tenant — so if this batch does not commit, the
+        next one cannot either (and it also runs in this one's aborted transaction)."""
+        outcomes = self.apply(conn, items)
+        pipe, self._pipe = self._pipe, None
+        assert pipe is not None
+        return outcomes, pipe.send(commit=True).wait
+
     def committed(self) -> None:
         self.cache.commit()
 
     def rolled_back(self) -> bool:
         # A batch built on the cache fails when another writer moved the head or when an
         # id was already stored: rerun it once, reading, as an ordinary batch.
-        optimistic = self.cache.optimistic
-        self.cache.clear()
-        return optimistic
+        return self.cache.abort()
 
     def observe(self, items: list[_Item], seconds: float) -> None:
         metrics.observe_batch(sum(len(i.segment.transfers) for i in items), len(items), seconds)

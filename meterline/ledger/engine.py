@@ -31,6 +31,7 @@ stored earlier answers `exists` before any validation could refuse it.
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from operator import itemgetter
@@ -113,60 +114,104 @@ class _Hold:
 
 
 class WriterCache:
-    """One writer's knowledge of tenants' heads and balances as of its last commit.
+    """One writer's knowledge of tenants' heads and balances as of its last commit — and of
+    the batches it has sent since, whose commits are still in flight.
 
-    A batch built on the cache changes the cached account objects in place; the engine
-    stages the new head (and any accounts it read) and the owner calls `commit()` after
-    the transaction committed and `clear()` after any failure, so balances that did not
-    commit never outlive their batch.
+    The owner calls `begin()` before applying each batch, and once per batch, oldest first,
+    `commit()` after its transaction committed or `abort()` after it failed. A writer may
+    keep more than one batch in flight (the batcher on PostgreSQL sends the next one before
+    the previous commit is back): a batch is then built on the state its predecessors will
+    leave — `head()` is the newest head staged, and the cached account objects carry every
+    sent batch's changes (a batch built on the cache changes them in place; accounts a batch
+    read are merged in when staged). That is safe because every batch's head guard names the
+    head it was built on: if a predecessor fails, the batch behind it fails too, and `abort()`
+    drops everything — heads, balances, every batch still in flight — so balances that did
+    not commit never outlive their batch.
     """
 
     def __init__(self, max_accounts: int = 200_000) -> None:
         self.max_accounts = max_accounts
-        self._heads: dict[str, dict[str, Any]] = {}
+        self._heads: dict[str, dict[str, Any]] = {}  # committed
         self._accounts: dict[str, dict[str, _Acc]] = {}
-        self._staged: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, _Acc]]] = {}
+        # Per batch sent and not yet landed, oldest first: the heads it moves and whether it
+        # relied on the cache.
+        self._flights: deque[tuple[dict[str, dict[str, Any]], list[bool]]] = deque()
         self._size = 0
-        self.optimistic = False  # a batch since the last commit relied on the cache
 
+    # -- what the engine uses ---------------------------------------------------------------
     def head(self, tenant_id: str) -> dict[str, Any] | None:
+        for heads, _ in reversed(self._flights):
+            head = heads.get(tenant_id)
+            if head is not None:
+                return head
         return self._heads.get(tenant_id)
 
     def accounts(self, tenant_id: str) -> dict[str, _Acc]:
         return self._accounts.get(tenant_id) or {}
 
+    @property
+    def optimistic(self) -> bool:
+        """The newest batch relied on the cache (its failure may be only a stale cache's)."""
+        return bool(self._flights) and self._flights[-1][1][0]
+
+    @optimistic.setter
+    def optimistic(self, value: bool) -> None:
+        if self._flights:
+            self._flights[-1][1][0] = value
+
     def stage(self, tenant_id: str, before: dict[str, Any], after: dict[str, Any], accounts: dict[str, _Acc]) -> None:
-        """`accounts`: those the batch read (objects already cached were changed in place)."""
-        self._staged[tenant_id] = (before, after, accounts)
+        """The batch being built moves the tenant's head from `before` to `after`; `accounts`
+        are the balances it read (the cached objects it used were changed in place)."""
+        if not self._flights:
+            self.begin()
+        cached = self._accounts.get(tenant_id)
+        if cached is None or self.head(tenant_id) != before:
+            # Someone else moved the head since we last looked: what we hold is stale.
+            self._size -= len(cached or ())
+            cached = self._accounts[tenant_id] = {}
+        self._size -= len(cached)
+        cached.update(accounts)
+        self._size += len(cached)
+        self._flights[-1][0][tenant_id] = after
+
+    def forget(self, tenant_id: str) -> None:
+        """Drop one tenant's head and balances (they may no longer be the committed ones),
+        also from the batches in flight: their commits must not bring it back."""
+        self._heads.pop(tenant_id, None)
+        self._size -= len(self._accounts.pop(tenant_id, {}))
+        for heads, _ in self._flights:
+            heads.pop(tenant_id, None)
+
+    # -- what the owner calls ---------------------------------------------------------------
+    def begin(self) -> None:
+        """A batch starts: what it stages lands with its own `commit()` or `abort()`."""
+        self._flights.append(({}, [False]))
 
     def commit(self) -> None:
-        for tenant_id, (before, after, accounts) in self._staged.items():
-            cached = self._accounts.get(tenant_id)
-            if cached is None or self._heads.get(tenant_id) != before:
-                # Someone else moved the head since we last looked: what we hold is stale.
-                self._size -= len(cached or ())
-                cached = self._accounts[tenant_id] = {}
-            self._size -= len(cached)
-            cached.update(accounts)
-            self._size += len(cached)
-            self._heads[tenant_id] = after
-        self._staged.clear()
-        self.optimistic = False
+        """The oldest batch in flight committed: its heads become the committed ones."""
+        if self._flights:
+            heads, _ = self._flights.popleft()
+            self._heads.update(heads)
         if self._size > self.max_accounts:
             self.clear()
 
-    def forget(self, tenant_id: str) -> None:
-        """Drop one tenant's head and balances (they may no longer be the committed ones)."""
-        self._heads.pop(tenant_id, None)
-        self._size -= len(self._accounts.pop(tenant_id, {}))
-        self._staged.pop(tenant_id, None)
+    def abort(self) -> bool:
+        """The oldest batch in flight failed: forget everything (balances it and any later
+        batch changed in place are not the committed ones). Returns whether it relied on
+        the cache."""
+        optimistic = bool(self._flights) and self._flights.popleft()[1][0]
+        self.clear()
+        return optimistic
 
     def clear(self) -> None:
+        """Forget every head and balance; batches still in flight stay counted (each will
+        still land), but whatever they staged is dropped."""
         self._heads.clear()
         self._accounts.clear()
-        self._staged.clear()
+        for heads, flags in self._flights:
+            heads.clear()
+            flags[0] = False
         self._size = 0
-        self.optimistic = False
 
 
 class _Fail(Exception):

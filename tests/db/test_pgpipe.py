@@ -100,3 +100,47 @@ def test_integer_and_text_parameters_keep_null(db: Database, raw) -> None:  # ty
     results = pipe.run()
     assert rows(results[i], "it") == [(None, None)]
     assert rows(results[j], "it") == [(-5, "ü")]
+
+
+def test_a_transaction_sent_behind_an_unread_commit(db: Database, writer) -> None:  # type: ignore[no-untyped-def]
+    raw = writer
+    raw.exec_driver_sql("CREATE TEMP TABLE pipe_s (k text PRIMARY KEY)")
+    raw.commit()
+    pg = raw.connection.dbapi_connection.pgconn  # type: ignore[union-attr]
+    first = PgPipe(raw, prepare=True)
+    first.add("INSERT INTO pipe_s VALUES ($1)", [text("a")])
+    a = first.send(commit=True)
+    second = PgPipe(raw, prepare=True)  # the same statement: prepared once, in the first pipeline
+    second.add("INSERT INTO pipe_s VALUES ($1)", [text("b")])
+    b = second.send(commit=True)
+    b.wait()  # reads the first answer on the way
+    assert a.done and len(a.wait()) == 1
+    assert not pg.pipeline_status and pg.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    # If the first fails, the second ran in its aborted transaction: it fails too, whatever
+    # rows it touched, and neither commits.
+    first.add("INSERT INTO pipe_s VALUES ($1)", [text("a")])  # duplicate
+    a = first.send(commit=True)
+    second.add("INSERT INTO pipe_s VALUES ($1)", [text("c")])
+    b = second.send(commit=True)
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        a.wait()
+    with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+        b.wait()
+    raw.connection.dbapi_connection.rollback()  # type: ignore[union-attr]
+    assert sorted(raw.exec_driver_sql("SELECT k FROM pipe_s").scalars().all()) == ["a", "b"]
+
+
+def test_a_commit_behind_a_failed_part_of_its_transaction_raises_that_failure(db: Database, writer) -> None:  # type: ignore[no-untyped-def]
+    raw = writer
+    raw.exec_driver_sql("CREATE TEMP TABLE pipe_p (k text PRIMARY KEY)")
+    raw.commit()
+    pipe = PgPipe(raw, prepare=True)
+    pipe.add("INSERT INTO pipe_p VALUES ($1)", [text("a")])
+    pipe.add("INSERT INTO pipe_p VALUES ($1)", [text("a")])  # duplicate key
+    pipe.send()  # the transaction's first part, unanswered
+    pipe.add("INSERT INTO pipe_p VALUES ($1)", [text("b")])
+    last = pipe.send(commit=True)  # the rest, and a COMMIT PostgreSQL skips
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        last.wait()
+    raw.connection.dbapi_connection.rollback()  # type: ignore[union-attr]
+    assert raw.exec_driver_sql("SELECT count(*) FROM pipe_p").scalar() == 0

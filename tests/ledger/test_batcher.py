@@ -386,13 +386,13 @@ def _pipe_runs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bool]]:
     from meterline.db.pgpipe import PgPipe
 
     runs: list[tuple[int, bool]] = []
-    real = PgPipe.run
+    real = PgPipe.send  # `run` is `send` and a wait; the batcher sends its commit and waits later
 
     def counting(self, *, commit=False):  # type: ignore[no-untyped-def]
         runs.append((self.pending, commit))
         return real(self, commit=commit)
 
-    monkeypatch.setattr(PgPipe, "run", counting)
+    monkeypatch.setattr(PgPipe, "send", counting)
     return runs
 
 
@@ -456,3 +456,134 @@ def test_the_row_count_guards_fail_their_statement(db, tenant_id, clock):
             pipe.run(commit=True)
         conn.connection.dbapi_connection.rollback()
     assert _balance(db, tenant_id, "a") == (0, 0, 0, 0)
+
+
+# -- PostgreSQL: the next batch sent while the previous commit is in flight -------------------
+
+
+def _two_in_flight(b: LedgerBatcher, first: tuple[str, list[TransferIn]], second: tuple[str, list[TransferIn]]
+                   ) -> tuple[list[TransferResult], list[TransferResult]]:
+    """Drive the writer's pipelined loop on this thread: `first` goes out alone, `second` is
+    gathered and sent behind it before `first`'s commit is read."""
+    b._running = True  # queue without the writer thread: this thread is the writer
+    fa = b.submit(*first)
+    fb = b.submit(*second)
+    entry = b._queue.get_nowait()
+    assert entry is not None
+    b._expect = 2  # two callers, split in two groups: the first batch takes one, the other goes behind it
+    b._splitter.split = True
+    assert b._fly([entry]) is False
+    b._running = False
+    b._close_connection()
+    return fa.result(timeout=0), fb.result(timeout=0)
+
+
+def _sends(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bool, bool]]:
+    """Every pipeline sent: (statements, carries a COMMIT, an earlier one was still unread)."""
+    from meterline.db.pgpipe import PgPipe
+
+    sends: list[tuple[int, bool, bool]] = []
+    real = PgPipe.send
+
+    def recording(self, *, commit=False):  # type: ignore[no-untyped-def]
+        sends.append((self.pending, commit, bool(self._session.unread)))
+        return real(self, commit=commit)
+
+    monkeypatch.setattr(PgPipe, "send", recording)
+    return sends
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_a_batch_sent_behind_an_unread_commit_is_built_on_it(db, tenant_id, clock, monkeypatch):
+    from meterline.ledger.verify import verify_ledger
+
+    _setup(db, tenant_id, clock, {"a": 0, "b": 0})
+    b = LedgerBatcher(db, clock, window_ms=50)
+    _two_in_flight(b, (tenant_id, [TransferIn("t0", "a", "b", 1)]), (tenant_id, [TransferIn("t00", "b", "a", 1)]))
+    reads = _no_reads(monkeypatch)
+    sends = _sends(monkeypatch)
+    r1, r2 = _two_in_flight(b, (tenant_id, [TransferIn("t1", "a", "b", 5)]),
+                            (tenant_id, [TransferIn("t2", "b", "a", 2), TransferIn("t3", "a", "b", 1)]))
+    assert [r.result for r in r1 + r2] == ["ok", "ok", "ok"]
+    # Both went out from the cache, the second while the first commit was still unread; its
+    # head guard names the head the first one left.
+    assert reads == []
+    assert sends == [(3, True, False), (3, True, True)]
+    assert [r.transfer.seq for r in r1 + r2] == [3, 4, 5]
+    assert r2[0].transfer.hash != r1[0].transfer.hash
+    assert _balance(db, tenant_id, "a") == (0, 7, 0, 3)
+    assert verify_ledger(db, tenant_id).ok
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+@pytest.mark.parametrize("same_tenant", [True, False])
+def test_when_the_first_commit_in_flight_fails_the_one_behind_it_runs_again(
+    db, tenant_id, clock, monkeypatch, same_tenant
+):
+    from meterline.ledger.verify import verify_ledger
+
+    other = tenant_id + "-2"
+    _setup(db, tenant_id, clock, {"src": 0, "w": DMNEC, "m": 0})
+    _setup(db, other, clock, {"x": 0, "y": 0})
+    b = LedgerBatcher(db, clock, window_ms=50)
+    _two_in_flight(b, (tenant_id, [TransferIn("fund", "src", "w", 5), TransferIn("seed", "m", "src", 1)]),
+                   (other, [TransferIn("o1", "x", "y", 1)]))
+    with db.session() as s:  # another writer spends the wallet behind the batcher's back
+        assert ledger_service.post(s, tenant_id, [TransferIn("elsewhere", "w", "m", 4)], clock)[0].result == "ok"
+    reads = _no_reads(monkeypatch)
+    sends = _sends(monkeypatch)
+    second = (tenant_id, [TransferIn("after", "src", "m", 2)]) if same_tenant else (other, [TransferIn("o2", "y", "x", 3)])
+    # The cache still says 5 available: the first batch accepts the spend and goes out; the
+    # second is built on it and sent behind it. The first's head guard fails, so its COMMIT
+    # is skipped; the second ran in that aborted transaction (whatever its tenant) and fails
+    # too. Both run again, in order, reading: the spend is refused, the second commits once.
+    r1, r2 = _two_in_flight(b, (tenant_id, [TransferIn("spend", "w", "m", 3)]), second)
+    assert sends[:2] == [(3, True, False), (3, True, True)]
+    assert r1[0].result == "exceeds_credits"
+    assert r2[0].result == "ok"
+    # The first reran reading; the second reran on what that rerun committed and cached.
+    assert reads == ([tenant_id] if same_tenant else [tenant_id, other])
+    assert _transfer_ids(db, tenant_id) == ["fund", "seed", "elsewhere"] + (["after"] if same_tenant else [])
+    assert _balance(db, tenant_id, "w") == (0, 4, 0, 5)
+    if same_tenant:
+        assert _balance(db, tenant_id, "m") == (0, 1, 0, 6)
+        assert r2[0].transfer.seq == 4
+    else:
+        assert _transfer_ids(db, other) == ["o1", "o2"]
+        assert _balance(db, other, "x") == (0, 1, 0, 3)
+    # Nothing uncommitted stayed in the cache: the next batches see exactly what committed.
+    b.start()
+    assert b.post(tenant_id, [TransferIn("s2", "w", "m", 1)])[0].result == "ok"
+    assert b.post(tenant_id, [TransferIn("s3", "w", "m", 1)])[0].result == "exceeds_credits"
+    b.stop()
+    assert _balance(db, tenant_id, "w") == (0, 5, 0, 5)
+    assert verify_ledger(db, tenant_id).ok and verify_ledger(db, other).ok
+
+
+def test_the_writer_splits_its_callers_only_while_splitting_answers_more(monkeypatch):
+    from meterline.db import group_commit
+
+    now = [0.0]
+    monkeypatch.setattr(group_commit.time, "monotonic", lambda: now[0])
+    s = group_commit._Splitter()
+
+    def period(rate: float) -> None:
+        now[0] += s.period_s
+        s.landed(int(rate * s.period_s))
+
+    assert s.split is False
+    for _ in range(s.probe_every - 1):
+        period(1000)
+    assert s.split is False
+    period(1000)  # the eighth period: the next one is a probe
+    assert s.split is True
+    period(800)  # the probe lost: back
+    assert s.split is False
+    for _ in range(s.probe_every - 1):  # (the probe counted as a period)
+        period(1000)
+    assert s.split is True
+    period(1500)  # the probe won: kept
+    assert s.split is True
+    now[0] += 60  # idle for a minute: that period says nothing
+    s.landed(1)
+    assert s.split is True
