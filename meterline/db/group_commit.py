@@ -206,8 +206,9 @@ class GroupCommitter(ABC, Generic[T, R]):
         their COMMIT without waiting for it; return the outcomes and a function that waits
         for the commit and raises if it failed. The next batch may be sent on `conn` before
         that function is called, built on this batch's outcome as if it had committed: the
-        subclass must make it fail (at the database) if this one does not commit."""
-        raise NotImplementedError
+        subclass must make it fail (at the database) if this one does not commit. Only
+        called when `pipelines()` says so."""
+        raise TypeError(f"{type(self).__name__} sends no pipelines: pipelines() is False")
 
     def observe(self, items: list[T], seconds: float) -> None:
         """Called after each successful commit, once its callers are answered (metrics)."""
