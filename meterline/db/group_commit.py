@@ -440,11 +440,10 @@ class GroupCommitter(ABC, Generic[T, R]):
         try:
             flight.land()
         except Exception as exc:
-            stale = self.rolled_back()
             if nxt is None:
-                self._close_connection()
-                self._retry(flight.entries, exc, stale, False)
+                self._failed(flight, exc)
                 return False
+            stale = self.rolled_back()
             try:
                 nxt.land()
             except Exception as nxt_exc:
