@@ -130,10 +130,20 @@ class _Splitter:
     1.5-2.4): probing 4.5k/5.6k (spread) and 5.6k/7.6k (hot) per second vs never 4.1k/3.6k
     and 4.3k/5.5k. Under other processes' load (3-9) probing lost (2.0-2.4k vs 2.3-3.7k/s):
     its losing periods and noisy verdicts then cost more than the overlap wins.
+
+    Probing costs what its periods in the losing way cost, and a wrong verdict (one period
+    is a noisy sample) costs until the next probe: with a probe every 8 periods and any win
+    kept, it answered 5-8 % fewer callers than splitting always on a quiet machine (6.5k/6.1k
+    vs 6.9k/6.7k per second spread, 7.0k/6.9k vs 7.7k/6.9k hot; session 6). So a probe comes
+    every 16 periods, the first after 2, and must win by `margin` to switch.
     """
 
     period_s = 0.25
-    probe_every = 8  # periods
+    probe_every = 16  # periods
+    first_probe = 2  # the first probe comes early, then one every `probe_every` periods
+    # A probe must beat the period before it by this much to switch: one period's rate is
+    # noisy, and a wrong switch costs until the next probe.
+    margin = 0.10
 
     def __init__(self, probe: bool = True) -> None:
         self.split = False
@@ -159,10 +169,10 @@ class _Splitter:
             return
         self._periods += 1
         if self._before is not None:  # a probe period just ended: keep the winner
-            if rate <= self._before:
+            if rate <= self._before * (1 + self.margin):
                 self.split = not self.split
             self._before = None
-        elif self._periods % self.probe_every == 0:
+        elif self._periods % self.probe_every == self.first_probe:
             self._before = rate
             self.split = not self.split
 

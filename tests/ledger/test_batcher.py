@@ -572,14 +572,19 @@ def test_the_writer_splits_its_callers_only_while_splitting_answers_more(monkeyp
         s.landed(int(rate * s.period_s))
 
     assert s.split is False
-    for _ in range(s.probe_every - 1):
+    for _ in range(s.first_probe - 1):
         period(1000)
     assert s.split is False
-    period(1000)  # the eighth period: the next one is a probe
+    period(1000)  # the first probe comes early: the next period splits
     assert s.split is True
     period(800)  # the probe lost: back
     assert s.split is False
     for _ in range(s.probe_every - 1):  # (the probe counted as a period)
+        period(1000)
+    assert s.split is True
+    period(1050)  # won, but by less than the margin: one period's noise, not a verdict
+    assert s.split is False
+    for _ in range(s.probe_every - 1):
         period(1000)
     assert s.split is True
     period(1500)  # the probe won: kept
