@@ -22,6 +22,7 @@ from meterline.clock import Clock
 from meterline.db.engine import Database
 from meterline.db.group_commit import CommitterStopped, GroupCommitter
 from meterline.db.pgpipe import PgPipe
+from meterline.db.sqlite_offload import StatementRunner
 from meterline.ledger import metrics
 from meterline.ledger.engine import WriterCache, engine
 from meterline.ledger.types import Segment, TransferIn, TransferResult
@@ -43,6 +44,7 @@ class LedgerBatcher(GroupCommitter[_Item, list[TransferResult]]):
 
     def __init__(
         self, db: Database, clock: Clock, *, window_ms: float = 1.0, max_transfers: int = 8000, overlap: bool = False,
+        offload: bool = True,
     ) -> None:
         super().__init__(db, window_ms=window_ms, max_size=max_transfers, overlap=overlap)
         self.clock = clock
@@ -50,6 +52,8 @@ class LedgerBatcher(GroupCommitter[_Item, list[TransferResult]]):
         # skip its reads (the engine's head guard proves the cache current, or fails it).
         self.cache = WriterCache()
         self._pipe: PgPipe | None = None  # PostgreSQL: the open batch's queued statements
+        # SQLite: a helper thread for a big batch's INSERT and UPDATE (see the engine's `apply`).
+        self._offload = StatementRunner(f"{self.name}-offload") if db.is_sqlite and offload else None
 
     def start(self) -> LedgerBatcher:
         super().start()
@@ -60,6 +64,11 @@ class LedgerBatcher(GroupCommitter[_Item, list[TransferResult]]):
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        super().stop(timeout)
+        if self._offload is not None:
+            self._offload.close()
 
     # -- submitting ----------------------------------------------------------------------
     def submit(
@@ -90,7 +99,7 @@ class LedgerBatcher(GroupCommitter[_Item, list[TransferResult]]):
         pipe = self._pipe = PgPipe(conn, prepare=True) if not self.db.is_sqlite else None
         # Tenants in a fixed order so two batchers never lock heads in opposite orders.
         for tenant_id in sorted(by_tenant):
-            engine.apply(conn, tenant_id, by_tenant[tenant_id], now, self.cache, pipe)
+            engine.apply(conn, tenant_id, by_tenant[tenant_id], now, self.cache, pipe, self._offload)
         return [item.segment.results for item in items]
 
     def finish(self, conn: Connection) -> None:

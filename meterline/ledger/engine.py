@@ -40,6 +40,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from meterline.db.pgpipe import PgPipe, int_array, integer, rows, text, text_array
+from meterline.db.sqlite_offload import StatementRunner, chunk_sizes, multi_row
 from meterline.ledger.chain import GENESIS_HASH, seal
 from meterline.ledger.types import (
     CODE_EXPIRED,
@@ -66,6 +67,7 @@ _MAX_ID = 128
 _MAX_TIMEOUT_S = 2**31 - 1
 _CHUNK = 900  # stays under every driver's bound-parameter limit
 _COPY_MIN_ROWS = 32  # PostgreSQL: below this, a pipelined INSERT beats COPY's extra round trips
+_OFFLOAD_MIN_ROWS = 128  # SQLite: below this, handing statements to a helper thread costs more than it hides
 
 _TRANSFER_FIELDS = (
     "tenant_id", "id", "seq", "debit_account_id", "credit_account_id", "amount", "asset", "pending_id",
@@ -478,7 +480,7 @@ class LedgerEngine:
 
     def apply(
         self, conn: Connection, tenant_id: str, segments: list[Segment], now_ns: int,
-        cache: WriterCache | None = None, pipe: PgPipe | None = None,
+        cache: WriterCache | None = None, pipe: PgPipe | None = None, offload: StatementRunner | None = None,
     ) -> None:
         """Apply all segments for one tenant; fills each segment's `results` in place.
 
@@ -490,18 +492,22 @@ class LedgerEngine:
         writes and the COMMIT in one round trip, and any read queued later goes out behind
         them, so statements still run in the order they were made. Without one, the writes
         are sent before returning (inside the caller's transaction, not committed).
+
+        On SQLite a writer may pass an `offload` runner: a big batch's accounts UPDATE and
+        transfers INSERT then run on its helper thread while this one hashes the chain and
+        builds the results (`meterline.db.sqlite_offload`); all of it is in before return.
         """
         own = pipe is None and conn.dialect.name == "postgresql"
         if own:
             pipe = PgPipe(conn)
-        self._apply(conn, tenant_id, segments, now_ns, cache, pipe)
+        self._apply(conn, tenant_id, segments, now_ns, cache, pipe, offload if pipe is None else None)
         if own:
             assert pipe is not None
             pipe.run()
 
     def _apply(
         self, conn: Connection, tenant_id: str, segments: list[Segment], now_ns: int,
-        cache: WriterCache | None, pipe: PgPipe | None,
+        cache: WriterCache | None, pipe: PgPipe | None, offload: StatementRunner | None = None,
     ) -> None:
         all_t = [t for s in segments for t in s.transfers]
         acc_ids = {a for t in all_t for a in (t.debit_account_id, t.credit_account_id) if a}
@@ -528,7 +534,7 @@ class LedgerEngine:
             # anything else is decided again, reading.
             if all(r.result in SUCCESS for s in segments for r in s.results):
                 cache.optimistic = True
-                new_head = self._persist(conn, tenant_id, head, batch, accepted, now_ns, pipe)
+                new_head = self._persist(conn, tenant_id, head, batch, accepted, now_ns, pipe, offload)
                 # The cached accounts changed in place; only those read here are new to it.
                 cache.stage(tenant_id, head, new_head, loaded)
                 return
@@ -542,7 +548,7 @@ class LedgerEngine:
             accounts.update(self._load_accounts(conn, tenant_id, hold_accs - accounts.keys(), pipe))
         batch = _Batch(conn, tenant_id, now_ns, accounts, holds, existing)
         accepted = self._run(batch, segments)
-        new_head = self._persist(conn, tenant_id, head, batch, accepted, now_ns, pipe) if accepted else head
+        new_head = self._persist(conn, tenant_id, head, batch, accepted, now_ns, pipe, offload) if accepted else head
         if cache is not None:
             cache.stage(tenant_id, head, new_head, accounts)
 
@@ -747,6 +753,7 @@ class LedgerEngine:
         accepted: list[tuple[TransferResult, list[Any]]],
         now_ns: int,
         pipe: PgPipe | None = None,
+        offload: StatementRunner | None = None,
     ) -> dict[str, Any]:
         """Sequence, hash and write the accepted transfers; returns the new head.
 
@@ -765,24 +772,41 @@ class LedgerEngine:
                 row[13] = ts
                 ts += 1
                 sealed.append(row)
-        prev = seal(head["last_hash"], sealed)
-        rows: list[tuple[Any, ...]] = [
-            tuple(row) if row[12] is None else (*row[:12], _dumps(row[12]), row[13], row[14]) for row in sealed
-        ]
-        stored = StoredTransfer
-        for res, row in accepted:
-            res.transfer = stored(*row)
-        new_head = {"last_seq": seq, "last_hash": prev,
-                    "last_timestamp": ts - 1 if rows else head["last_timestamp"]}
-        new_holds = [h for h in batch.holds.values() if h.is_new]
-        resolved = [h for h in batch.holds.values() if h.dirty and not h.is_new]
         # In key order: SQLite's B-tree seeks for the accounts UPDATE then walk neighbouring
         # pages (a spread batch's UPDATE 5.9-6.2 -> 4.3-4.8 ms per 1000 transfers, measured).
         dirty = sorted((acc_id, acc) for acc_id, acc in batch.accounts.items() if acc.dirty)
-        if pipe is not None:
-            self._write_pg(conn, pipe, tenant_id, head, new_head, rows, new_holds, resolved, dirty)
-        else:
-            self._write_sqlite(conn, tenant_id, head, new_head, rows, new_holds, resolved, dirty)
+        if offload is not None and len(sealed) < _OFFLOAD_MIN_ROWS:
+            offload = None
+        if offload is not None:
+            # The balances are final once the batch is validated: their UPDATE runs while
+            # the chain is hashed below.
+            raw = conn.connection.dbapi_connection
+            _SQLITE.offload_accounts(offload, raw, tenant_id, dirty)
+        try:
+            prev = seal(head["last_hash"], sealed)
+            rows: list[tuple[Any, ...]] = [
+                tuple(row) if row[12] is None else (*row[:12], _dumps(row[12]), row[13], row[14]) for row in sealed
+            ]
+            if offload is not None:
+                _SQLITE.offload_transfers(offload, raw, rows)
+            stored = StoredTransfer
+            for res, row in accepted:
+                res.transfer = stored(*row)
+            new_head = {"last_seq": seq, "last_hash": prev,
+                        "last_timestamp": ts - 1 if rows else head["last_timestamp"]}
+            new_holds = [h for h in batch.holds.values() if h.is_new]
+            resolved = [h for h in batch.holds.values() if h.dirty and not h.is_new]
+            if pipe is not None:
+                self._write_pg(conn, pipe, tenant_id, head, new_head, rows, new_holds, resolved, dirty)
+            else:
+                self._write_sqlite(conn, tenant_id, head, new_head, rows, new_holds, resolved, dirty, offload)
+        except BaseException:
+            if offload is not None:
+                try:
+                    offload.drain()  # nothing may still run on the connection when it rolls back
+                except Exception:  # noqa: S110 - the first failure is the one being raised
+                    pass
+            raise
         for _, acc in dirty:
             acc.dirty = False  # written; a writer's cache may carry these objects on
         return new_head
@@ -869,8 +893,10 @@ class LedgerEngine:
     def _write_sqlite(
         self, conn: Connection, tenant_id: str, head: dict[str, Any], new_head: dict[str, Any],
         rows: list[tuple[Any, ...]], new_holds: list[_Hold], resolved: list[_Hold],
-        dirty: list[tuple[str, _Acc]],
+        dirty: list[tuple[str, _Acc]], offload: StatementRunner | None = None,
     ) -> None:
+        """The batch's writes. With `offload`, the transfers and the accounts were handed
+        to its helper thread already (`_persist`): they are waited for here, first."""
         sql = _SQLITE
         # (kind, statement, parameters, check) — check(rowcount) returns an error or None.
         # The head guard: as on PostgreSQL (above), the stored hash must still be the one
@@ -883,11 +909,14 @@ class LedgerEngine:
              new_head["last_timestamp"], tenant_id),
             lambda count: None if count == 1 else f"ledger head of {tenant_id} missing",
         )]
+        if offload is not None:
+            offload.drain()
         if not rows:
             sql.write_all(conn, writes)
             return
-        statement, rows = sql.transfer_insert(rows)
-        writes.append(("many", statement, rows, None))
+        if offload is None:
+            statement, rows = sql.transfer_insert(rows)
+            writes.append(("many", statement, rows, None))
         if new_holds:
             writes.append((
                 "many",
@@ -913,13 +942,14 @@ class LedgerEngine:
                 lambda count: None if count in (-1, n_resolved)
                 else "hold resolved concurrently; ledger head lock violated",
             ))
-        writes.append((
-            "many",
-            "UPDATE accounts SET debits_pending = ?, debits_posted = ?, credits_pending = ?, "
-            "credits_posted = ? WHERE tenant_id = ? AND id = ?",
-            [(acc.dp, acc.dpo, acc.cp, acc.cpo, tenant_id, acc_id) for acc_id, acc in dirty],
-            None,
-        ))
+        if offload is None:
+            writes.append((
+                "many",
+                "UPDATE accounts SET debits_pending = ?, debits_posted = ?, credits_pending = ?, "
+                "credits_posted = ? WHERE tenant_id = ? AND id = ?",
+                [(acc.dp, acc.dpo, acc.cp, acc.cpo, tenant_id, acc_id) for acc_id, acc in dirty],
+                None,
+            ))
         sql.write_all(conn, writes)
         if head["last_seq"] // self.HISTORY_RUN != new_head["last_seq"] // self.HISTORY_RUN:
             self._append_history_run(conn, tenant_id, new_head["last_seq"])
@@ -980,6 +1010,30 @@ class _Sql:
                                             itemgetter(*keep) if nulls else None)
         statement, project = entry
         return statement, rows if project is None else list(map(project, rows))
+
+    # The accounts UPDATE as one statement per chunk (the MATERIALIZED list makes SQLite walk
+    # it and seek each account, instead of scanning the tenant's accounts against it).
+    _ACC_HEAD = "WITH v(id, dp, dpo, cp, cpo) AS MATERIALIZED (VALUES "
+    _ACC_TAIL = (") UPDATE accounts SET debits_pending = v.dp, debits_posted = v.dpo, credits_pending = v.cp, "
+                 "credits_posted = v.cpo FROM v WHERE accounts.tenant_id = ? AND accounts.id = v.id")
+
+    def offload_accounts(self, runner: StatementRunner, raw: Any, tenant_id: str, dirty: list[tuple[str, _Acc]]) -> None:
+        i = 0
+        for size in chunk_sizes(len(dirty)):
+            params: list[Any] = []
+            for acc_id, a in dirty[i:i + size]:
+                params += (acc_id, a.dp, a.dpo, a.cp, a.cpo)
+            params.append(tenant_id)
+            runner.run(raw, multi_row(self._ACC_HEAD, "(?, ?, ?, ?, ?)", self._ACC_TAIL, size), params)
+            i += size
+
+    def offload_transfers(self, runner: StatementRunner, raw: Any, rows: list[tuple[Any, ...]]) -> None:
+        statement, rows = self.transfer_insert(rows)
+        head, _, row = statement.partition("VALUES ")
+        i = 0
+        for size in chunk_sizes(len(rows)):
+            runner.run(raw, multi_row(head + "VALUES ", row, "", size), [v for r in rows[i:i + size] for v in r])
+            i += size
 
     def in_queries(self, head: str, col: str, tenant_id: str, ids: set[str]) -> list[tuple[str, Any]]:
         """The statements that read the rows of `ids` (none for no ids)."""

@@ -29,9 +29,9 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     seen: list[tuple[str, int]] = []
     real = engine.apply
 
-    def recording(conn, tenant_id, segments, now_ns, cache=None, pipe=None):  # type: ignore[no-untyped-def]
+    def recording(conn, tenant_id, segments, now_ns, cache=None, pipe=None, offload=None):  # type: ignore[no-untyped-def]
         seen.append((tenant_id, len(segments)))
-        return real(conn, tenant_id, segments, now_ns, cache, pipe)
+        return real(conn, tenant_id, segments, now_ns, cache, pipe, offload)
 
     monkeypatch.setattr(engine, "apply", recording)
     return seen
@@ -147,8 +147,8 @@ def test_a_poisoned_segment_is_retried_alone_and_fails_only_its_caller(db, clock
     good1, bad, good2 = tenants
     recording = engine.apply  # the `calls` fixture's wrapper
 
-    def poisoned(conn, tenant_id, segments, now_ns, cache=None, pipe=None):  # type: ignore[no-untyped-def]
-        out = recording(conn, tenant_id, segments, now_ns, cache, pipe)  # writes, then the transaction dies
+    def poisoned(conn, tenant_id, segments, now_ns, cache=None, pipe=None, offload=None):  # type: ignore[no-untyped-def]
+        out = recording(conn, tenant_id, segments, now_ns, cache, pipe, offload)  # writes, then the transaction dies
         if tenant_id == bad:
             raise RuntimeError("poisoned segment")
         return out
@@ -176,9 +176,9 @@ def test_stop_drains_queued_work(db, tenant_id, clock, monkeypatch):
     real = engine.apply
     gate = threading.Event()
 
-    def slow(conn, tenant_id_, segments, now_ns, cache=None, pipe=None):  # type: ignore[no-untyped-def]
+    def slow(conn, tenant_id_, segments, now_ns, cache=None, pipe=None, offload=None):  # type: ignore[no-untyped-def]
         gate.wait(10)  # hold the writer so the rest stays queued
-        return real(conn, tenant_id_, segments, now_ns, cache, pipe)
+        return real(conn, tenant_id_, segments, now_ns, cache, pipe, offload)
 
     monkeypatch.setattr(engine, "apply", slow)
     b = LedgerBatcher(db, clock, window_ms=0, max_transfers=1).start()
@@ -246,9 +246,9 @@ def test_a_cancelled_caller_does_not_stop_the_batcher(db, tenant_id, clock, monk
     real = engine.apply
     gate = threading.Event()
 
-    def held(conn, tenant_id_, segments, now_ns, cache=None, pipe=None):  # type: ignore[no-untyped-def]
+    def held(conn, tenant_id_, segments, now_ns, cache=None, pipe=None, offload=None):  # type: ignore[no-untyped-def]
         gate.wait(10)
-        return real(conn, tenant_id_, segments, now_ns, cache, pipe)
+        return real(conn, tenant_id_, segments, now_ns, cache, pipe, offload)
 
     monkeypatch.setattr(engine, "apply", held)
     b = LedgerBatcher(db, clock, window_ms=0).start()
