@@ -67,7 +67,9 @@ class LedgerBatcher(GroupCommitter[_Item, list[TransferResult]]):
 
     def stop(self, timeout: float = 10.0) -> None:
         super().stop(timeout)
-        if self._offload is not None:
+        # Only once the writer is gone: a writer still inside a batch (the join above timed
+        # out) may hand the helper more statements and wait for them.
+        if self._offload is not None and not (self._thread is not None and self._thread.is_alive()):
             self._offload.close()
 
     # -- submitting ----------------------------------------------------------------------
