@@ -231,6 +231,9 @@ class GroupCommitter(ABC, Generic[T, R]):
         failed only on the subclass's own stale assumptions, to run it once more whole."""
         return False
 
+    def exited(self) -> None:
+        """Called last on the writer thread as it stops, after its final commit."""
+
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> GroupCommitter[T, R]:
         with self._lock:
@@ -288,6 +291,7 @@ class GroupCommitter(ABC, Generic[T, R]):
                 break
         self._drain_on_stop()
         self._close_connection()
+        self.exited()
 
     def _gather(self, entries: list[_Entry[T, R]], count: int) -> bool:
         """Take what is queued; if the batch is still small, wait up to the window for more.

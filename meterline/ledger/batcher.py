@@ -65,13 +65,6 @@ class LedgerBatcher(GroupCommitter[_Item, list[TransferResult]]):
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        super().stop(timeout)
-        # Only once the writer is gone: a writer still inside a batch (the join above timed
-        # out) may hand the helper more statements and wait for them.
-        if self._offload is not None and not (self._thread is not None and self._thread.is_alive()):
-            self._offload.close()
-
     # -- submitting ----------------------------------------------------------------------
     def submit(
         self, tenant_id: str, transfers: list[TransferIn], *, system: bool = False
@@ -130,6 +123,10 @@ class LedgerBatcher(GroupCommitter[_Item, list[TransferResult]]):
 
     def committed(self) -> None:
         self.cache.commit()
+
+    def exited(self) -> None:
+        if self._offload is not None:  # (the writer was its only user)
+            self._offload.close()
 
     def rolled_back(self) -> bool:
         # A batch built on the cache fails when another writer moved the head or when an

@@ -98,6 +98,8 @@ def test_a_big_batch_written_on_the_helper_thread_is_stored_as_one_written_inlin
         with LedgerBatcher(db, clock, offload=offload) as b:
             assert (b._offload is not None) is offload
             outcomes[tenant] = [[r.result for r in b.post(tenant, batch)] for batch in _big_batches("x")]
+        if offload:  # the writer closed its helper as it stopped
+            assert b._offload is not None and b._offload._thread is None
     assert outcomes[helper] == outcomes[inline]
     assert all(r == "ok" for batch in outcomes[helper] for r in batch)
     assert _stored(db, helper, "x") == _stored(db, inline, "x")
