@@ -62,13 +62,19 @@ def writer(db: Database):  # type: ignore[no-untyped-def]
     conn.close()
 
 
-def test_a_failed_statement_skips_the_rest_and_the_commit(db: Database, writer) -> None:  # type: ignore[no-untyped-def]
-    raw = writer
-    raw.exec_driver_sql("CREATE TEMP TABLE pipe_f (k text PRIMARY KEY)")
+def _pipe_with_a_duplicate(raw, table: str) -> PgPipe:  # type: ignore[no-untyped-def]
+    """A new temp `table` (committed) and a pipe holding two inserts of the same key "x"."""
+    raw.exec_driver_sql(f"CREATE TEMP TABLE {table} (k text PRIMARY KEY)")
     raw.commit()
     pipe = PgPipe(raw, prepare=True)
-    pipe.add("INSERT INTO pipe_f VALUES ($1)", [text("x")])
-    pipe.add("INSERT INTO pipe_f VALUES ($1)", [text("x")])  # duplicate key
+    pipe.add(f"INSERT INTO {table} VALUES ($1)", [text("x")])
+    pipe.add(f"INSERT INTO {table} VALUES ($1)", [text("x")])  # duplicate key
+    return pipe
+
+
+def test_a_failed_statement_skips_the_rest_and_the_commit(db: Database, writer) -> None:  # type: ignore[no-untyped-def]
+    raw = writer
+    pipe = _pipe_with_a_duplicate(raw, "pipe_f")
     pipe.add("INSERT INTO pipe_f VALUES ($1)", [text("y")])
     with pytest.raises(psycopg.errors.UniqueViolation):
         pipe.run(commit=True)
@@ -132,11 +138,7 @@ def test_a_transaction_sent_behind_an_unread_commit(db: Database, writer) -> Non
 
 def test_a_commit_behind_a_failed_part_of_its_transaction_raises_that_failure(db: Database, writer) -> None:  # type: ignore[no-untyped-def]
     raw = writer
-    raw.exec_driver_sql("CREATE TEMP TABLE pipe_p (k text PRIMARY KEY)")
-    raw.commit()
-    pipe = PgPipe(raw, prepare=True)
-    pipe.add("INSERT INTO pipe_p VALUES ($1)", [text("a")])
-    pipe.add("INSERT INTO pipe_p VALUES ($1)", [text("a")])  # duplicate key
+    pipe = _pipe_with_a_duplicate(raw, "pipe_p")
     pipe.send()  # the transaction's first part, unanswered
     pipe.add("INSERT INTO pipe_p VALUES ($1)", [text("b")])
     last = pipe.send(commit=True)  # the rest, and a COMMIT PostgreSQL skips
