@@ -40,7 +40,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from meterline.db.pgpipe import PgPipe, int_array, integer, rows, text, text_array
-from meterline.db.sqlite_offload import StatementRunner, chunk_sizes, multi_row
+from meterline.db.sqlite_offload import StatementRunner, values_statements
 from meterline.ledger.chain import GENESIS_HASH, seal
 from meterline.ledger.types import (
     CODE_EXPIRED,
@@ -1011,29 +1011,30 @@ class _Sql:
         statement, project = entry
         return statement, rows if project is None else list(map(project, rows))
 
-    # The accounts UPDATE as one statement per chunk (the MATERIALIZED list makes SQLite walk
-    # it and seek each account, instead of scanning the tenant's accounts against it).
-    _ACC_HEAD = "WITH v(id, dp, dpo, cp, cpo) AS MATERIALIZED (VALUES "
+    # The accounts UPDATE as one statement per 2,048 accounts (the MATERIALIZED list makes
+    # SQLite walk it and seek each account, instead of scanning the tenant's accounts).
+    _ACC_HEAD = "WITH v(id, dp, dpo, cp, cpo) AS MATERIALIZED ("
     _ACC_TAIL = (") UPDATE accounts SET debits_pending = v.dp, debits_posted = v.dpo, credits_pending = v.cp, "
                  "credits_posted = v.cpo FROM v WHERE accounts.tenant_id = ? AND accounts.id = v.id")
 
     def offload_accounts(self, runner: StatementRunner, raw: Any, tenant_id: str, dirty: list[tuple[str, _Acc]]) -> None:
-        i = 0
-        for size in chunk_sizes(len(dirty)):
-            params: list[Any] = []
-            for acc_id, a in dirty[i:i + size]:
-                params += (acc_id, a.dp, a.dpo, a.cp, a.cpo)
+        values: list[Any] = []
+        for acc_id, a in dirty:
+            values += (acc_id, a.dp, a.dpo, a.cp, a.cpo)
+        first = True
+        for statement, params in values_statements(self._ACC_HEAD, "(?, ?, ?, ?, ?)", self._ACC_TAIL, values, 5):
             params.append(tenant_id)
-            runner.run(raw, multi_row(self._ACC_HEAD, "(?, ?, ?, ?, ?)", self._ACC_TAIL, size), params)
-            i += size
+            # First after validation: the helper is idle, so hand it over at once.
+            runner.run(raw, statement, params, hand_over=first)
+            first = False
 
     def offload_transfers(self, runner: StatementRunner, raw: Any, rows: list[tuple[Any, ...]]) -> None:
         statement, rows = self.transfer_insert(rows)
         head, _, row = statement.partition("VALUES ")
-        i = 0
-        for size in chunk_sizes(len(rows)):
-            runner.run(raw, multi_row(head + "VALUES ", row, "", size), [v for r in rows[i:i + size] for v in r])
-            i += size
+        if not rows:
+            return
+        for insert, params in values_statements(head, row, "", [v for r in rows for v in r], len(rows[0])):
+            runner.run(raw, insert, params)
 
     def in_queries(self, head: str, col: str, tenant_id: str, ids: set[str]) -> list[tuple[str, Any]]:
         """The statements that read the rows of `ids` (none for no ids)."""

@@ -11,21 +11,60 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meterline.db.sqlite_offload import StatementRunner, chunk_sizes, multi_row
+from meterline.db.sqlite_offload import (
+    StatementRunner,
+    limited_rows,
+    padded_size,
+    statement_rows,
+    values_statements,
+)
 
 
-@given(st.integers(min_value=0, max_value=5000))
-def test_chunk_sizes_cover_every_row_in_few_power_of_two_statements(n: int) -> None:
-    sizes = list(chunk_sizes(n))
-    assert sum(sizes) == n
-    assert all(s & (s - 1) == 0 and 0 < s <= 512 for s in sizes)
-    assert sizes == sorted(sizes, reverse=True)
-    assert len(sizes) <= n // 512 + 9  # full chunks, then at most one of each smaller size
+@given(st.integers(min_value=1, max_value=2048))
+def test_padded_sizes_hold_every_count_from_a_short_list(n: int) -> None:
+    size = padded_size(n)
+    assert n <= size <= 2048
+    assert size - n <= max(size // 5, size - size // 2 - 1)  # a fifth at most past 128; powers of two below
 
 
-def test_multi_row_repeats_the_row_placeholders() -> None:
-    assert multi_row("INSERT INTO t VALUES ", "(?, ?)", " RETURNING 1", 3) == (
-        "INSERT INTO t VALUES (?, ?), (?, ?), (?, ?) RETURNING 1")
+def test_every_size_comes_from_a_list_the_statement_cache_keeps() -> None:
+    # Preparing a 2,000-row statement costs ~5 ms: the sizes must repeat.
+    assert len({padded_size(n) for n in range(1, 2049)}) == 24
+
+
+@given(st.integers(min_value=0, max_value=5000), st.integers(min_value=1, max_value=16))
+def test_values_statements_carry_every_row_once_in_order(n: int, per_row: int) -> None:
+    values = list(range(n * per_row))
+    carried: list[int] = []
+    for statement, params in values_statements("H ", "(" + ", ".join("?" * per_row) + ")", " T", values, per_row):
+        slots = statement.count("(?")
+        assert statement == limited_rows("H ", "(" + ", ".join("?" * per_row) + ")", " T", slots)
+        assert slots == padded_size(params[-1]) and len(params) == slots * per_row + 1
+        assert slots * per_row <= 32_766 - 8
+        carried += params[:params[-1] * per_row]  # what the LIMIT keeps; the padding repeats the last row
+        assert params[params[-1] * per_row:-1] == params[(params[-1] - 1) * per_row:params[-1] * per_row] * (
+            slots - params[-1])
+    assert carried == values
+    assert statement_rows(per_row) in (2048, 1024)
+
+
+def test_the_limit_drops_the_padding(raw: sqlite3.Connection) -> None:
+    [(statement, params)] = values_statements("INSERT INTO t (k, v) ", "(?, ?)", "", [1, "a", 2, "b", 3, "c"], 2)
+    assert params[-1] == 3 and len(params) == 4 * 2 + 1  # padded to 4 rows, the last repeated
+    raw.execute(statement, params)
+    assert raw.execute("SELECT k, v FROM t ORDER BY k").fetchall() == [(1, "a"), (2, "b"), (3, "c")]
+
+
+def test_hand_over_returns_once_the_helper_has_taken_the_statement(raw: sqlite3.Connection) -> None:
+    runner = StatementRunner()
+    raw.execute("BEGIN IMMEDIATE")
+    runner.run(raw, "INSERT INTO t VALUES (?, ?)", (1, "a"), hand_over=True)
+    assert runner._jobs.empty()  # taken, not queued
+    runner.run(raw, "INSERT INTO t VALUES (?, ?)", (2, "b"), hand_over=True)
+    runner.drain()
+    raw.execute("COMMIT")
+    assert raw.execute("SELECT k FROM t ORDER BY k").fetchall() == [(1,), (2,)]
+    runner.close()
 
 
 @pytest.fixture

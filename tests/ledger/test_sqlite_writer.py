@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from meterline.clock import FrozenClock
+from meterline.db import sqlite_offload
 from meterline.db.engine import Database
 from meterline.db.sqlite_offload import StatementRunner
 from meterline.ledger import engine as engine_module
@@ -50,9 +51,9 @@ def test_every_mix_of_null_and_set_columns_is_stored_as_accepted(session, tenant
 
 
 def _big_batches(prefix: str) -> list[list[TransferIn]]:
-    """Two batches over the offload threshold, sizes that need several chunk sizes (700 rows:
-    512 + 128 + 32 + 16 + 8 + 4), every mix of NULL and set nullable columns, holds, and the
-    second batch posting and voiding some of the first one's."""
+    """Two batches over the offload threshold (700 rows: one statement padded to 768, or three
+    when a statement takes at most 256), every mix of NULL and set nullable columns, holds,
+    and the second batch posting and voiding some of the first one's."""
     first = []
     for i in range(700):
         dr, cr = f"a{i % 37}", f"a{(i * 7 + 1) % 37 if (i * 7 + 1) % 37 != i % 37 else (i + 1) % 37}"
@@ -89,7 +90,9 @@ def _two_ledgers(db: Database, clock: FrozenClock, *tenants: str) -> None:
                 make_account(s, tenant, clock, id=f"a{i}")
 
 
-def test_a_big_batch_written_on_the_helper_thread_is_stored_as_one_written_inline(sqlite_url, clock):
+@pytest.mark.parametrize("top", [2048, 256], ids=["one-statement", "several-statements"])
+def test_a_big_batch_written_on_the_helper_thread_is_stored_as_one_written_inline(sqlite_url, clock, monkeypatch, top):
+    monkeypatch.setattr(sqlite_offload, "_TOP", top)
     db = Database(sqlite_url)
     inline, helper = f"t-{uuid.uuid4().hex[:8]}", f"t-{uuid.uuid4().hex[:8]}"
     _two_ledgers(db, clock, inline, helper)
@@ -137,9 +140,9 @@ def test_a_failure_after_the_handover_waits_for_the_helper_and_rolls_everything_
     handed: list[str] = []
     real_run = runner.run
 
-    def run(raw: Any, statement: str, params: Any) -> None:
+    def run(raw: Any, statement: str, params: Any, hand_over: bool = False) -> None:
         handed.append(statement.split()[0])
-        real_run(raw, statement, params)
+        real_run(raw, statement, params, hand_over=hand_over)
 
     def seal_fails(prev_hash: str, rows: list[list[Any]]) -> str:
         raise RuntimeError("the chain could not be hashed")
