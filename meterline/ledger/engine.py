@@ -34,6 +34,7 @@ import json
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from operator import itemgetter
 from typing import Any
 
@@ -67,6 +68,7 @@ _MAX_ID = 128
 _MAX_TIMEOUT_S = 2**31 - 1
 _CHUNK = 900  # stays under every driver's bound-parameter limit
 _COPY_MIN_ROWS = 32  # PostgreSQL: below this, a pipelined INSERT beats COPY's extra round trips
+_PG_VALUES_MAX_ACCOUNTS = 64  # PostgreSQL: up to this, the accounts UPDATE binds scalars (a statement per size)
 _OFFLOAD_MIN_ROWS = 128  # SQLite: below this, handing statements to a helper thread costs more than it hides
 
 _TRANSFER_FIELDS = (
@@ -85,6 +87,33 @@ _dumps = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=Fa
 def _guarded(write: str, expected: str, what: str) -> str:
     return (f"WITH w AS ({write} RETURNING 1) SELECT CASE WHEN count(*) = {expected} THEN 1 "
             f"ELSE ('ledger guard: ' || count(*) || ' {what}, expected ' || {expected})::int END FROM w")
+
+
+# A small PostgreSQL batch binds one scalar parameter per value in a VALUES list, one
+# prepared statement per row count: for the few rows of a group commit of single transfers
+# the server then parses no array literals and runs no unnest() (array_in was 3 % of the
+# backend's CPU). Alternating in one process, 8 clients: +1-3 % spread, +5 % hot.
+_PG_TRANSFER_CASTS = ("text", "text", "bigint", "text", "text", "bigint", "text", "text", "int", "int", "text",
+                      "text", "json", "bigint", "text")
+
+
+@lru_cache(maxsize=_COPY_MIN_ROWS)
+def _pg_insert_transfers(n: int) -> str:
+    width = len(_PG_TRANSFER_CASTS)
+    rows = ", ".join("(" + ", ".join(f"${r * width + c + 1}::{cast}" for c, cast in enumerate(_PG_TRANSFER_CASTS))
+                     + ")" for r in range(n))
+    return f"INSERT INTO transfers ({_TRANSFER_COLS}) VALUES {rows}"
+
+
+@lru_cache(maxsize=_PG_VALUES_MAX_ACCOUNTS)
+def _pg_write_accounts(n: int) -> str:
+    rows = ", ".join(f"(${r * 5 + 1}::text, ${r * 5 + 2}::bigint, ${r * 5 + 3}::bigint, ${r * 5 + 4}::bigint, "
+                     f"${r * 5 + 5}::bigint)" for r in range(n))
+    return _guarded(
+        "UPDATE accounts AS a SET debits_pending = v.dp, debits_posted = v.dpo, credits_pending = v.cp, "
+        f"credits_posted = v.cpo FROM (VALUES {rows}) AS v(id, dp, dpo, cp, cpo) "
+        f"WHERE a.tenant_id = ${n * 5 + 1}::text AND a.id = v.id",
+        str(n), "accounts updated")
 
 
 @dataclass(slots=True)
@@ -820,11 +849,6 @@ class LedgerEngine:
         "last_hash = CASE WHEN last_hash = $2::text AND last_seq = $3::bigint THEN $4::text END, "
         "last_timestamp = $5::bigint WHERE tenant_id = $6::text",
         "1", "ledger heads updated")
-    _PG_INSERT_TRANSFERS = (
-        f"INSERT INTO transfers ({_TRANSFER_COLS}) SELECT t, i, s, d, c, a, x, p, f, o, k, r, m::json, ts, h "
-        "FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::bigint[], $7::text[], "
-        "$8::text[], $9::int[], $10::int[], $11::text[], $12::text[], $13::text[], $14::bigint[], $15::text[]) "
-        "AS v(t, i, s, d, c, a, x, p, f, o, k, r, m, ts, h)")
     _PG_INSERT_HOLDS = (
         "INSERT INTO holds (tenant_id, transfer_id, debit_account_id, credit_account_id, amount, asset, state, "
         "created_at, expires_at, resolved_by, resolved_at, posted_amount) "
@@ -838,7 +862,7 @@ class LedgerEngine:
         "FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[]) AS v(i, s, b, ra, pa) "
         "WHERE h.tenant_id = $6::text AND h.transfer_id = v.i AND h.state = 'pending'",
         "$7::bigint", "holds resolved (one was not pending)")
-    # One statement with array parameters instead of a Bind/Execute per account.
+    # More accounts than `_PG_VALUES_MAX_ACCOUNTS`: one statement with array parameters.
     _PG_ACCOUNT_WRITE = _guarded(
         "UPDATE accounts AS a SET debits_pending = v.dp, debits_posted = v.dpo, "
         "credits_pending = v.cp, credits_posted = v.cpo "
@@ -860,16 +884,13 @@ class LedgerEngine:
         if not rows:
             return
         if len(rows) >= _COPY_MIN_ROWS:
-            # COPY: one stream instead of arrays the server must parse (faster for big
+            # COPY: one stream instead of a statement per row count (faster for big
             # batches), but it cannot run inside a pipeline: what is queued goes out first.
             pipe.run()
             _Sql.copy(conn, f"COPY transfers ({_TRANSFER_COLS}) FROM STDIN", rows)
         else:
-            cols = list(zip(*rows, strict=True))
-            pipe.add(self._PG_INSERT_TRANSFERS, [
-                text_array(c) if kind == "t" else int_array(c)
-                for c, kind in zip(cols, "ttittittiitttit", strict=True)
-            ])
+            pipe.add(_pg_insert_transfers(len(rows)), [
+                None if v is None else (v if type(v) is str else str(v)).encode() for row in rows for v in row])
         if new_holds:
             pipe.add(self._PG_INSERT_HOLDS, [
                 tenant, text_array([h.transfer_id for h in new_holds]),
@@ -884,6 +905,14 @@ class LedgerEngine:
                 text_array([h.resolved_by for h in resolved]), int_array([h.resolved_at for h in resolved]),
                 int_array([h.posted_amount for h in resolved]), tenant, integer(len(resolved)),
             ])
+        if 0 < len(dirty) <= _PG_VALUES_MAX_ACCOUNTS:
+            params: list[bytes | None] = []
+            for acc_id, a in dirty:
+                params += (acc_id.encode(), str(a.dp).encode(), str(a.dpo).encode(), str(a.cp).encode(),
+                           str(a.cpo).encode())
+            params.append(tenant)
+            pipe.add(_pg_write_accounts(len(dirty)), params)
+            return
         pipe.add(self._PG_ACCOUNT_WRITE, [
             text_array([i for i, _ in dirty]), int_array([a.dp for _, a in dirty]),
             int_array([a.dpo for _, a in dirty]), int_array([a.cp for _, a in dirty]),

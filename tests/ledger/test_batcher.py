@@ -437,7 +437,7 @@ def test_the_row_count_guards_fail_their_statement(db, tenant_id, clock):
     import psycopg
 
     from meterline.db.pgpipe import PgPipe, int_array, integer, text, text_array
-    from meterline.ledger.engine import LedgerEngine
+    from meterline.ledger.engine import LedgerEngine, _pg_write_accounts
 
     _setup(db, tenant_id, clock, {"a": 0})
     with db.writer_connection() as conn:
@@ -446,6 +446,12 @@ def test_the_row_count_guards_fail_their_statement(db, tenant_id, clock):
             text_array(["a", "gone"]), int_array([0, 0]), int_array([7, 7]), int_array([0, 0]),
             int_array([0, 0]), text(tenant_id), integer(2),
         ])
+        with pytest.raises(psycopg.errors.InvalidTextRepresentation, match="ledger guard: 1 accounts updated"):
+            pipe.run(commit=True)
+        conn.connection.dbapi_connection.rollback()
+        # The same guard on the scalar VALUES form small batches use.
+        pipe.add(_pg_write_accounts(2), [b"a", b"0", b"7", b"0", b"0", b"gone", b"0", b"7", b"0", b"0",
+                                         text(tenant_id)])
         with pytest.raises(psycopg.errors.InvalidTextRepresentation, match="ledger guard: 1 accounts updated"):
             pipe.run(commit=True)
         conn.connection.dbapi_connection.rollback()

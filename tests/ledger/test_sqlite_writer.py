@@ -29,6 +29,8 @@ PENDING, POST, VOID = int(TransferFlags.PENDING), int(TransferFlags.POST_PENDING
     [TransferIn("p1", "a", "b", 1), TransferIn("p2", "b", "a", 2)],
     [TransferIn("r1", "a", "b", 1), TransferIn("r2", "a", "b", 2, reference="ref", metadata={"k": "v"})],
     [TransferIn("m1", "a", "b", 3, metadata={"n": 1}), TransferIn("m2", "a", "b", 4, metadata={"n": 2}, code="c")],
+    # Quotes, backslashes, braces and commas are data (PostgreSQL binds them as scalars or array elements).
+    [TransferIn('q"1', "a", "b", 1, reference='r"{x,\\y}', metadata={"é": '"\\', "l": [1, 2]})],
     [TransferIn("h1", "a", "b", 5, flags=PENDING, timeout_s=60), TransferIn("h2", pending_id="h1", flags=POST),
      TransferIn("x", "b", "a", 1)],
 ])
