@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, make_url, text
 
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -50,8 +50,8 @@ def fresh_postgres(admin_url: str | None = None) -> Iterator[str]:
     name = f"meterline_bench_{uuid.uuid4().hex[:10]}"
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
-    base = _psycopg(admin_url or pg_admin_url()).rpartition("/")[0]
-    url = f"{base}/{name}"
+    # make_url keeps a query string (`?host=/var/run/postgresql` for a Unix socket) intact.
+    url = make_url(_psycopg(admin_url or pg_admin_url())).set(database=name).render_as_string(hide_password=False)
     try:
         migrate.upgrade(url)
         yield url
