@@ -6,9 +6,14 @@ Parts (see the issue's Performance section):
    caller posting batch after batch), over 10,000 accounts, spread (random
    pairs) and hot (every transfer debits or credits one account) — SQLite and
    PostgreSQL; several repetitions, the MEDIAN is reported;
-2. single transfers (one per call) from 8 client threads through
-   `LedgerBatcher.post` for a fixed duration — throughput, p50 and p99
-   latency; PostgreSQL for the summary (SQLite printed for reference);
+2. single transfers (one per call) from 8 concurrent callers for a fixed
+   duration — throughput, p50 and p99 latency; PostgreSQL for the summary
+   (SQLite printed for reference). Two kinds of caller take turns: 8 threads
+   calling the blocking `LedgerBatcher.post` (the summary's
+   `pg_single_spread/hot`), and 8 tasks on one event loop awaiting
+   `post_async`, as the server's `POST /v1/transfers` handlers do
+   (`pg_single_*_loop`). The batcher is the same; the threads pay for
+   CPython's GIL hand-overs (about 4 context switches per transfer against 1);
 3. single-transfer `POST /v1/transfers` over HTTP with 32 concurrent
    keep-alive connections against one `meterline serve --dev` process on
    SQLite — requests/s, p50, p99, errors;
@@ -45,6 +50,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -234,10 +240,94 @@ def bench_batches(db: Database, backend: str, args: argparse.Namespace) -> dict[
     return out
 
 
-# -- part 2: single transfers from 8 client threads ---------------------------------------
+# -- part 2: single transfers from 8 concurrent callers ------------------------------------
+
+
+def _transfer(tag: str, i: int, ids: list[str], hot: bool, rng: random.Random) -> list[TransferIn]:
+    t = make_transfers(f"{tag}-{i}", 1, ids, hot, rng)
+    if hot and rng.random() < 0.5:  # both directions through the hot account
+        t[0].debit_account_id, t[0].credit_account_id = t[0].credit_account_id, t[0].debit_account_id
+    return t
+
+
+@dataclass
+class _Tally:
+    """One caller's count of answers and its latencies (seconds)."""
+
+    ok: int = 0
+    refused: int = 0
+    latencies: list[float] = field(default_factory=list)
+
+    def add(self, result: str, seconds: float) -> None:
+        self.latencies.append(seconds)
+        if result == "ok":
+            self.ok += 1
+        else:
+            self.refused += 1
+
+
+# One repetition: every caller's tally and the elapsed seconds.
+_Rep = tuple[list[_Tally], float]
+
+
+def _threads_rep(batcher: LedgerBatcher, tenant: str, ids: list[str], hot: bool, tag: str,
+                 seconds: float) -> _Rep:
+    """SINGLE_CLIENTS threads, each calling the blocking `post` in a loop (as a worker job
+    or a synchronous service call does)."""
+    stop = threading.Event()
+    tallies = [_Tally() for _ in range(SINGLE_CLIENTS)]
+
+    def client(w: int) -> None:
+        rng = random.Random(f"{tag}-{w}")
+        i = 0
+        while not stop.is_set():
+            t = _transfer(f"{tag}-{w}", i, ids, hot, rng)
+            i += 1
+            t0 = time.perf_counter()
+            r = batcher.post(tenant, t)[0]
+            tallies[w].add(r.result, time.perf_counter() - t0)
+
+    threads = [threading.Thread(target=client, args=(w,)) for w in range(SINGLE_CLIENTS)]
+    t0 = time.perf_counter()
+    for th in threads:
+        th.start()
+    time.sleep(seconds)
+    stop.set()
+    for th in threads:
+        th.join()
+    return tallies, time.perf_counter() - t0
+
+
+def _loop_rep(batcher: LedgerBatcher, tenant: str, ids: list[str], hot: bool, tag: str,
+              seconds: float) -> _Rep:
+    """SINGLE_CLIENTS tasks on one event loop, each awaiting `post_async` in a loop — how the
+    server's `POST /v1/transfers` handlers call the batcher."""
+    tallies = [_Tally() for _ in range(SINGLE_CLIENTS)]
+
+    async def client(w: int, end: float) -> None:
+        rng = random.Random(f"{tag}-{w}")
+        i = 0
+        while time.perf_counter() < end:
+            t = _transfer(f"{tag}-{w}", i, ids, hot, rng)
+            i += 1
+            t0 = time.perf_counter()
+            r = (await batcher.post_async(tenant, t))[0]
+            tallies[w].add(r.result, time.perf_counter() - t0)
+
+    async def run() -> None:
+        end = time.perf_counter() + seconds
+        await asyncio.gather(*(client(w, end) for w in range(SINGLE_CLIENTS)))
+
+    t0 = time.perf_counter()
+    asyncio.run(run())
+    return tallies, time.perf_counter() - t0
+
+
+SINGLE_CALLERS = {"threads": _threads_rep, "loop": _loop_rep}
 
 
 def bench_single(db: Database, backend: str, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Part 2; returns {"spread"|"hot" + ("" | "_loop"): {"tps", "p50", "p99"}}."""
     tenant = "bench-single"
     ids = setup_ledger(db, tenant)
     out: dict[str, dict[str, float]] = {}
@@ -253,56 +343,29 @@ def bench_single(db: Database, backend: str, args: argparse.Namespace) -> dict[s
                                                        random.Random(mode)))
             acked += sum(r.result == "ok" for r in warm)
             analyze(db)
-            rates: list[float] = []
-            lats: list[float] = []
+            rates: dict[str, list[float]] = {kind: [] for kind in args.single_callers}
+            lats: dict[str, list[float]] = {kind: [] for kind in args.single_callers}
             for rep in range(args.single_reps):
-                stop = threading.Event()
-                results: list[tuple[int, int, list[float]]] = []
-                lock = threading.Lock()
-
-                def client(w: int, mode: str = mode, rep: int = rep, stop: threading.Event = stop,
-                           results: list[tuple[int, int, list[float]]] = results,
-                           lock: threading.Lock = lock) -> None:
-                    rng = random.Random(f"{backend}-{mode}-{rep}-{w}")
-                    mine: list[float] = []
-                    okc = errc = 0
-                    i = 0
-                    hot = mode == "hot"
-                    while not stop.is_set():
-                        t = make_transfers(f"s-{mode}-{rep}-{w}-{i}", 1, ids, hot, rng)
-                        if hot and rng.random() < 0.5:  # both directions through the hot account
-                            t[0].debit_account_id, t[0].credit_account_id = t[0].credit_account_id, t[0].debit_account_id
-                        i += 1
-                        t0 = time.perf_counter()
-                        r = batcher.post(tenant, t)[0]
-                        mine.append(time.perf_counter() - t0)
-                        if r.result == "ok":
-                            okc += 1
-                        else:
-                            errc += 1
-                    with lock:
-                        results.append((okc, errc, mine))
-
-                threads = [threading.Thread(target=client, args=(w,)) for w in range(SINGLE_CLIENTS)]
-                t0 = time.perf_counter()
-                for th in threads:
-                    th.start()
-                time.sleep(args.seconds)
-                stop.set()
-                for th in threads:
-                    th.join()
-                elapsed = time.perf_counter() - t0
-                n_ok = sum(r[0] for r in results)
-                errors += sum(r[1] for r in results)
-                acked += n_ok
-                rates.append(n_ok / elapsed)
-                lats.extend(x for r in results for x in r[2])
-            lats.sort()
-            out[mode] = {"tps": median(rates), "p50": percentile(lats, 50) * 1000,
-                         "p99": percentile(lats, 99) * 1000}
-            log(f"  {backend:8s} single {mode:6s}: median {out[mode]['tps']:>8,.0f} transfers/s  "
-                f"p50 {out[mode]['p50']:.2f} ms  p99 {out[mode]['p99']:.2f} ms   "
-                f"(reps: {', '.join(f'{r:,.0f}' for r in rates)}; {SINGLE_CLIENTS} clients × {args.seconds:g}s)")
+                # The caller kinds take turns, first one then the other, so that the machine's
+                # drift over the minute does not favour either.
+                kinds = args.single_callers if rep % 2 == 0 else args.single_callers[::-1]
+                for kind in kinds:
+                    tallies, elapsed = SINGLE_CALLERS[kind](
+                        batcher, tenant, ids, mode == "hot", f"s-{mode}-{kind}-{rep}", args.seconds)
+                    n_ok = sum(t.ok for t in tallies)
+                    errors += sum(t.refused for t in tallies)
+                    acked += n_ok
+                    rates[kind].append(n_ok / elapsed)
+                    lats[kind].extend(x for t in tallies for x in t.latencies)
+            for kind in args.single_callers:
+                key = mode if kind == "threads" else f"{mode}_loop"
+                kind_lats = sorted(lats[kind])
+                out[key] = {"tps": median(rates[kind]), "p50": percentile(kind_lats, 50) * 1000,
+                            "p99": percentile(kind_lats, 99) * 1000}
+                who = f"{SINGLE_CLIENTS} threads" if kind == "threads" else f"{SINGLE_CLIENTS} loop tasks"
+                log(f"  {backend:8s} single {mode:6s} ({kind:7s}): median {out[key]['tps']:>8,.0f} transfers/s  "
+                    f"p50 {out[key]['p50']:.2f} ms  p99 {out[key]['p99']:.2f} ms   "
+                    f"(reps: {', '.join(f'{r:,.0f}' for r in rates[kind])}; {who} × {args.seconds:g}s)")
     if errors:
         log(f"    {errors} transfers were not ok")
     check_ledger(db, tenant, acked)
@@ -325,8 +388,8 @@ def run_service(args: argparse.Namespace, summary: dict[str, str]) -> None:
                 summary[f"{key}_hot"] = fmt(b["hot"])
                 s = bench_single(db, backend, args)
                 if backend == "postgres":
-                    summary["pg_single_spread"] = fmt(s["spread"]["tps"])
-                    summary["pg_single_hot"] = fmt(s["hot"]["tps"])
+                    for key, result in s.items():
+                        summary[f"pg_single_{key}"] = fmt(result["tps"])
             finally:
                 db.dispose()
 
@@ -603,6 +666,8 @@ def main() -> None:
     ap.add_argument("--single-reps", type=int, default=3, help="repetitions of part 2")
     ap.add_argument("--http-reps", type=int, default=3, help="repetitions of parts 3-4")
     ap.add_argument("--client-procs", type=int, default=1, help="HTTP load-generator processes")
+    ap.add_argument("--single-callers", default="threads,loop",
+                    help="part 2's callers, comma list: threads (blocking post), loop (post_async on one event loop)")
     ap.add_argument("--window-ms", type=float, default=1.0, help="batcher window for part 2")
     ap.add_argument("--no-overlap", dest="overlap", action="store_false",
                     help="part 2: never overlap two batches (the server's METERLINE_LEDGER_OVERLAP=false); "
@@ -610,13 +675,17 @@ def main() -> None:
     args = ap.parse_args()
     args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     args.http_seconds = args.seconds
+    args.single_callers = [c.strip() for c in args.single_callers.split(",") if c.strip()]
+    for c in args.single_callers:
+        if c not in SINGLE_CALLERS:
+            ap.error(f"unknown --single-callers kind {c}")
     for b in args.backends:
         if b not in ("sqlite", "postgres"):
             ap.error(f"unknown backend {b}")
 
     log(f"meterline ledger benchmark — {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
     summary = {k: "NA" for k in ("sqlite_spread", "sqlite_hot", "pg_spread", "pg_hot", "pg_single_spread",
-                                  "pg_single_hot", "http_tps", "http_p99_ms", "health_rps")}
+                                  "pg_single_hot", "pg_single_spread_loop", "pg_single_hot_loop", "http_tps", "http_p99_ms", "health_rps")}
     if args.only in (None, "service"):
         run_service(args, summary)
     if args.only in (None, "http"):
