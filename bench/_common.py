@@ -6,6 +6,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -71,6 +72,46 @@ def postgres_reachable(admin_url: str | None = None) -> bool:
     except Exception as exc:
         print(f"  PostgreSQL not reachable ({exc.__class__.__name__}); skipping it", file=sys.stderr)
         return False
+
+
+def python_probe_ms() -> float:
+    """How fast this machine runs plain Python right now: the median of three
+    `sum(range(10**7))`, in milliseconds.
+
+    The 2-core virtual machine the figures come from swings 2x and more in speed
+    within an hour, on unchanged code (docs/scaling.md): a figure means little
+    without the phase it was measured in, and this reading is that phase.
+    """
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        sum(range(10**7))
+        times.append((time.perf_counter() - t0) * 1000)
+    return median(times)
+
+
+def pg_commit_probe_us(seconds: float = 1.0, admin_url: str | None = None) -> float:
+    """The median latency, in microseconds, of PostgreSQL's durable commit right now:
+    a one-row UPDATE in its own transaction, one after another, on a fresh database.
+
+    This is the fixed cost every group commit pays (the WAL flush and its fsync), and
+    what bounds 8 single-transfer clients (docs/scaling.md): read part 2's figures
+    against it.
+    """
+    import psycopg
+
+    with fresh_postgres(admin_url) as url:
+        conninfo = url.replace("postgresql+psycopg://", "postgresql://", 1)
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute("CREATE TABLE probe (id int PRIMARY KEY, n bigint NOT NULL)")
+            conn.execute("INSERT INTO probe VALUES (1, 0)")
+            latencies = []
+            end = time.perf_counter() + seconds
+            while time.perf_counter() < end:
+                t0 = time.perf_counter()
+                conn.execute("UPDATE probe SET n = n + 1 WHERE id = 1", prepare=True)
+                latencies.append((time.perf_counter() - t0) * 1e6)
+    return median(latencies)
 
 
 def median(values: list[float]) -> float:

@@ -30,6 +30,11 @@ Every run ends with a consistency check of the ledger it wrote (Σ debits =
 every acknowledged transfer stored exactly once) and `verify_ledger`'s chain
 recomputation, printed as OK/FAIL.
 
+Every run starts by reading the machine's phase — plain Python's speed and the
+latency of one durable PostgreSQL commit (`probe_py_ms`, `probe_pg_commit_us` in
+the summary): this 2-core virtual machine runs unchanged code 2x faster or slower
+from one hour to the next, so compare runs with these readings beside them.
+
 Usage: python bench/ledger.py [--only service|http] [--seconds S] [--reps N]
                                [--backends sqlite,postgres]
 The last line is `BENCH ledger key=value ...`.
@@ -64,7 +69,9 @@ from bench._common import (
     fresh_sqlite,
     median,
     percentile,
+    pg_commit_probe_us,
     postgres_reachable,
+    python_probe_ms,
     summary_line,
 )
 from meterline.cli.common import tune_gc
@@ -656,6 +663,20 @@ def run_http(args: argparse.Namespace, summary: dict[str, str]) -> None:
                     db.dispose()
 
 
+def probe_phase(args: argparse.Namespace, summary: dict[str, str]) -> None:
+    """Read the machine's phase before measuring: plain Python's speed and, when
+    PostgreSQL is measured, the latency of one durable commit. Runs minutes apart on
+    unchanged code differ by 2x here; these two readings say which phase a run was in."""
+    py_ms = python_probe_ms()
+    summary["probe_py_ms"] = fmt(py_ms)
+    line = f"  machine phase: sum(range(10**7)) {py_ms:.0f} ms"
+    if "postgres" in args.backends and args.only in (None, "service") and postgres_reachable():
+        commit_us = pg_commit_probe_us()
+        summary["probe_pg_commit_us"] = fmt(commit_us)
+        line += f"; PostgreSQL one-row durable commit p50 {commit_us:.0f} µs"
+    log(line)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=["service", "http"], help="run only these parts")
@@ -685,7 +706,9 @@ def main() -> None:
 
     log(f"meterline ledger benchmark — {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
     summary = {k: "NA" for k in ("sqlite_spread", "sqlite_hot", "pg_spread", "pg_hot", "pg_single_spread",
-                                  "pg_single_hot", "pg_single_spread_loop", "pg_single_hot_loop", "http_tps", "http_p99_ms", "health_rps")}
+                                  "pg_single_hot", "pg_single_spread_loop", "pg_single_hot_loop", "http_tps", "http_p99_ms", "health_rps",
+                                  "probe_py_ms", "probe_pg_commit_us")}
+    probe_phase(args, summary)
     if args.only in (None, "service"):
         run_service(args, summary)
     if args.only in (None, "http"):
