@@ -94,9 +94,9 @@ def pg_commit_probe_us(seconds: float = 1.0, admin_url: str | None = None) -> fl
     """The median latency, in microseconds, of PostgreSQL's durable commit right now:
     a one-row UPDATE in its own transaction, one after another, on a fresh database.
 
-    This is the fixed cost every group commit pays (a round trip, the WAL flush and its fsync), and
-    what bounds 8 single-transfer clients (docs/scaling.md): read part 2's figures
-    against it.
+    This is the fixed cost every group commit pays (a round trip, the WAL flush and
+    its fsync), and what bounds 8 single-transfer clients (docs/scaling.md): read
+    part 2's figures against it.
     """
     import psycopg
 
