@@ -28,8 +28,12 @@ body with a stable `code`. POSTs that create or move money accept an
 """
 
 
-class BodyLimitMiddleware:
-    """413 for a declared Content-Length over the limit, before anything reads the body."""
+class EdgeGuardMiddleware:
+    """What is refused before any handler sees a request: a declared Content-Length over the
+    limit (413, before anything reads the body) and the NUL character in the path or the
+    query (422). PostgreSQL's text cannot hold U+0000 — a lookup by such an id would fail
+    as a 500 — and SQLite would match or store it silently; no id or filter contains it.
+    (Bodies are checked where they are parsed: `meterline.api.body.loads`.)"""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -37,15 +41,26 @@ class BodyLimitMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            for name, value in scope.get("headers", ()):
-                if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                    response = problems.problem(
-                        413, "payload_too_large", "The request is too large",
-                        f"the body is larger than {self.max_bytes} bytes", scope.get("path"),
-                    )
-                    await response(scope, receive, send)
-                    return
+            response = self._refusal(scope)
+            if response is not None:
+                await response(scope, receive, send)
+                return
         await self.app(scope, receive, send)
+
+    def _refusal(self, scope: Scope) -> JSONResponse | None:
+        path = scope.get("path", "")
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                return problems.problem(413, "payload_too_large", "The request is too large",
+                                        f"the body is larger than {self.max_bytes} bytes", path)
+        # (The query string is still percent-encoded; "%00" has no letters, so no case to fold.)
+        where = "path" if "\x00" in path else "query" if b"%00" in scope.get("query_string", b"") else None
+        if where is not None:
+            return problems.problem(
+                422, "validation_error", "The request is not valid", f"the {where} may not contain the NUL character",
+                path,
+                errors=[{"field": where, "code": "nul_character", "detail": "text may not contain U+0000 (NUL)"}])
+        return None
 
 
 class MeterlineApp(FastAPI):
@@ -61,7 +76,7 @@ class MeterlineApp(FastAPI):
 
     def install_front(self, routes: list[FastRoute], max_body_bytes: int) -> None:
         inner = super().__call__
-        self.front = MetricsMiddleware(BodyLimitMiddleware(FastPathMiddleware(inner, routes), max_body_bytes))
+        self.front = MetricsMiddleware(EdgeGuardMiddleware(FastPathMiddleware(inner, routes), max_body_bytes))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self.front is not None:

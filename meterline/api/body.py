@@ -36,11 +36,41 @@ _DECODER = json.JSONDecoder(parse_float=Decimal, parse_constant=_reject_constant
 
 def loads(raw: bytes) -> Any:
     try:
-        return _DECODER.decode(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
+        data = _DECODER.decode(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValidationFailed(f"the body is not valid JSON: {exc}") from None
     except RecursionError:
         raise ValidationFailed("the body nests too deeply") from None
+    # JSON can carry U+0000 only as the escape `\u0000`: one C-speed scan clears every body
+    # without it. PostgreSQL's text cannot hold the character (the write would fail as a 500)
+    # and SQLite would store it silently, so it is refused here for both, naming the field.
+    if "\\u0000" in text:
+        try:
+            fields = _nul_fields(data, ())
+        except RecursionError:
+            raise ValidationFailed("the body nests too deeply") from None
+        if fields:
+            raise ValidationFailed("text may not contain the NUL character (\\u0000)", errors=[
+                {"field": field, "code": "nul_character", "detail": "text may not contain U+0000 (NUL)"}
+                for field in fields[:10]])
+    return data
+
+
+def _nul_fields(node: Any, at: tuple[str | int, ...]) -> list[str]:
+    """Where U+0000 occurs in a parsed body — in a key or a string — as field names
+    (`transfers.0.id`, as validation errors name them)."""
+    here = ".".join(map(str, at)) or "body"
+    if isinstance(node, str):
+        return [here] if "\x00" in node else []
+    found: list[str] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            found += [".".join(map(str, (*at, key)))] if "\x00" in key else _nul_fields(value, (*at, key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found += _nul_fields(value, (*at, i))
+    return found
 
 
 async def read_json(request: Request, *, max_bytes: int) -> tuple[Any, bytes]:
