@@ -158,8 +158,12 @@ class LedgerService:
             raise AssetExists(f"asset {code} already exists")
         row = AssetRow(tenant_id=tenant_id, code=code, scale=scale, kind=kind, name=name or code,
                        created_at=now_ns)
-        session.add(row)
-        session.flush()
+        try:  # a savepoint: the same code racing in from another request is a 409 too
+            with session.begin_nested():
+                session.add(row)
+                session.flush()
+        except IntegrityError:
+            raise AssetExists(f"asset {code} already exists") from None
         return row
 
     def list_assets(self, session: Session, tenant_id: str) -> list[AssetRow]:
