@@ -238,7 +238,7 @@ def _rowcount(result: Any) -> int:
 
 
 class _Full(Exception):
-    """Raised inside the activation savepoint to undo the camera insert."""
+    """Raised inside an activation savepoint (a camera's, a device's) to undo it: no slot."""
 
 
 class LicensingService:
@@ -497,13 +497,62 @@ class LicensingService:
     ) -> HeartbeatResult:
         """Register the device on its first heartbeat (or revive a dead one), within the
         device allowance; otherwise note that it is alive. Only a registration or revival
-        changes cached answers — a plain heartbeat does not invalidate anything."""
+        changes cached answers — a plain heartbeat does not invalidate anything.
+
+        Two first heartbeats of one device may arrive at once (a device retrying, two
+        gateways): the registration is the device row's insert — or, for a dead device,
+        its conditional `dead → alive` update — and the slot is taken in the same savepoint,
+        so the loser meets the key (or finds the device alive) and is a plain heartbeat:
+        one slot for one device, and never a 500."""
         row = session.get(License, (tenant_id, licensee_id))
         if row is None:
             return HeartbeatResult(LicenseCode.LICENSE_NOT_FOUND, None, None)
         snap = LicenseSnapshot.of(row)
-        device = session.get(LicenseDevice, (tenant_id, licensee_id, device_id))
+        key = (tenant_id, licensee_id, device_id)
+        device = session.get(LicenseDevice, key)
         if device is None or device.state == "dead":
+            try:
+                claimed = self._claim_device(session, key, device, now_ns)
+            except _Full:
+                device = session.get(LicenseDevice, key, populate_existing=True)
+                return HeartbeatResult(LicenseCode.DEVICE_LIMIT_EXCEEDED, snap, device)
+            except IntegrityError:
+                if session.get(LicenseDevice, key, populate_existing=True) is None:
+                    raise  # not the racing registration it would be
+                claimed = False  # registered at this moment by another request
+            device = session.get(LicenseDevice, key, populate_existing=True)
+            assert device is not None
+            if claimed:
+                _changed(session, tenant_id, licensee_id)
+        device.last_heartbeat_at = now_ns
+        device.software_version = software_version[:64]
+        device.cameras_reported = cameras
+        session.flush()
+        return HeartbeatResult(license_verdict(snap, now_ns), snap, device)
+
+    @staticmethod
+    def _claim_device(session: Session, key: tuple[str, str, str], device: LicenseDevice | None,
+                      now_ns: int) -> bool:
+        """Make the device alive and take one slot of the allowance, in one savepoint.
+        False if another request revived it first; raises `_Full` (nothing changed) when no
+        slot is free, IntegrityError when another request registered it first."""
+        tenant_id, licensee_id, device_id = key
+        with session.begin_nested():
+            if device is None:
+                session.add(LicenseDevice(tenant_id=tenant_id, licensee_id=licensee_id, device_id=device_id,
+                                          registered_at=now_ns, last_heartbeat_at=now_ns, state="alive",
+                                          died_at=None))
+                session.flush()
+            else:
+                revived = session.execute(
+                    update(LicenseDevice)
+                    .where(LicenseDevice.tenant_id == tenant_id, LicenseDevice.licensee_id == licensee_id,
+                           LicenseDevice.device_id == device_id, LicenseDevice.state == "dead")
+                    .values(state="alive", died_at=None)
+                    .execution_options(synchronize_session=False)
+                )
+                if not _rowcount(revived):
+                    return False
             taken = session.execute(
                 update(License)
                 .where(License.tenant_id == tenant_id, License.licensee_id == licensee_id,
@@ -512,18 +561,8 @@ class LicensingService:
                 .execution_options(synchronize_session=False)
             )
             if not _rowcount(taken):
-                return HeartbeatResult(LicenseCode.DEVICE_LIMIT_EXCEEDED, snap, device)
-            if device is None:
-                device = LicenseDevice(tenant_id=tenant_id, licensee_id=licensee_id, device_id=device_id,
-                                       registered_at=now_ns)
-                session.add(device)
-            device.state, device.died_at = "alive", None
-            _changed(session, tenant_id, licensee_id)
-        device.last_heartbeat_at = now_ns
-        device.software_version = software_version[:64]
-        device.cameras_reported = cameras
-        session.flush()
-        return HeartbeatResult(license_verdict(snap, now_ns), snap, device)
+                raise _Full
+        return True
 
     def list_devices(self, session: Session, tenant_id: str, licensee_id: str) -> list[LicenseDevice]:
         self.get_license(session, tenant_id, licensee_id)

@@ -270,6 +270,41 @@ def test_devices_register_within_allowance_and_die_when_silent(db: Database, rt:
     assert beat("d1") == "device_limit_exceeded"
 
 
+def test_one_device_racing_its_own_first_heartbeat_takes_one_slot(db: Database, rt: LicensingRuntime, tenant: str,
+                                                                  clock: FrozenClock) -> None:
+    """A device retrying (or two gateways) sends its first heartbeat several times at once;
+    later, after it died, its revival races the same way. Each time: every request answers
+    ok, and the device holds one slot of the allowance."""
+    lic = _license(db, rt, tenant, clock, cameras_allowed=3, devices_allowed=5)
+    racers = 8
+
+    def race() -> list[str]:
+        barrier = threading.Barrier(racers)
+
+        def beat(_: int) -> str:
+            barrier.wait()
+            with db.session() as s:
+                rt.bind(s)
+                return licensing_service.heartbeat(s, tenant, lic, "twin", software_version="1.0", cameras=[],
+                                                   now_ns=clock.now_ns()).code
+
+        with ThreadPoolExecutor(racers) as pool:
+            return list(pool.map(beat, range(racers)))
+
+    def slots() -> tuple[int, list[str]]:
+        with db.session(write=False) as s:
+            row = licensing_service.get_license(s, tenant, lic)
+            return row.devices_active, [d.state for d in licensing_service.list_devices(s, tenant, lic)]
+
+    assert race() == ["ok"] * racers
+    assert slots() == (1, ["alive"])
+    clock.advance(61)
+    assert tasks.cull_dead_devices(rt, clock, rt.settings) >= 1
+    assert slots() == (0, ["dead"])
+    assert race() == ["ok"] * racers
+    assert slots() == (1, ["alive"])
+
+
 def test_audit_log_is_batched_and_pruned(db: Database, rt: LicensingRuntime, tenant: str, clock: FrozenClock) -> None:
     lic = _license(db, rt, tenant, clock)
     for i in range(5):
