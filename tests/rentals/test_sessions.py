@@ -7,7 +7,9 @@ plus an estimated 450 W at 0.001 DGPU/Wh. One slice is five minutes of both:
 
 from __future__ import annotations
 
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 import pytest
@@ -225,6 +227,24 @@ def test_fractional_vram_shares_a_card_until_it_is_full(db, tenant, clock):
     assert c.device_id == "gpu-4090-001"
     # By model, the least-allocated card that fits is chosen.
     assert start(db, tenant, clock, vram_gb=12).device_id == "gpu-4090-002"
+
+
+def test_starts_arriving_together_never_overfill_a_card(db, tenant, clock):
+    """16 starts of half a card at once, over the demo's three 4090s: six fit (two per card),
+    the rest are refused — however the requests interleave."""
+    fund(db, tenant, clock, 10_000_000)
+    barrier = threading.Barrier(16)
+
+    def go(_: int) -> str:
+        barrier.wait()
+        try:
+            return start(db, tenant, clock, vram_gb=12).device_id or ""
+        except NoDeviceAvailable:
+            return "refused"
+
+    with ThreadPoolExecutor(16) as pool:
+        outcomes = list(pool.map(go, range(16)))
+    assert sorted(outcomes) == ["gpu-4090-001"] * 2 + ["gpu-4090-002"] * 2 + ["gpu-4090-003"] * 2 + ["refused"] * 10
 
 
 @pytest.mark.parametrize("kw", [{"gpu_model": None}, {"vram_gb": 0}, {"vram_gb": -4}])
