@@ -517,10 +517,12 @@ class LicensingService:
                 device = session.get(LicenseDevice, key, populate_existing=True)
                 return HeartbeatResult(LicenseCode.DEVICE_LIMIT_EXCEEDED, snap, device)
             except IntegrityError:
-                if session.get(LicenseDevice, key, populate_existing=True) is None:
+                device = session.get(LicenseDevice, key, populate_existing=True)
+                if device is None:
                     raise  # not the racing registration it would be
                 claimed = False  # registered at this moment by another request
-            device = session.get(LicenseDevice, key, populate_existing=True)
+            else:
+                device = session.get(LicenseDevice, key, populate_existing=True)
             assert device is not None
             if claimed:
                 _changed(session, tenant_id, licensee_id)
