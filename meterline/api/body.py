@@ -42,34 +42,50 @@ def loads(raw: bytes) -> Any:
         raise ValidationFailed(f"the body is not valid JSON: {exc}") from None
     except RecursionError:
         raise ValidationFailed("the body nests too deeply") from None
-    # JSON can carry U+0000 only as the escape `\u0000`: one C-speed scan clears every body
-    # without it. PostgreSQL's text cannot hold the character (the write would fail as a 500)
-    # and SQLite would store it silently, so it is refused here for both, naming the field.
-    if "\\u0000" in text:
+    # Two characters JSON can carry only as escapes: U+0000 (`\u0000`) and a lone UTF-16
+    # surrogate (`\ud800`). PostgreSQL's text cannot hold either (the write fails as a 500,
+    # and a usage batch would lose its good events with it) and SQLite would store them
+    # silently, so both are refused here, naming the field. One C-speed scan clears every
+    # body without such an escape; one with it (an emoji written as a pair) is walked.
+    if "\\u0000" in text or "\\ud" in text or "\\uD" in text:
         try:
-            fields = _nul_fields(data, ())
+            bad = _bad_text(data, ())
         except RecursionError:
             raise ValidationFailed("the body nests too deeply") from None
-        if fields:
-            raise ValidationFailed("text may not contain the NUL character (\\u0000)", errors=[
-                {"field": field, "code": "nul_character", "detail": "text may not contain U+0000 (NUL)"}
-                for field in fields[:10]])
+        if bad:
+            raise ValidationFailed("text may not contain U+0000 (NUL) or a lone surrogate", errors=[
+                {"field": field, "code": code, "detail": _BAD_TEXT[code]} for field, code in bad[:10]])
     return data
 
 
-def _nul_fields(node: Any, at: tuple[str | int, ...]) -> list[str]:
-    """Where U+0000 occurs in a parsed body — in a key or a string — as field names
-    (`transfers.0.id`, as validation errors name them)."""
-    here = ".".join(map(str, at)) or "body"
+_BAD_TEXT = {"nul_character": "text may not contain U+0000 (NUL)",
+             "invalid_unicode": "text may not contain a lone UTF-16 surrogate (\\ud800-\\udfff)"}
+
+
+def _text_problem(text: str) -> str | None:
+    if "\x00" in text:
+        return "nul_character"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "invalid_unicode"
+    return None
+
+
+def _bad_text(node: Any, at: tuple[str | int, ...]) -> list[tuple[str, str]]:
+    """Where a parsed body holds text PostgreSQL cannot store — in a key or a string — as
+    (field, code), fields named as validation errors name them (`transfers.0.id`)."""
     if isinstance(node, str):
-        return [here] if "\x00" in node else []
-    found: list[str] = []
+        code = _text_problem(node)
+        return [(".".join(map(str, at)) or "body", code)] if code else []
+    found: list[tuple[str, str]] = []
     if isinstance(node, dict):
         for key, value in node.items():
-            found += [".".join(map(str, (*at, key)))] if "\x00" in key else _nul_fields(value, (*at, key))
+            code = _text_problem(key)
+            found += [(".".join(map(str, (*at, key))), code)] if code else _bad_text(value, (*at, key))
     elif isinstance(node, list):
         for i, value in enumerate(node):
-            found += _nul_fields(value, (*at, i))
+            found += _bad_text(value, (*at, i))
     return found
 
 

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from meterline.api.body import openapi_body, read_json
+from meterline.api.body import Parsed, json_body, openapi_body, read_json
 from meterline.api.deps import (
     ReadSession,
     RuntimeDep,
@@ -26,7 +26,7 @@ from meterline.api.deps import (
     require_async,
 )
 from meterline.api.v1.common import Admin, errors
-from meterline.clock import to_rfc3339
+from meterline.clock import in_range, to_rfc3339
 from meterline.errors import ServiceUnavailable, ValidationFailed
 from meterline.identity.service import Principal
 from meterline.metering.ingest import UsageEventIn, Window
@@ -126,10 +126,13 @@ def list_meters(principal: UsageRead, session: ReadSession) -> MeterList:
 
 
 @router.post("/meters", response_model=MeterOut, status_code=201, summary="Define a meter",
+             openapi_extra=openapi_body(MeterCreate),
              responses=errors({409: "`meter_exists`", 422: "`validation_error`, `invalid_meter`"}))
-def create_meter(body: MeterCreate, principal: Admin, session: WriteSession, runtime: RuntimeDep) -> MeterOut:
+def create_meter(principal: Admin, parsed: Annotated[Parsed[MeterCreate], Depends(json_body(MeterCreate))],
+                 session: WriteSession, runtime: RuntimeDep) -> MeterOut:
     """A meter aggregates usage events by `sum`, `count`, `max`, `unique_count` (distinct
     values of `properties[field]`) or `latest` (the value of the newest event)."""
+    body = parsed.value
     row = metering_service.create_meter(
         session, principal.tenant_id, id=body.id, aggregation=body.aggregation, unit=body.unit,
         description=body.description, field=body.field, now_ns=runtime.clock.now_ns(),
@@ -139,10 +142,15 @@ def create_meter(body: MeterCreate, principal: Admin, session: WriteSession, run
 
 def _time_param(value: str, name: str) -> int:
     try:
-        return timestamp_ns(value)
+        ns = timestamp_ns(value)
     except BadValue as exc:
-        raise ValidationFailed(f"{name}: {exc.detail}",
-                               errors=[{"field": name, "code": "invalid_timestamp", "detail": exc.detail}]) from None
+        detail = exc.detail
+    else:
+        if in_range(ns):
+            return ns
+        detail = "timestamp must fall between 1970-01-01 and 2200-01-01"
+    raise ValidationFailed(f"{name}: {detail}",
+                           errors=[{"field": name, "code": "invalid_timestamp", "detail": detail}])
 
 
 @router.get("/meters/{meter_id}/usage", response_model=UsageOut, response_model_by_alias=True,

@@ -99,3 +99,36 @@ def test_bad_envelopes(client, usage_tenant):
                    422, "validation_error")
     too_many = {"events": [{"event_id": str(i)} for i in range(1001)]}
     assert_problem(client.post("/v1/usage/events", json=too_many, headers=w), 413, "batch_too_large")
+
+
+def test_text_postgresql_cannot_store_is_refused_naming_the_field(client, usage_tenant):
+    """A meter's body goes through the exact parser like every other (it once went through
+    FastAPI's own, and a NUL in `unit` reached PostgreSQL as a 500); a usage batch with a lone
+    surrogate in one event is refused whole before anything is claimed."""
+    t, w, _ = usage_tenant
+    r = client.post("/v1/meters", content='{"id": "m", "aggregation": "sum", "unit": "a\\u0000"}',
+                    headers={**t.a, "content-type": "application/json"})
+    assert assert_problem(r, 422, "validation_error")["errors"][0] == {
+        "field": "unit", "code": "nul_character", "detail": "text may not contain U+0000 (NUL)"}
+    body = ('{"events": [{"event_id": "ok-1", "subject": "cam", "meter": "frames_processed", "quantity": 1}, '
+            '{"event_id": "bad-1", "subject": "cam\\ud800", "meter": "frames_processed", "quantity": 1}]}')
+    r = client.post("/v1/usage/events", content=body, headers={**w, "content-type": "application/json"})
+    assert [(e["field"], e["code"]) for e in assert_problem(r, 422, "validation_error")["errors"]] == [
+        ("events.1.subject", "invalid_unicode")]
+    # An emoji written as an escaped surrogate pair is ordinary text.
+    r = client.post("/v1/meters", content='{"id": "m", "aggregation": "sum", "unit": "\\ud83d\\ude80"}',
+                    headers={**t.a, "content-type": "application/json"})
+    assert r.status_code == 201 and r.json()["unit"] == "\U0001F680"
+
+
+@pytest.mark.parametrize(("start", "end"), [
+    ("9999-11-01T00:00:00Z", "9999-12-31T23:00:00Z"), ("2023-11-14T00:00:00Z", "9999-12-31T23:00:00-01:00"),
+    ("0001-01-01T00:00:00+01:00", "2023-11-14T00:00:00Z"), ("1969-12-31T23:00:00Z", "2023-11-14T00:00:00Z"),
+    ("2023-11-14T00:00:00Z", "2200-01-01T01:00:00Z"),
+])
+def test_a_period_outside_1970_to_2200_is_refused(client, usage_tenant, start, end):
+    _, _, r = usage_tenant
+    res = client.get(f"/v1/meters/frames_processed/usage?from={start}&to={end}&group_by=month",
+                     headers=r)
+    problem = assert_problem(res, 422, "validation_error")
+    assert problem["errors"][0]["code"] == "invalid_timestamp"
