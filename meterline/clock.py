@@ -45,6 +45,18 @@ class FrozenClock:
             self._now = ns
 
 
+# Times a client may name (a license's validity, a usage query's period): from 1970 to 2200.
+# Every time is stored as Unix nanoseconds in a 64-bit integer, which reaches from 1677 to
+# 2262; a bound well inside that keeps the arithmetic done on a time — a month added to a
+# period, a year to a license — representable too, and the range is what RFC 3339 renders.
+EARLIEST_NS = 0
+LATEST_NS = 7_258_118_400 * 1_000_000_000  # 2200-01-01T00:00:00Z
+
+
+def in_range(ns: int) -> bool:
+    return EARLIEST_NS <= ns < LATEST_NS
+
+
 def to_datetime(ns: int) -> datetime:
     return datetime.fromtimestamp(ns / 1_000_000_000, tz=UTC)
 

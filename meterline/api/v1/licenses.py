@@ -19,7 +19,7 @@ from meterline.api.body import Parsed, json_body, openapi_body
 from meterline.api.deps import ReadSession, RuntimeDep, WriteSession, require
 from meterline.api.v1.common import errors
 from meterline.billing.license_sync import follow_license
-from meterline.clock import to_rfc3339
+from meterline.clock import in_range, to_rfc3339
 from meterline.identity.service import Principal
 from meterline.licensing.models import License, LicenseCamera, LicenseDevice
 from meterline.licensing.schemas import (
@@ -33,7 +33,7 @@ from meterline.licensing.schemas import (
     PackOut,
     PlanOut,
 )
-from meterline.licensing.service import CODE_DETAIL, licensing_service
+from meterline.licensing.service import CODE_DETAIL, InvalidLicenseRequest, licensing_service
 
 router = APIRouter(tags=["licenses"])
 
@@ -51,10 +51,14 @@ def _ns(dt: datetime | None) -> int | None:
     if dt is None:
         return None
     if dt.tzinfo is None:
-        from meterline.licensing.service import InvalidLicenseRequest
-
         raise InvalidLicenseRequest("times need a UTC offset (RFC 3339)")
-    return int(dt.timestamp()) * 1_000_000_000 + dt.microsecond * 1000
+    try:
+        ns = int(dt.timestamp()) * 1_000_000_000 + dt.microsecond * 1000
+    except (OverflowError, ValueError):  # (an offset that moves year 1 or 9999 out of range)
+        ns = -1
+    if not in_range(ns):
+        raise InvalidLicenseRequest("times must fall between 1970-01-01 and 2200-01-01")
+    return ns
 
 
 def license_out(row: License) -> LicenseOut:

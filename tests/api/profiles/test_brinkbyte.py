@@ -70,6 +70,20 @@ def test_camera_limit_over_http(client: TestClient, t: ApiTenant) -> None:
     assert_problem(client.delete("/v1/licenses/small/cameras/c0", headers=t.a), 404, "camera_not_activated")
 
 
+@pytest.mark.parametrize("times", [
+    {"valid_until": "2300-01-01T00:00:00Z"}, {"valid_from": "1600-01-01T00:00:00Z"},
+    {"valid_until": "9999-12-31T23:59:59-01:00"}, {"valid_from": "0001-01-01T00:00:00+01:00"},
+])
+def test_license_times_outside_1970_to_2200_are_refused(client: TestClient, t: ApiTenant,
+                                                        times: dict[str, str]) -> None:
+    """Stored as Unix nanoseconds in 64 bits, they once reached PostgreSQL as a 500."""
+    r = client.post("/v1/licenses", json={"tenant_id": "far", "plan_id": "trial", **times}, headers=t.a)
+    assert_problem(r, 422, "invalid_license_request")
+    if "valid_until" in times:
+        assert_problem(client.patch("/v1/licenses/tenant-123", json=times, headers=t.a), 422,
+                       "invalid_license_request")
+
+
 def test_entitlement_check(client: TestClient, t: ApiTenant) -> None:
     r = client.post(CHECK, json={"tenant_id": "tenant-123", "feature": "heatmaps"}, headers=t.a)
     assert r.json() == {"allowed": True, "feature": "heatmaps", "growth_pack": "advanced_analytics", "code": "ok"}
