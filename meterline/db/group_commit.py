@@ -16,7 +16,8 @@ The rules every committer shares live here, once:
 - `apply` returns one outcome per item; an exception outcome fails only that
   caller (a refused request never fails its neighbours);
 - if the combined transaction fails and the subclass says its assumptions may
-  have been stale (`rolled_back` returns True), the whole batch runs once more;
+  have been stale (`rolled_back` returns True), or PostgreSQL aborted it to break a
+  deadlock with another process's transaction, the whole batch runs once more;
   if it fails otherwise, each item is retried alone, so one poisoned request
   cannot fail the others;
 - after any failure the next batch starts on a fresh connection;
@@ -43,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
+import random
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -63,6 +65,17 @@ R = TypeVar("R")
 
 class CommitterStopped(RuntimeError):
     pass
+
+
+# PostgreSQL aborted the transaction to resolve a conflict with another one (deadlock_detected,
+# serialization_failure): the same work run again succeeds. Several API processes upserting
+# the same rows (usage rollups, say) in different orders meet this, and a caller should not.
+_TRANSIENT_SQLSTATES = frozenset({"40P01", "40001"})
+
+
+def _transient(exc: BaseException) -> bool:
+    orig = getattr(exc, "orig", None) or exc  # (SQLAlchemy wraps the driver's error; the pipe does not)
+    return getattr(orig, "sqlstate", None) in _TRANSIENT_SQLSTATES
 
 
 @dataclass(slots=True)
@@ -382,11 +395,15 @@ class GroupCommitter(ABC, Generic[T, R]):
 
     def _retry(self, entries: list[_Entry[T, R]], exc: Exception, stale: bool, again: bool) -> None:
         """A batch failed (and rolled back): run it once more whole if it may have failed only
-        on stale assumptions, else each item alone."""
+        on stale assumptions or was a deadlock's victim, else each item alone (and an item
+        alone once more after a deadlock)."""
         self._expect = None
-        if stale and not again:
-            log.info("%s: batch of %d items failed on stale assumptions (%s); running it again",
-                     self.name, len(entries), exc)
+        transient = _transient(exc)
+        if (stale or transient) and not again:
+            log.info("%s: batch of %d items failed on %s (%s); running it again", self.name, len(entries),
+                     "a deadlock" if transient else "stale assumptions", exc)
+            if transient:  # let the other transaction finish before meeting it again
+                time.sleep(random.uniform(0.001, 0.005))
             self._commit(entries, again=True)
             return
         if len(entries) == 1:
