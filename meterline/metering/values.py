@@ -44,6 +44,8 @@ def quantity_micro(q: Any) -> int:
             raise BadValue("quantity must be a number or a decimal string")
         if not q.is_finite() or q.adjusted() > 15:
             raise BadValue("quantity is not a finite number in range")
+        if q and q.adjusted() < -QUANTITY_PLACES:  # (scaleb would underflow such a value to 0)
+            raise BadValue(f"quantity has more than {QUANTITY_PLACES} decimal places")
         scaled = q.scaleb(QUANTITY_PLACES)
         v = int(scaled)
         if v != scaled:
