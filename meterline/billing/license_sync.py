@@ -41,6 +41,12 @@ def follow_license(session: Session, lic: License, clock: Clock) -> list[Invoice
 
 def _follow(session: Session, lic: License, sub_id: str, clock: Clock) -> list[InvoiceLine]:
     tenant = lic.tenant_id
+    # Locked before its items are read: an item change racing this one (DELETE or PATCH
+    # through the billing API) is then either seen committed or waits — read before the
+    # lock, a removed item was credited twice, or a changed quantity prorated from the old.
+    sub = billing_service.lock(session, tenant, sub_id)
+    if sub.status != "active" or sub.cancel_at_period_end:
+        return []  # (canceled, or set to cancel, since it was listed)
     lines: list[InvoiceLine] = []
     granted_packs = set(lic.packs or [])
     billed_packs: set[str] = set()

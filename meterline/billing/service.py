@@ -128,6 +128,8 @@ class BillingService:
         if not 1 <= len(items) <= MAX_ITEMS:
             raise InvalidBillingRequest(f"a subscription has 1-{MAX_ITEMS} items")
         ledger_service.get_asset(session, tenant_id, currency)  # 404 asset_not_found
+        if customer_type == LICENSEE:
+            self._lock_license(session, tenant_id, customer_id)
         start_ns = whole_second(now_ns)
         start, end = period_bounds_ns(start_ns, 0)
         sub = Subscription(
@@ -165,12 +167,15 @@ class BillingService:
             SubscriptionItem.subscription_id == subscription_id)
         if not include_removed:
             stmt = stmt.where(SubscriptionItem.status == "active")
+        # Afresh: under the subscription's lock they must be what the last holder committed,
+        # not what this session loaded before it queued for the lock.
+        stmt = stmt.execution_options(populate_existing=True)
         return list(session.scalars(stmt.order_by(SubscriptionItem.position)))
 
     def cancel(self, session: Session, tenant_id: str, subscription_id: str, clock: Clock) -> Subscription:
         """Cancel at the end of the current period: that period is still invoiced in full
         (with its prorations), then the subscription stops. Cancelling twice is a no-op."""
-        sub = self._lock(session, tenant_id, subscription_id)
+        sub = self.lock(session, tenant_id, subscription_id)
         self._catch_up(session, sub, clock)
         if sub.status == "canceled":
             return sub
@@ -183,6 +188,9 @@ class BillingService:
     def add_item(self, session: Session, tenant_id: str, subscription_id: str, spec: ItemSpec, clock: Clock,
                  *, prorate: bool = True) -> Change:
         """Add an item now; with `prorate`, charge it for the rest of the current period."""
+        customer = session.get(Subscription, (tenant_id, subscription_id))  # (who it bills never changes)
+        if customer is not None and customer.customer_type == LICENSEE:
+            self._lock_license(session, tenant_id, customer.customer_id)
         sub = self._changeable(session, tenant_id, subscription_id, clock)
         at = self._now(sub, clock)
         if len(self.items(session, tenant_id, sub.id)) >= MAX_ITEMS:
@@ -270,6 +278,20 @@ class BillingService:
             raise InvalidBillingRequest("unit_price must be zero or more")
         return spec.name, spec.basis, price, None, None
 
+    @staticmethod
+    def _lock_license(session: Session, tenant_id: str, licensee_id: str) -> None:
+        """Lock a licensee's license (if it has one) before a subscription takes its counts.
+
+        Why: a license change (PATCH /v1/licenses) locks the license and then brings the
+        licensee's subscriptions in line. A subscription created or given an item meanwhile
+        would otherwise read the allowance before the change commits — its items disagreeing
+        with the license, and with each other — while the change cannot see it yet. Holding
+        the license, one waits for the other, and each item reads the same allowance."""
+        try:
+            licensing_service.get_license(session, tenant_id, licensee_id, lock=True)
+        except LicenseNotFound:
+            pass
+
     def _default_quantity(self, session: Session, sub: Subscription, basis: str, given: int | None) -> int:
         if basis == "tenant":
             if given not in (None, 1):
@@ -316,7 +338,7 @@ class BillingService:
     def create_invoice(self, session: Session, tenant_id: str, subscription_id: str, clock: Clock) -> InvoiceDocument:
         """Invoice the current period now, as a draft, instead of waiting for its end. Changes
         after this are prorated onto the next period's invoice."""
-        sub = self._lock(session, tenant_id, subscription_id)
+        sub = self.lock(session, tenant_id, subscription_id)
         self._catch_up(session, sub, clock)
         if sub.status == "canceled":
             raise SubscriptionCanceled(f"subscription {sub.id} is canceled")
@@ -367,7 +389,7 @@ class BillingService:
     # -- closing periods ------------------------------------------------------------
     def close_due(self, session: Session, tenant_id: str, subscription_id: str, clock: Clock) -> list[Invoice]:
         """The period job's unit of work: lock, re-check, close every period that has ended."""
-        return self._catch_up(session, self._lock(session, tenant_id, subscription_id), clock)
+        return self._catch_up(session, self.lock(session, tenant_id, subscription_id), clock)
 
     def due_subscriptions(self, session: Session, now_ns: int, limit: int = 100) -> list[tuple[str, str]]:
         """(tenant, subscription) of active subscriptions whose period has ended, across tenants."""
@@ -423,7 +445,7 @@ class BillingService:
     def _changeable(self, session: Session, tenant_id: str, subscription_id: str, clock: Clock) -> Subscription:
         """Locked, brought up to date (a period that ended is closed first, so a change always
         falls inside the current period), and not canceled."""
-        sub = self._lock(session, tenant_id, subscription_id)
+        sub = self.lock(session, tenant_id, subscription_id)
         self._catch_up(session, sub, clock)
         if sub.status == "canceled":
             raise SubscriptionCanceled(f"subscription {sub.id} is canceled")
@@ -436,15 +458,17 @@ class BillingService:
         return max(whole_second(clock.now_ns()), sub.current_period_start)
 
     def _item(self, session: Session, sub: Subscription, item_id: str) -> SubscriptionItem:
-        row = session.get(SubscriptionItem, (sub.tenant_id, item_id))
+        row = session.get(SubscriptionItem, (sub.tenant_id, item_id), populate_existing=True)  # (see `items`)
         if row is None or row.subscription_id != sub.id or row.status != "active":
             raise SubscriptionItemNotFound(f"subscription {sub.id} has no item {item_id}")
         return row
 
     @staticmethod
-    def _lock(session: Session, tenant_id: str, subscription_id: str) -> Subscription:
-        # Every change, invoice and period close of one subscription queues on its row
-        # (FOR UPDATE on PostgreSQL; SQLite's single writer serialises anyway).
+    def lock(session: Session, tenant_id: str, subscription_id: str) -> Subscription:
+        """The subscription, locked and read afresh. Every change, invoice and period close of
+        one subscription queues on its row (FOR UPDATE on PostgreSQL; SQLite's single writer
+        serialises anyway). A licensee's license is locked before its subscriptions, never
+        after (`_lock_license`), as a license change does."""
         stmt = scoped(select(Subscription), Subscription, tenant_id).where(Subscription.id == subscription_id)
         row = session.scalars(stmt.with_for_update().execution_options(populate_existing=True)).first()
         if row is None:

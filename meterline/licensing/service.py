@@ -353,7 +353,9 @@ class LicensingService:
 
     def get_license(self, session: Session, tenant_id: str, licensee_id: str, *, lock: bool = False) -> License:
         stmt = scoped(select(License), License, tenant_id).where(License.licensee_id == licensee_id)
-        row = session.scalars(stmt.with_for_update() if lock else stmt).first()
+        if lock:  # (and read afresh: an object this session loaded before may be stale)
+            stmt = stmt.with_for_update().execution_options(populate_existing=True)
+        row = session.scalars(stmt).first()
         if row is None:
             raise LicenseNotFound(f"no license for {licensee_id}")
         return row
