@@ -333,14 +333,18 @@ class WalletService:
         if rail_.simulated:
             meta["mode"] = SIMULATION_MODE
 
-        sent = session.get(Transfer, (tenant_id, sent_id))
-        if sent is not None:  # a replay: answer with what was done, after checking it is the same
+        def replay(sent: Transfer) -> Withdrawal:
+            """Answer with what was done, after checking it is the same withdrawal."""
             hold = ledger_service.get_transfer(session, tenant_id, hold_id)
             if (hold.debit_account_id, hold.amount, hold.asset, hold.metadata_) != (acc_id, amount_minor, asset, meta):
                 raise IdempotencyConflict(f"withdrawal {idempotency_id} was made with different fields")
             tx = (sent.metadata_ or {}).get("tx_signature", "")
             return Withdrawal(idempotency_id, hold_id, sent_id, acc_id, owner_type, owner_id, asset, amount_minor,
                               rail_.name, destination, tx, rail_.simulated)
+
+        sent = session.get(Transfer, (tenant_id, sent_id))
+        if sent is not None:
+            return replay(sent)
 
         wallet = session.get(Account, (tenant_id, acc_id))
         if wallet is None:
@@ -353,9 +357,14 @@ class WalletService:
         raise_for_result(held, "withdrawal")
         if held.result == "exists":
             # Held by an earlier attempt whose send failed but whose transaction was committed
-            # anyway: send now if the hold is still open, never if it was released.
+            # anyway: send now if the hold is still open, never if it was released. Or held and
+            # sent by a request with this id that got there first (the same id sent twice at
+            # once): that one is a replay, not a withdrawal "released without being sent".
             open_hold = session.get(Hold, (tenant_id, hold_id), populate_existing=True)
             if open_hold is None or open_hold.state != HoldState.PENDING:
+                sent = session.get(Transfer, (tenant_id, sent_id), populate_existing=True)
+                if sent is not None:
+                    return replay(sent)
                 raise WithdrawalNotCompleted(f"withdrawal {idempotency_id} was released without being sent")
 
         # The rail call is inside the transaction: if it raises, the hold rolls back with it.

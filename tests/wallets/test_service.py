@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 from sqlalchemy import func, select
 
@@ -316,3 +320,33 @@ def test_two_owners_may_use_the_same_withdrawal_id(session, tenant_id, clock):
         assert w.amount_minor == 400
     for owner in ("alice", "bob"):
         assert wallet_service.balance(session, tenant_id, "user", owner, "USD").available == 600
+
+
+def test_one_withdrawal_id_sent_twice_at_once_is_one_withdrawal_and_one_replay(db, tenant_id, clock):
+    """The second request queues behind the first's ledger lock and finds the hold already
+    posted: that is the first request's withdrawal, answered as a replay — never "released
+    without being sent", which would invite a retry under a new id (a second debit)."""
+    with db.session() as s:
+        make_tenant(s, tenant_id, clock)
+        make_deposit(s, tenant_id, clock, owner_id="alice", amount_minor=10_000)
+    kw = dict(owner_type="customer", owner_id="alice", asset="USD", amount_minor=4_000, rail="simulation",
+              destination="bank-1", clock=clock, idempotency_id="w-twice")
+    first_sent = threading.Event()
+
+    def first() -> object:
+        with db.session() as s:
+            done = wallet_service.withdraw(s, tenant_id, **kw)
+            first_sent.set()
+            time.sleep(0.2)  # still uncommitted while the second arrives
+            return done
+
+    def second() -> object:
+        first_sent.wait(10)
+        with db.session() as s:
+            return wallet_service.withdraw(s, tenant_id, **kw)
+
+    with ThreadPoolExecutor(2) as pool:
+        a, b = pool.submit(first), pool.submit(second)
+        assert a.result() == b.result()
+    with db.session(write=False) as s:
+        assert wallet_service.balance(s, tenant_id, "customer", "alice", "USD").posted == 6_000
