@@ -94,11 +94,15 @@ class ContractService:
             )
         device = self._pick_device(session, tenant_id, tier)
         rail_ = get_rail(rail)
+        # Every account the rental will touch exists before the deposit's ledger post (see
+        # `RentalService.settlement_accounts`: created after it, they can deadlock).
+        escrow = wallet_service.system_account(session, tenant_id, "escrow", quote.asset, clock.now_ns())
+        rental_service.settlement_accounts(session, tenant_id, provider_id=device.provider_id, asset=quote.asset,
+                                           refund_rail=rail_.name, now=clock.now_ns())
         deposit = wallet_service.deposit(
             session, tenant_id, owner_type=WALLET_OWNER, owner_id=wallet, asset=quote.asset,
             amount_minor=paid, rail=rail_.name, proof=proof, clock=clock,
         )
-        escrow = wallet_service.system_account(session, tenant_id, "escrow", quote.asset, clock.now_ns())
         rental = rental_service.create(
             session, tenant_id, style=PREPAID, customer_type=WALLET_OWNER, customer_id=wallet,
             wallet_account_id=deposit.account_id, escrow_account_id=escrow.id, asset=quote.asset, scale=scale,

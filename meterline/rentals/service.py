@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from meterline.clock import Clock
 from meterline.errors import Conflict, MeterlineError, NotFound
+from meterline.ledger.models import Account
 from meterline.ledger.service import ledger_service
 from meterline.ledger.types import TransferFlags, TransferIn, TransferResult
 from meterline.payments.rails import SIMULATION_MODE, get_rail
@@ -360,8 +361,34 @@ class RentalService:
         )
         session.add(rental)
         session.flush()
+        self._accounts_of(session, rental, now)
         self._place_hold(session, rental, initial_hold_minor, "initial", clock)
         return rental
+
+    @staticmethod
+    def settlement_accounts(session: Session, tenant_id: str, *, provider_id: str | None, asset: str,
+                            refund_rail: str | None, now: int) -> tuple[Account, Account, Account | None]:
+        """The accounts a settlement credits — the provider's earnings (or platform revenue),
+        the platform's fees and, for a refund through a rail, the rail's external account —
+        created if new.
+
+        Called before a rental's first ledger post and before each renewal's, not only at
+        settlement: a ledger post holds the tenant's ledger head until its transaction ends,
+        and creating an account while holding it waits for any transaction that created the
+        same account first — which may itself be waiting for the head. A new provider's first
+        settlements deadlocked that way (a session ended while the worker terminated another)."""
+        provider = (wallet_service.provider_earnings_account(session, tenant_id, provider_id, asset, now)
+                    if provider_id else wallet_service.system_account(session, tenant_id, "platform_revenue",
+                                                                      asset, now))
+        fees = wallet_service.system_account(session, tenant_id, "platform_fees", asset, now)
+        rail = (wallet_service.external_account(session, tenant_id, refund_rail, asset, now)
+                if refund_rail is not None else None)
+        return provider, fees, rail
+
+    def _accounts_of(self, session: Session, rental: Rental, now: int) -> tuple[Account, Account, Account | None]:
+        return self.settlement_accounts(
+            session, rental.tenant_id, provider_id=rental.provider_id, asset=rental.asset,
+            refund_rail=get_rail(rental.payment_rail).name if rental.refund_to_rail else None, now=now)
 
     def _place_hold(self, session: Session, rental: Rental, amount: int, kind: str, clock: Clock) -> RentalHold:
         ordinal = rental.hold_count + 1
@@ -513,6 +540,7 @@ class RentalService:
         # slice is sized for), in integers: cover_left / (slice / SLICE_S) < RENEW_BELOW_S.
         if cover_left * PAYG_SLICE_S >= slice_ * PAYG_RENEW_BELOW_S:
             return "ok"
+        self._accounts_of(session, rental, now)  # (before the hold: see there)
         try:
             self._place_hold(session, rental, slice_, "rolling", clock)
         except InsufficientFunds:
@@ -547,15 +575,9 @@ class RentalService:
         used = self.final_cost(rental, quote)
         provider_minor, fee_minor = split_fee(quote, used)
         refund = rental.held_minor - used
-        provider_acct = (
-            wallet_service.provider_earnings_account(session, tenant_id, rental.provider_id, rental.asset, now)
-            if rental.provider_id else wallet_service.system_account(session, tenant_id, "platform_revenue",
-                                                                     rental.asset, now)
-        )
-        fee_acct = wallet_service.system_account(session, tenant_id, "platform_fees", rental.asset, now)
+        provider_acct, fee_acct, rail_acct = self._accounts_of(session, rental, now)
         rail = get_rail(rental.payment_rail) if rental.refund_to_rail else None
-        refund_acct = (wallet_service.external_account(session, tenant_id, rail.name, rental.asset, now)
-                       if rail is not None and refund > 0 else None)
+        refund_acct = rail_acct if refund > 0 else None
         transfers = self._settlement_transfers(
             rental, self.holds(session, tenant_id, rental_id), used, provider_minor, fee_minor, refund,
             provider_account_id=provider_acct.id, fee_account_id=fee_acct.id,

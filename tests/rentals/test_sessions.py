@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 import pytest
+from sqlalchemy import func, select
 
 from meterline.clock import FrozenClock
 from meterline.db.engine import Database
@@ -245,6 +246,24 @@ def test_starts_arriving_together_never_overfill_a_card(db, tenant, clock):
     with ThreadPoolExecutor(16) as pool:
         outcomes = list(pool.map(go, range(16)))
     assert sorted(outcomes) == ["gpu-4090-001"] * 2 + ["gpu-4090-002"] * 2 + ["gpu-4090-003"] * 2 + ["refused"] * 10
+
+
+def test_a_session_creates_the_accounts_its_settlement_credits_before_its_first_hold(db, tenant, clock):
+    """A ledger post holds the tenant's ledger head until commit; an account created after it
+    in the same transaction waits for whoever created that account first — who may be waiting
+    for the head. A new provider's first two settlements (one session ended, another ended
+    by the worker for lack of funds) deadlocked that way on PostgreSQL. So the accounts a
+    settlement credits exist from the first hold on, and settling creates none."""
+    fund(db, tenant, clock, 1_000_000)
+    rental = start(db, tenant, clock, device_id="gpu-4090-001")
+    with db.session(write=False) as s:
+        kinds = set(s.scalars(select(Account.kind).where(Account.tenant_id == tenant)))
+    assert {"provider_earnings", "platform_fees"} <= kinds
+    clock.advance(60)
+    with db.session() as s:
+        before = s.scalar(select(func.count()).select_from(Account).where(Account.tenant_id == tenant))
+        session_service.end(s, tenant, rental.id, clock)
+        assert s.scalar(select(func.count()).select_from(Account).where(Account.tenant_id == tenant)) == before
 
 
 @pytest.mark.parametrize("kw", [{"gpu_model": None}, {"vram_gb": 0}, {"vram_gb": -4}])
