@@ -13,11 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Insert, Table
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Table
 from sqlalchemy.orm import Session
 
+from meterline.db import upsert
 from meterline.errors import AmountNotPositive, Conflict, MeterlineError
 from meterline.payments.models import PaymentInbox
 from meterline.payments.rails import SIMULATION_MODE, Rail
@@ -108,11 +107,8 @@ class PaymentService:
             "received_at": now_ns, "processed_at": None, "transfer_id": None,
         }
         table = cast(Table, PaymentInbox.__table__)
-        stmt: Insert
-        if session.get_bind().dialect.name == "postgresql":
-            stmt = pg_insert(table).values(values).on_conflict_do_nothing(index_elements=["rail", "external_id"])
-        else:
-            stmt = sqlite_insert(table).values(values).on_conflict_do_nothing(index_elements=["rail", "external_id"])
+        stmt = upsert.insert(session, table).values(values).on_conflict_do_nothing(
+            index_elements=["rail", "external_id"])
         # RETURNING says whether this statement inserted the row; rowcount is not reliable
         # for an ignored conflict on every driver (psycopg reports -1).
         return session.execute(stmt.returning(table.c.rail)).first() is not None

@@ -553,6 +553,13 @@ def check_rate(value: Any, what: str) -> Decimal:
         raise InvalidRate(f"{what} has more than {RATE_PLACES} decimal places")
     if d.adjusted() >= _MAX_RATE_DIGITS:
         raise InvalidRate(f"{what} is too large")
+    exponent = d.as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -RATE_PLACES:
+        # Zeros written past the last place a rate keeps (a JSON number 1.5000…0 of any
+        # length): dropped, exactly — kept, the stored text outgrew its column and the book.
+        with localcontext() as ctx:
+            ctx.prec = _MAX_RATE_DIGITS + RATE_PLACES + 1
+            d = d.quantize(Decimal(1).scaleb(-RATE_PLACES))
     return d
 
 

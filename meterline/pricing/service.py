@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import copy
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-from sqlalchemy import select
+from sqlalchemy import CursorResult, Table, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from meterline.db import upsert
 from meterline.db.scoping import scoped
 from meterline.errors import Conflict, NotFound
 from meterline.ledger.service import AssetNotFound, ledger_service
@@ -196,20 +197,21 @@ class PricingService:
             asset = self.current_book(session, tenant_id).asset
         else:
             self._require_asset(session, tenant_id, asset, "asset")
-        row = session.get(ProviderRate, (tenant_id, provider_id, gpu_model, asset))
-        if row is not None:
-            row.min_hourly, row.updated_at = format(rate, "f"), now_ns
-            session.flush()
-            return row
-        row = ProviderRate(tenant_id=tenant_id, provider_id=provider_id, gpu_model_id=gpu_model, asset=asset,
-                           min_hourly=format(rate, "f"), updated_at=now_ns)
+        # One statement, so two requests setting the same floor at once never meet at the key.
+        text, table = format(rate, "f"), cast(Table, ProviderRate.__table__)
+        stmt = upsert.insert(session, table).values(
+            tenant_id=tenant_id, provider_id=provider_id, gpu_model_id=gpu_model, asset=asset, min_hourly=text,
+            updated_at=now_ns,
+        ).on_conflict_do_update(index_elements=["tenant_id", "provider_id", "gpu_model_id", "asset"],
+                                set_={"min_hourly": text, "updated_at": now_ns})
         try:
             with session.begin_nested():
-                session.add(row)
-                session.flush()
+                session.execute(stmt)
         except IntegrityError:
-            # The only constraint that can fail after the lookup above is the provider FK.
+            # The key's conflict is the statement's own; what can fail is the provider FK.
             raise UnknownProvider(f"provider {provider_id} does not exist") from None
+        row = session.get(ProviderRate, (tenant_id, provider_id, gpu_model, asset), populate_existing=True)
+        assert row is not None
         return row
 
     def get_provider_min(
@@ -226,11 +228,14 @@ class PricingService:
     def delete_provider_min(
         self, session: Session, tenant_id: str, provider_id: str, gpu_model: str, *, asset: str,
     ) -> None:
-        row = session.get(ProviderRate, (tenant_id, provider_id, gpu_model, asset))
-        if row is None:
+        """Remove a floor; `ProviderRateNotFound` if there is none (or another request just
+        removed it: one statement, so a concurrent removal is a miss, not a 500)."""
+        gone = session.execute(
+            delete(ProviderRate).where(ProviderRate.tenant_id == tenant_id, ProviderRate.provider_id == provider_id,
+                                       ProviderRate.gpu_model_id == gpu_model, ProviderRate.asset == asset)
+            .execution_options(synchronize_session="fetch"))
+        if not cast(CursorResult[Any], gone).rowcount:
             raise ProviderRateNotFound(f"provider {provider_id} has no minimum for {gpu_model} in {asset}")
-        session.delete(row)
-        session.flush()
 
     # -- quotes -------------------------------------------------------------------------
     def quote_for_device(

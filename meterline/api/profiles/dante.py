@@ -54,7 +54,7 @@ from meterline.pricing.engine import (
     quote_gpu,
     split_fee,
 )
-from meterline.pricing.service import pricing_service
+from meterline.pricing.service import ProviderRateNotFound, pricing_service
 from meterline.rentals.models import Rental
 from meterline.rentals.service import (
     ACTIVE,
@@ -553,8 +553,10 @@ def set_provider_rates(request: Request, principal: LedgerWrite,
         for model, value in sorted(data.rates.items()):
             catalog_service.get_gpu_model(session, tenant, model)
             if value is None:
-                if pricing_service.get_provider_min(session, tenant, pid, model, asset=asset) is not None:
+                try:
                     pricing_service.delete_provider_min(session, tenant, pid, model, asset=asset)
+                except ProviderRateNotFound:
+                    pass  # none set, or another request just removed it: null is a no-op either way
             else:
                 pricing_service.set_provider_min(session, tenant, pid, model, check_rate(value, f"rates.{model}"),
                                                  now, asset=asset)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from tests.api.conftest import assert_problem
@@ -202,6 +204,36 @@ def test_a_provider_sets_and_reads_only_its_own_rates(client, market, other_mark
     # Another tenant's admin: no such provider.
     assert_problem(client.put("/v1/providers/p-own/rates/nvidia_a100", json={"min_hourly": "1"},
                               headers=other_market.a), 404, "provider_not_found")
+
+
+def test_rates_written_with_zeros_past_eighteen_places_keep_eighteen(client, market):
+    """A JSON number 1.5000…0 of any length is exact and within 18 places; stored as written,
+    it outgrew its column (a 500) and, in a published book, made every later quote and
+    publish fail."""
+    zeros = "0" * 80
+    r = client.put("/v1/providers/si64/rates/nvidia_a100", content=f'{{"min_hourly": 1.5{zeros}}}',
+                   headers={**market.a, "content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert r.json()["min_hourly"] == "1.500000000000000000"
+    r = client.post("/v1/price-book", content=f'{{"base_rates": {{"nvidia_a100": 2.0{zeros}}}}}',
+                    headers={**market.a, "content-type": "application/json"})
+    assert r.status_code == 201, r.text
+    assert client.get("/v1/price-book", headers=market.r).json()["base_rates"]["nvidia_a100"] == \
+        "2.000000000000000000"
+    quote = client.post("/v1/quotes", json={"gpu_model": "nvidia_a100", "hours": "1"}, headers=market.r)
+    assert quote.status_code == 200, quote.text
+
+
+def test_a_floor_set_by_many_requests_at_once_never_fails(client, market):
+    """One statement each: no request finds the row gone under it or meets another's insert."""
+    def put(i: int) -> int:
+        return client.put("/v1/providers/si64/rates/nvidia_h100", json={"min_hourly": f"{i}.5"},
+                          headers=market.a).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(put, range(16))) == {200}
+    rates = client.get("/v1/providers/si64/rates", headers=market.a).json()["data"]
+    assert [x["gpu_model"] for x in rates].count("nvidia_h100") == 1
 
 
 @pytest.mark.parametrize(("path", "body", "status", "code"), [
