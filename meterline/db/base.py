@@ -18,3 +18,17 @@ metadata = MetaData(naming_convention=NAMING)
 
 class Base(DeclarativeBase):
     metadata = metadata
+
+
+# The largest value a BIGINT column holds (PostgreSQL's int8, SQLite's 64-bit INTEGER).
+BIGINT_MAX = 2**63 - 1
+
+
+def bigint_text(text: str) -> int | None:
+    """`text` as a BIGINT if it is one written in ASCII digits, else None. Why not `isdigit`
+    alone: it is true of "²" (which `int` refuses) and of 19-digit numbers past the range
+    (which the database refuses) — a cursor carrying either was a 500."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 19:
+        return None
+    value = int(text)
+    return value if value <= BIGINT_MAX else None

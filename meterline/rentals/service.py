@@ -23,6 +23,7 @@ from sqlalchemy import BigInteger, Select, func, literal, select, tuple_
 from sqlalchemy.orm import Session
 
 from meterline.clock import Clock
+from meterline.db.base import bigint_text
 from meterline.errors import Conflict, MeterlineError, NotFound
 from meterline.ledger.models import Account
 from meterline.ledger.service import ledger_service
@@ -248,10 +249,11 @@ class RentalService:
             stmt = stmt.where(Rental.style == style)
         if after:
             created, _, rid = after.partition(":")
-            if not created.isdigit() or not rid:
+            created_ns = bigint_text(created)
+            if created_ns is None or not rid:
                 raise InvalidRentalRequest("the cursor is not valid")
             key = tuple_(Rental.created_at, Rental.id)
-            mark = tuple_(literal(int(created), BigInteger), literal(rid))
+            mark = tuple_(literal(created_ns, BigInteger), literal(rid))
             stmt = stmt.where(key < mark if newest_first else key > mark)
         order = (Rental.created_at.desc(), Rental.id.desc()) if newest_first else (Rental.created_at, Rental.id)
         rows = list(session.scalars(stmt.order_by(*order).limit(limit + 1)))

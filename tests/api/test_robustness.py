@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
 import pytest
 
 from tests.api.conftest import assert_problem, create_account
+from tests.factories import make_demo_tenant
 
 ODD_BODIES = [
     b"", b"null", b"0", b"-1", b"true", b"[]", b"[{}]", b"{}", b'"x"', b"{\"a\":", b"\xff\xfe", b"NaN",
@@ -176,3 +178,29 @@ def test_every_route_answers_bad_input_with_a_problem(make_client, tenant):
                 assert r.headers["content-type"].startswith("application/problem+json"), (method, url, r.text)
                 assert r.json()["code"], (method, url)
     assert seen > 1000  # the document lists every route: a shrinking count means routes went missing
+
+
+def _cursor(raw: str) -> str:
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize("path", [
+    "/v1/accounts", "/v1/subscriptions", "/v1/invoices", "/v1/rentals", "/v1/payouts",
+    "/v1/wallets/customer/alice/USD/transactions", "/api/v1/wallet/transactions?user_id=alice",
+    "/api/v1/billing/history?user_id=alice", "/api/billing/ledger",
+])
+@pytest.mark.parametrize("raw", ["a\x00b", "9" * 19, "9" * 25 + ":CTR-X", "1" + "0" * 19 + ":X", "\u00b2:X", "\u00b2"])
+def test_forged_cursors_never_reach_the_database_as_errors(make_client, db, clock, tenant_id, path, raw):
+    """A cursor is compared with ids and BIGINT keys in the database: NUL, numbers past 2⁶³-1
+    and non-ASCII digits (`"²".isdigit()` is true) once reached it as 500s. Each is refused,
+    or — where it is a well-formed position in that list — answered."""
+    with db.session() as s:
+        make_demo_tenant(s, tenant_id, clock)  # (the profiles' lists need its price book)
+    client = make_client(dev=True, default_tenant=tenant_id)
+    sep = "&" if "?" in path else "?"
+    r = client.get(f"{path}{sep}cursor={_cursor(raw)}")
+    assert r.status_code < 500, r.text
+    if r.status_code >= 400:
+        assert r.json()["code"] in ("invalid_cursor", "invalid_rental_request"), r.text
+    if "\x00" in raw or (raw == "9" * 19 and "transactions" in path):
+        assert r.status_code == 422, r.text

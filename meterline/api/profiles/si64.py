@@ -65,6 +65,7 @@ from meterline.api.v1.common import (
     ledger_write_async,
 )
 from meterline.catalog.service import catalog_service
+from meterline.db.base import bigint_text
 from meterline.db.scoping import scoped
 from meterline.errors import ServiceUnavailable
 from meterline.money import STANDARD_ASSETS, parse_amount, to_major
@@ -520,9 +521,10 @@ def _decode_page_cursor(cursor: str | None) -> tuple[int, str] | None:
     if raw is None:
         return None
     created, _, rental_id = raw.partition(":")
-    if not created.isdigit() or len(created) > 20 or not rental_id:
+    created_ns = bigint_text(created)
+    if created_ns is None or not rental_id:
         raise InvalidCursor("use the next_cursor of a previous page")
-    return int(created), rental_id
+    return created_ns, rental_id
 
 
 _ROW_COLUMNS = (

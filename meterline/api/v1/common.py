@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from meterline.api.body import inline_schema
 from meterline.api.deps import require, require_async
 from meterline.api.problems import PROBLEM
+from meterline.db.base import bigint_text
 from meterline.errors import MeterlineError
 from meterline.identity.service import Principal
 from meterline.ledger.schemas import ASSET_PATTERN, ID_PATTERN, TEXT_PATTERN
@@ -87,15 +88,21 @@ def decode_cursor(cursor: str | None) -> str | None:
     if not cursor:
         return None
     try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise InvalidCursor("use the next_cursor of a previous page") from None
+    # What a cursor holds is compared with ids in the database: a control character (NUL,
+    # which PostgreSQL's text cannot hold) can only come from a forged one.
+    if not raw.isprintable():
+        raise InvalidCursor("use the next_cursor of a previous page")
+    return raw
 
 
 def decode_seq_cursor(cursor: str | None) -> int | None:
     raw = decode_cursor(cursor)
     if raw is None:
         return None
-    if not raw.isdigit() or len(raw) > 19:
+    seq = bigint_text(raw)
+    if seq is None:
         raise InvalidCursor("use the next_cursor of a previous page")
-    return int(raw)
+    return seq
