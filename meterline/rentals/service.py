@@ -23,7 +23,7 @@ from sqlalchemy import BigInteger, Select, func, literal, select, tuple_
 from sqlalchemy.orm import Session
 
 from meterline.clock import Clock
-from meterline.db.base import bigint_text
+from meterline.db.base import BIGINT_MAX, bigint_text
 from meterline.errors import Conflict, MeterlineError, NotFound
 from meterline.ledger.models import Account
 from meterline.ledger.service import ledger_service
@@ -183,11 +183,15 @@ SAMPLE_FIELDS: dict[str, Decimal] = {
     "network_io_mbps": Decimal(10**9),
     "gpu_util_percent": Decimal(100),
     "vram_used_gb": Decimal(10**6),
-    "power_w": Decimal(10**6),
+    # One device's draw — an 8-GPU server is about 10 kW. The bound also keeps the exact energy
+    # integral (Σ (p₁ + p₂) × Δt, in mW·ms) inside 64 bits for 14 years of samples, past the
+    # 10-year term: at 1 MW it overflowed after 53 days and every later sample was a 500.
+    "power_w": Decimal(10_000),
 }
 PAYG_SLICE_S = 300  # a pay-as-you-go session holds five minutes ahead
 PAYG_RENEW_BELOW_S = 120  # and tops up when less than two minutes of cover remain
 PAYG_MAX_S = 365 * 24 * 3600
+MAX_TERM_S = 10 * 365 * 24 * 3600  # a prepaid contract's whole term, extensions included
 
 _ID_ALPHABET = string.ascii_uppercase + string.digits
 LINKED = int(TransferFlags.LINKED)
@@ -420,6 +424,8 @@ class RentalService:
             raise RentalNotActive("only prepaid contracts are extended; sessions renew their hold")
         if added_seconds <= 0 or added_minor <= 0:
             raise InvalidRentalRequest("an extension must add time and money")
+        if rental.duration_s + added_seconds > MAX_TERM_S:  # (each extension alone was capped, not the sum)
+            raise InvalidRentalRequest(f"a contract's term is at most {MAX_TERM_S // (365 * 24 * 3600)} years")
         try:
             accrual.check_rate_fits(rental.rate_num, rental.duration_s + added_seconds)
         except accrual.RateTooLarge as exc:
@@ -459,7 +465,10 @@ class RentalService:
                     # Intervals on a millisecond grid (floor of each end), so they telescope:
                     # however many samples arrive, no sub-millisecond remainder is ever lost.
                     dt_ms = now // 1_000_000 - last // 1_000_000
-                    rental.energy2_mw_ms += (rental.last_power_mw + power_mw) * dt_ms
+                    energy2 = rental.energy2_mw_ms + (rental.last_power_mw + power_mw) * dt_ms
+                    if energy2 > BIGINT_MAX:  # (a session sampled at 10 kW for over 14 years)
+                        raise InvalidRentalRequest("the session's energy total is out of range; end it")
+                    rental.energy2_mw_ms = energy2
                     power_rate = Decimal(str(rental.quote["power_rate_per_wh"]))
                     rental.power_cost_e6 = accrual.power_cost_e6(power_rate, rental.scale, rental.energy2_mw_ms)
                 rental.last_power_mw = power_mw
@@ -734,7 +743,7 @@ def parse_hours(value: Any, field: str = "duration_hours") -> int:
     seconds = d * 3600
     if seconds <= 0:
         raise InvalidRentalRequest(f"{field} must be positive")
-    if seconds > 10 * 365 * 24 * 3600:
+    if seconds > MAX_TERM_S:
         raise InvalidRentalRequest(f"{field} is too long")
     if seconds != seconds.to_integral_value():
         raise InvalidRentalRequest(f"{field} must be a whole number of seconds")

@@ -29,6 +29,7 @@ from meterline.rentals.contracts import contract_service
 from meterline.rentals.models import Rental
 from meterline.rentals.service import (
     ACTIVE,
+    MAX_TERM_S,
     SETTLED,
     InsufficientFunds,
     InsufficientPayment,
@@ -298,6 +299,17 @@ def test_extend_must_add_time(db, tenant, clock, added_s):
     rid = rent(db, tenant, clock)
     with pytest.raises(InvalidRentalRequest), db.session() as s:
         contract_service.extend(s, tenant, rid, added_s=added_s, proof=None, paid_minor=None, clock=clock)
+
+
+def test_extensions_never_take_a_term_past_ten_years(db, tenant, clock):
+    """Each extension was capped at ten years, not their sum: the 24th of 87,600 hours took
+    `expires_at` past 64-bit nanoseconds (a 500). The term as a whole is capped now."""
+    rid = rent(db, tenant, clock, paid=None)
+    with pytest.raises(InvalidRentalRequest, match="at most 10 years"), db.session() as s:
+        contract_service.extend(s, tenant, rid, added_s=MAX_TERM_S, proof=None, paid_minor=None, clock=clock)
+    with db.session() as s:  # up to the cap is fine
+        contract_service.extend(s, tenant, rid, added_s=MAX_TERM_S - HOUR, proof=None, paid_minor=None, clock=clock)
+    assert rental_row(db, tenant, rid).duration_s == MAX_TERM_S
 
 
 # -- settle --------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import pytest
 
 from meterline.catalog.service import catalog_service
 from meterline.clock import FrozenClock
+from meterline.db.base import BIGINT_MAX
 from meterline.db.engine import Database
 from meterline.ledger.service import ledger_service
 from meterline.pricing.service import pricing_service
@@ -253,7 +254,7 @@ def test_validate_sample_keeps_exact_decimals_and_skips_unmeasured():
 @pytest.mark.parametrize("values", [
     {"cpu_percent": True}, {"cpu_percent": 1.5}, {"cpu_percent": [1]}, {"cpu_percent": "abc"},
     {"cpu_percent": Decimal("NaN")}, {"cpu_percent": Decimal(-1)}, {"cpu_percent": 101},
-    {"power_w": Decimal("Infinity")},
+    {"power_w": Decimal("Infinity")}, {"power_w": 10_001},
 ])
 def test_validate_sample_refuses_what_is_not_an_exact_number_in_range(values):
     with pytest.raises(InvalidRentalRequest):
@@ -268,3 +269,15 @@ def test_validate_sample_unknown_names_refused_or_ignored():
         rental_service.validate_sample({"cpu_percent": 5, "gpu_temp_c": 61})
     assert rental_service.validate_sample({"cpu_percent": 5, "gpu_temp_c": 61, "note": [1]},
                                           ignore_unknown=True) == {"cpu_percent": Decimal(5)}
+
+
+def test_an_energy_total_past_64_bits_is_refused_not_stored(db, tenant, clock):
+    """At most 10 kW a sample keeps the integral in range for 14 years; past that the sample is
+    refused with a clear error instead of failing in the database (and every sample after it)."""
+    rental = get(db, tenant, open_session(db, tenant, clock))
+    rental_service.fold_sample(rental, {"power_w": Decimal(10_000)}, clock.now_ns())
+    rental.energy2_mw_ms = BIGINT_MAX - 10**6
+    before = (rental.energy2_mw_ms, rental.last_sample_at, rental.sample_count)
+    with pytest.raises(InvalidRentalRequest, match="out of range"):
+        rental_service.fold_sample(rental, {"power_w": Decimal(10_000)}, clock.now_ns() + 10**9)
+    assert (rental.energy2_mw_ms, rental.last_sample_at, rental.sample_count) == before
