@@ -20,7 +20,7 @@ from meterline.clock import Clock
 from meterline.db.scoping import scoped
 from meterline.errors import Conflict, MeterlineError, NotFound
 from meterline.ledger.engine import engine
-from meterline.ledger.models import Account, AccountHistory, AssetRow, HistoryRun, Hold, Transfer
+from meterline.ledger.models import Account, AccountHistory, AssetRow, HistoryRun, Hold, LedgerHead, Transfer
 from meterline.ledger.types import Segment, TransferIn, TransferResult
 from meterline.money import MAX_SCALE, STANDARD_ASSETS, Asset
 
@@ -266,6 +266,14 @@ class LedgerService:
             if isinstance(obj, Account | Hold):
                 session.expire(obj)
         return seg.results
+
+    def lock_writes(self, session: Session, tenant_id: str) -> None:
+        """Hold the tenant's ledger head from now to the end of the transaction, as a post
+        would. For a decision that reads a balance and then posts on it (topping up a
+        shortfall): balances are written only while the head is held, so the one read stays
+        true until the post. Requests deciding on one wallet at once otherwise each saw the
+        same balance and all but one post was refused."""
+        session.execute(select(LedgerHead.tenant_id).where(LedgerHead.tenant_id == tenant_id).with_for_update())
 
     def get_transfer(self, session: Session, tenant_id: str, transfer_id: str) -> Transfer:
         row = session.get(Transfer, (tenant_id, transfer_id))

@@ -142,6 +142,7 @@ class ContractService:
                 asset=rental.asset, amount_minor=price if paid_minor is None else paid_minor, rail=rail.name,
                 proof=proof, clock=clock,
             )
+        ledger_service.lock_writes(session, tenant_id)  # the balance read below holds until the hold
         available = wallet_service.balance(session, tenant_id, rental.customer_type, rental.customer_id,
                                            rental.asset).available
         shortfall = price - available

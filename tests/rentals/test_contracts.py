@@ -8,6 +8,7 @@ with real commits (one `db.session()` per request, as the API does).
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any
 
@@ -232,6 +233,28 @@ def test_extend_covers_a_shortfall_with_a_labelled_simulated_payment(db, tenant,
         assert [h.kind for h in rental_service.holds(s, tenant, rid)] == ["initial", "extend"]
     acc = rental_service.accrual(r, clock.now_ns())
     assert (acc.cost_minor, acc.refund_minor) == (lamports_for(1200), 2_000_000 - lamports_for(1200))
+    ledger_ok(db, tenant)
+
+
+def test_contracts_of_one_wallet_extended_at_once_each_top_up_what_they_lack(db, tenant, clock):
+    """Each extension reads the wallet's balance to size its simulated top-up; read at once,
+    they all saw the one standing extension's worth and all but one hold was refused (402)."""
+    rids = [rent(db, tenant, clock, proof=f"tx-{i}") for i in range(6)]
+    with db.session() as s:  # standing balance: one extension's worth
+        wallet_service.deposit(s, tenant, owner_type="wallet", owner_id=WALLET, asset="SOL", amount_minor=1_000_000,
+                               rail="simulation", proof="standing", clock=clock)
+    barrier = threading.Barrier(len(rids))
+
+    def extend(rid: str) -> int:
+        barrier.wait()
+        with db.session() as s:
+            return contract_service.extend(s, tenant, rid, added_s=HOUR, proof=None, paid_minor=None,
+                                           clock=clock).added_minor
+
+    with ThreadPoolExecutor(len(rids)) as pool:
+        assert list(pool.map(extend, rids)) == [1_000_000] * len(rids)
+    topped_up = sum(t.amount for t in transfers(db, tenant, code="deposit") if "sim-extend" in t.id)
+    assert topped_up == 5_000_000  # what the standing balance did not cover, once
     ledger_ok(db, tenant)
 
 
