@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from meterline.errors import Conflict, MeterlineError, NotFound, Unauthenticated
@@ -130,17 +131,28 @@ class IdentityService:
     def create_tenant(self, session: Session, tenant_id: str, name: str | None, now_ns: int) -> Tenant:
         if not tenant_id or len(tenant_id) > 64 or not all(c.isalnum() or c in "-_." for c in tenant_id):
             raise InvalidKeyRequest("tenant id must be 1-64 letters, digits, '-', '_' or '.'")
+        if name is not None and len(name) > 200:
+            raise InvalidKeyRequest("a tenant's name is at most 200 characters")
         if session.get(Tenant, tenant_id) is not None:
             raise TenantExists(f"tenant {tenant_id} already exists")
         tenant = Tenant(id=tenant_id, name=name or tenant_id, created_at=now_ns)
-        session.add(tenant)
-        session.flush()
+        try:  # a savepoint: the same tenant created at once elsewhere (`keys create` ×2) is a clean miss
+            with session.begin_nested():
+                session.add(tenant)
+                session.flush()
+        except IntegrityError:
+            raise TenantExists(f"tenant {tenant_id} already exists") from None
         ledger_service.ensure_standard_assets(session, tenant_id, now_ns)
         return tenant
 
     def ensure_tenant(self, session: Session, tenant_id: str, now_ns: int) -> Tenant:
         tenant = session.get(Tenant, tenant_id)
-        return tenant if tenant is not None else self.create_tenant(session, tenant_id, None, now_ns)
+        if tenant is not None:
+            return tenant
+        try:
+            return self.create_tenant(session, tenant_id, None, now_ns)
+        except TenantExists:  # created at this moment by another process
+            return self.get_tenant(session, tenant_id)
 
     def get_tenant(self, session: Session, tenant_id: str) -> Tenant:
         tenant = session.get(Tenant, tenant_id)
@@ -167,6 +179,10 @@ class IdentityService:
         self.get_tenant(session, tenant_id)
         if kind not in PRINCIPAL_KINDS:
             raise InvalidKeyRequest(f"kind must be one of {', '.join(PRINCIPAL_KINDS)}")
+        if principal_id is not None and not 1 <= len(principal_id) <= 64:
+            raise InvalidKeyRequest("a principal id is 1-64 characters")
+        if len(name) > 200:
+            raise InvalidKeyRequest("a key's name is at most 200 characters")
         chosen = sorted(set(scopes)) if scopes else DEFAULT_SCOPES[kind]
         unknown = [s for s in chosen if s not in SCOPES]
         if unknown:

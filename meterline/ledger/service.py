@@ -10,17 +10,26 @@ from __future__ import annotations
 import secrets
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Select, and_, func, or_, select
+from sqlalchemy import Select, Table, and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from meterline.clock import Clock
+from meterline.db import upsert
 from meterline.db.scoping import scoped
 from meterline.errors import Conflict, MeterlineError, NotFound
 from meterline.ledger.engine import engine
-from meterline.ledger.models import Account, AccountHistory, AssetRow, HistoryRun, Hold, LedgerHead, Transfer
+from meterline.ledger.models import (
+    Account,
+    AccountHistory,
+    AssetRow,
+    HistoryRun,
+    Hold,
+    LedgerHead,
+    Transfer,
+)
 from meterline.ledger.types import Segment, TransferIn, TransferResult
 from meterline.money import MAX_SCALE, STANDARD_ASSETS, Asset
 
@@ -140,12 +149,12 @@ class LedgerService:
 
     # -- assets -------------------------------------------------------------------
     def ensure_standard_assets(self, session: Session, tenant_id: str, now_ns: int) -> None:
-        have = set(session.scalars(scoped(select(AssetRow.code), AssetRow, tenant_id)))
-        for a in STANDARD_ASSETS:
-            if a.code not in have:
-                session.add(AssetRow(tenant_id=tenant_id, code=a.code, scale=a.scale, kind=a.kind,
-                                     name=a.code, created_at=now_ns))
-        session.flush()
+        # Insert-or-ignore: two processes seeding one tenant at once never meet at the key.
+        rows = [dict(tenant_id=tenant_id, code=a.code, scale=a.scale, kind=a.kind, name=a.code, created_at=now_ns)
+                for a in STANDARD_ASSETS]
+        table = cast(Table, AssetRow.__table__)
+        session.execute(upsert.insert(session, table).values(rows).on_conflict_do_nothing(
+            index_elements=["tenant_id", "code"]))
 
     def create_asset(
         self, session: Session, tenant_id: str, *, code: str, scale: int, kind: str, name: str, now_ns: int

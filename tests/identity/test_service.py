@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 from sqlalchemy import select
 
@@ -63,6 +66,35 @@ def test_unknown_scope_kind_or_tenant_is_refused(session, tenant_id, clock):
         make_key(session, tenant_id, clock, kind="superuser")
     with pytest.raises(TenantNotFound):
         make_key(session, "no-such-tenant", clock)
+
+
+def test_too_long_principal_ids_and_names_are_refused(session, tenant_id, clock):
+    """They once reached PostgreSQL's VARCHAR columns (a traceback from `keys create`)."""
+    make_tenant(session, tenant_id, clock)
+    for kw in ({"kind": "customer", "principal_id": "c" * 65}, {"kind": "customer", "principal_id": ""},
+               {"name": "n" * 201}):
+        with pytest.raises(InvalidKeyRequest):
+            identity_service.create_key(session, tenant_id=tenant_id, now_ns=clock.now_ns(), **kw)
+    with pytest.raises(InvalidKeyRequest):
+        identity_service.create_tenant(session, tenant_id + "-2", "n" * 201, clock.now_ns())
+
+
+def test_one_new_tenant_ensured_by_many_processes_at_once_is_created_once(db, tenant_id, clock):
+    """`meterline keys create --tenant NEW` run eight times at once: each gets its key, the
+    tenant and its standard assets exist once."""
+    barrier = threading.Barrier(8)
+
+    def ensure_and_key(_: int) -> str:
+        barrier.wait()
+        with db.session() as s:
+            identity_service.ensure_tenant(s, tenant_id, clock.now_ns())
+            return identity_service.create_key(s, tenant_id=tenant_id, now_ns=clock.now_ns()).secret
+
+    with ThreadPoolExecutor(8) as pool:
+        assert len(set(pool.map(ensure_and_key, range(8)))) == 8
+    with db.session(write=False) as s:
+        assert {a.code for a in ledger_service.list_assets(s, tenant_id)} == {a.code for a in STANDARD_ASSETS}
+        assert len(identity_service.list_keys(s, tenant_id)) == 8
 
 
 def _factory(db: Database):
