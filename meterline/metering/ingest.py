@@ -28,9 +28,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from psycopg import errors as pg_errors
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
+from meterline.db.base import BIGINT_MAX
+from meterline.errors import MeterlineError
 from meterline.metering.values import (
     MAX_QUANTITY_MICRO,
     MICRO,
@@ -41,6 +44,18 @@ from meterline.metering.values import (
 )
 
 T = TypeVar("T")
+
+
+class UsageTotalOverflow(MeterlineError):
+    """A rollup's sum would pass what a 64-bit column holds (9.2 × 10¹² units at micro-unit
+    precision, in one subject's hour or day). Refused whole: on PostgreSQL it was a 500, and
+    SQLite would have turned the sum into a float."""
+
+    status = 422
+    code = "usage_total_overflow"
+    title = "A usage total would be out of range"
+
+
 # A raw event row as the engine carries it: (ts, event_id, subject, meter, quantity_micro,
 # properties JSON). The batch's constants (tenant, licensee, device, received_at) are added
 # where the rows are written, not repeated in every tuple.
@@ -407,7 +422,10 @@ def _rollup_update(pg: bool, table: str) -> str:
     r = f"{table}."
     return (
         f"ON CONFLICT ({_ROLLUP_KEY}) DO UPDATE SET "
-        f"sum_micro = {r}sum_micro + excluded.sum_micro, "
+        # Past 64 bits the sum is NULL, which the column's NOT NULL refuses (→ UsageTotalOverflow):
+        # PostgreSQL would raise "out of range" and SQLite would silently make it a float.
+        f"sum_micro = CASE WHEN {r}sum_micro <= {BIGINT_MAX} - excluded.sum_micro "
+        f"THEN {r}sum_micro + excluded.sum_micro END, "
         f"event_count = {r}event_count + excluded.event_count, "
         f"max_micro = {greatest}({r}max_micro, excluded.max_micro), "
         # Both sides of SET read the row as it was, so this compares with the old latest_ts.
@@ -472,16 +490,22 @@ def _write(
                                  for ts, e, sub, m, q, pr in rows])
             else:
                 _sqlite_insert_events(cur, tenant_id, licensee, device, received_at, rows)
+        if any(agg[0] > BIGINT_MAX for agg in daily.values()):  # (the batch alone; daily ⊇ hourly)
+            raise UsageTotalOverflow("this batch's quantities for one subject and day pass 2^63-1 micro-units")
         # On PostgreSQL the upserts go in one pipeline: one round trip for all of them.
-        with conn.connection.dbapi_connection.pipeline() if pg else contextlib.nullcontext():  # type: ignore[union-attr]
-            if release_claim:
-                cur.execute(f"RELEASE SAVEPOINT {_CLAIM_SAVEPOINT}")
-            for table, aggs in (("usage_rollups", rollups), ("usage_rollups_daily", daily)):
-                _upsert_rollups(cur, pg, table, tenant_id, licensee, aggs)
-            for table, values in (("usage_rollup_uniques", uniques),
-                                  ("usage_rollup_uniques_daily", daily_uniques)):
-                if values:
-                    _insert_uniques(cur, pg, table, tenant_id, licensee, sorted(values))
+        try:
+            with conn.connection.dbapi_connection.pipeline() if pg else contextlib.nullcontext():  # type: ignore[union-attr]
+                if release_claim:
+                    cur.execute(f"RELEASE SAVEPOINT {_CLAIM_SAVEPOINT}")
+                for table, aggs in (("usage_rollups", rollups), ("usage_rollups_daily", daily)):
+                    _upsert_rollups(cur, pg, table, tenant_id, licensee, aggs)
+                for table, values in (("usage_rollup_uniques", uniques),
+                                      ("usage_rollup_uniques_daily", daily_uniques)):
+                    if values:
+                        _insert_uniques(cur, pg, table, tenant_id, licensee, sorted(values))
+        except (sqlite3.IntegrityError, pg_errors.NotNullViolation):  # (the sum's guard: `_rollup_update`)
+            raise UsageTotalOverflow("a subject's usage total for an hour or a day would pass 2^63-1 "
+                                     "micro-units; the batch is refused whole") from None
     finally:
         cur.close()
 

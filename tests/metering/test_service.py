@@ -7,8 +7,9 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import func, select, text
 
+from meterline.db.base import BIGINT_MAX
 from meterline.metering import ingest as ingest_engine
-from meterline.metering.ingest import HOUR_NS, UsageEventIn
+from meterline.metering.ingest import HOUR_NS, UsageEventIn, UsageTotalOverflow
 from meterline.metering.models import UsageEvent, UsageEventId, UsageRollup
 from meterline.metering.service import (
     InvalidMeter,
@@ -192,6 +193,29 @@ def test_failed_write_leaves_ids_unclaimed(session, tenant, clock, t0, monkeypat
     assert session.scalar(select(func.count()).select_from(UsageEventId).where(UsageEventId.tenant_id == tenant)) == 0
     r = ingest(session, tenant, [ev("a", ts=t0), ev("b", ts=t0)], now)
     assert (r.accepted, r.duplicates) == (2, 0)
+
+
+def _set_sums(session, tenant, value):
+    for table in ("usage_rollups", "usage_rollups_daily"):
+        session.execute(text(f"UPDATE {table} SET sum_micro = :v WHERE tenant_id = :t"), {"v": value, "t": tenant})
+
+
+@pytest.mark.parametrize("events", [1, 40])  # (40: PostgreSQL's COPY claim)
+def test_a_usage_total_past_64_bits_refuses_the_batch_whole(session, tenant, clock, t0, events):
+    """9.2 × 10¹² units in one subject's hour (eleven batches of 1,000 events of 10⁹) once
+    failed in PostgreSQL as a 500; SQLite would have stored the sum as a float."""
+    now = clock.now_ns()
+    ingest(session, tenant, [ev("base", 10**9, ts=t0)], now)
+    _set_sums(session, tenant, BIGINT_MAX - 10**15 // 2)
+    batch = [ev(f"big{i}", 10**9, ts=t0 + i) for i in range(events)]
+    with pytest.raises(UsageTotalOverflow), session.begin_nested():
+        ingest(session, tenant, batch, now)
+    assert session.scalar(select(func.count()).select_from(UsageEventId).where(UsageEventId.tenant_id == tenant)) == 1
+    # Within range it is taken, and the sum is exact.
+    _set_sums(session, tenant, 10**15)
+    assert ingest(session, tenant, batch, now).accepted == events
+    [row] = total(session, tenant, "frames_processed", t0)
+    assert row.value_micro == 10**15 * (events + 1)
 
 
 @pytest.mark.parametrize(
