@@ -174,8 +174,9 @@ def owned_account_id(prefix: str, owner_type: str, owner_id: str, asset: str) ->
 def _check_owner(owner_type: str, owner_id: str) -> None:
     if not owner_type or len(owner_type) > 40 or ":" in owner_type or not owner_type.isascii():
         raise InvalidWalletOwner("owner_type must be 1-40 ASCII characters without ':'")
-    if not owner_id or len(owner_id) > 128:
-        raise InvalidWalletOwner("owner_id must be 1-128 characters")
+    # Printable and unpadded: a wallet named "   " or "alice\n" is a client's bug, not an owner.
+    if not owner_id or len(owner_id) > 128 or not owner_id.isprintable() or owner_id.strip() != owner_id:
+        raise InvalidWalletOwner("owner_id must be 1-128 printable characters without surrounding spaces")
 
 
 def check_amount(amount_minor: int) -> None:

@@ -92,7 +92,9 @@ def test_wallet_account_without_create_and_bad_owners(session, tenant, clock):
         wallet_service.wallet_account(session, tenant, owner_type="customer", owner_id="ghost", asset="USD",
                                       now_ns=clock.now_ns(), create=False)
     assert (e.value.status, e.value.code) == (404, "wallet_not_found")
-    for owner_type, owner_id in [("", "a"), ("a:b", "c"), ("customer", ""), ("customer", "x" * 129)]:
+    for owner_type, owner_id in [("", "a"), ("a:b", "c"), ("customer", ""), ("customer", "x" * 129),
+                                 ("customer", "   "), ("customer", " alice"), ("customer", "alice\n"),
+                                 ("customer", "al\x07ice")]:
         with pytest.raises(InvalidWalletOwner):
             wallet_service.wallet_account(session, tenant, owner_type=owner_type, owner_id=owner_id, asset="USD",
                                           now_ns=clock.now_ns())
