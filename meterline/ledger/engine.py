@@ -849,12 +849,14 @@ class LedgerEngine:
         "last_hash = CASE WHEN last_hash = $2::text AND last_seq = $3::bigint THEN $4::text END, "
         "last_timestamp = $5::bigint WHERE tenant_id = $6::text",
         "1", "ledger heads updated")
+    # A hold may be created and resolved in one batch (a pending and its post or void side by
+    # side, or in two callers' segments of one group commit): its resolution goes in with it.
     _PG_INSERT_HOLDS = (
         "INSERT INTO holds (tenant_id, transfer_id, debit_account_id, credit_account_id, amount, asset, state, "
         "created_at, expires_at, resolved_by, resolved_at, posted_amount) "
-        "SELECT $1::text, i, d, c, a, x, s, ca, e, NULL, NULL, NULL "
+        "SELECT $1::text, i, d, c, a, x, s, ca, e, b, ra, pa "
         "FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::text[], $8::bigint[], "
-        "$9::bigint[]) AS v(i, d, c, a, x, s, ca, e)")
+        "$9::bigint[], $10::text[], $11::bigint[], $12::bigint[]) AS v(i, d, c, a, x, s, ca, e, b, ra, pa)")
     # Guarded by state = 'pending': a hold is resolved exactly once. The head lock makes a
     # concurrent change impossible; the guard makes it visible if it happens.
     _PG_RESOLVE_HOLDS = _guarded(
@@ -898,6 +900,8 @@ class LedgerEngine:
                 text_array([h.credit_account_id for h in new_holds]), int_array([h.amount for h in new_holds]),
                 text_array([h.asset for h in new_holds]), text_array([h.state for h in new_holds]),
                 int_array([h.created_at for h in new_holds]), int_array([h.expires_at for h in new_holds]),
+                text_array([h.resolved_by for h in new_holds]), int_array([h.resolved_at for h in new_holds]),
+                int_array([h.posted_amount for h in new_holds]),
             ])
         if resolved:
             pipe.add(self._PG_RESOLVE_HOLDS, [

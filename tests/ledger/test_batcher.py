@@ -14,9 +14,10 @@ from meterline.clock import FrozenClock
 from meterline.db.engine import Database
 from meterline.ledger.batcher import BatcherStopped, LedgerBatcher
 from meterline.ledger.engine import engine
-from meterline.ledger.models import Transfer
+from meterline.ledger.models import Hold, Transfer
 from meterline.ledger.service import ledger_service
 from meterline.ledger.types import AccountFlags, Segment, TransferFlags, TransferIn, TransferResult
+from meterline.ledger.verify import verify_ledger
 from tests.factories import make_account, make_tenant
 
 LINKED = int(TransferFlags.LINKED)
@@ -598,3 +599,28 @@ def test_the_writer_splits_its_callers_only_while_splitting_answers_more(monkeyp
     now[0] += 60  # idle for a minute: that period says nothing
     s.landed(1)
     assert s.split is True
+
+
+@pytest.mark.parametrize("resolve", [TransferFlags.POST_PENDING, TransferFlags.VOID_PENDING])
+def test_a_hold_created_and_resolved_in_one_commit_is_stored_resolved(db, tenant_id, clock, batcher, resolve):
+    """Side by side in one batch, or in two callers' segments of one group commit: the hold
+    row is inserted already resolved, with who resolved it, when, and for how much (on
+    PostgreSQL these three went in as NULL, and `ledger verify` failed)."""
+    _setup(db, tenant_id, clock, {"a": 0, "b": 0})
+    pending = TransferIn("h1", "a", "b", 500, "USD", flags=int(TransferFlags.PENDING), timeout_s=60)
+    amount = 300 if resolve == TransferFlags.POST_PENDING else None
+    post = TransferIn("r1", None, None, amount, pending_id="h1", flags=int(resolve))
+    assert [r.result for r in batcher.post(tenant_id, [pending, post])] == ["ok", "ok"]
+    # The same across two callers' segments of one group commit.
+    pending2 = TransferIn("h2", "a", "b", 500, "USD", flags=int(TransferFlags.PENDING), timeout_s=60)
+    post2 = TransferIn("r2", None, None, amount, pending_id="h2", flags=int(resolve))
+    first, second = batcher.submit(tenant_id, [pending2]), batcher.submit(tenant_id, [post2])
+    assert [first.result()[0].result, second.result()[0].result] == ["ok", "ok"]
+    with db.session(write=False) as s:
+        for hold_id, resolver in (("h1", "r1"), ("h2", "r2")):
+            hold = s.get(Hold, (tenant_id, hold_id))
+            assert hold is not None
+            assert (hold.state, hold.resolved_by, hold.resolved_at is not None) == (
+                "posted" if resolve == TransferFlags.POST_PENDING else "voided", resolver, True)
+            assert hold.posted_amount == (300 if resolve == TransferFlags.POST_PENDING else None)
+    assert verify_ledger(db, tenant_id).ok
