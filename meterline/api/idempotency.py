@@ -19,13 +19,16 @@ Two ways to use it:
   same key blocks on the primary key until the first commits, then replays its
   response; if the first rolls back, the second runs. Response and effects
   commit together, so a crash leaves both or neither.
-- `lookup` / `store` — for `POST /v1/transfers`, whose work is committed by the
-  ledger batcher in its own transaction: the key is checked before posting and
-  the response stored after the batch returns. A crash between the two, or two
-  racing requests, can at worst post a request without storing its response;
-  that is safe because every transfer carries a client id that is its own
-  idempotency key — a retry answers ``exists`` with the original transfer and is
-  never applied twice.
+- `claim_apart` / `finish_apart` — for `POST /v1/transfers`, whose work is
+  committed by the ledger batcher in its own transaction: the key is claimed in
+  a short transaction of its own *before* posting (insert-or-ignore, so of two
+  racing requests exactly one proceeds; the other replays, is told the first is
+  in progress, or — with another body — gets ``idempotency_conflict``), and the
+  response fills the claim after the batch returns; a failure releases it. A
+  crash between posting and storing leaves the claim unfinished: after
+  `STALE_CLAIM_S` the same request may take it over and run again, which is
+  safe because every transfer carries a client id that is its own idempotency
+  key — a retry answers ``exists`` and is never applied twice.
 """
 
 from __future__ import annotations
@@ -34,12 +37,15 @@ import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, cast
 
 from fastapi import Request, Response
 from pydantic import BaseModel
+from sqlalchemy import CursorResult, Table, delete, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from meterline.db import upsert
 from meterline.db.engine import Database
 from meterline.db.idempotency import IdempotencyRecord
 from meterline.errors import IdempotencyConflict, IdempotencyInProgress, MeterlineError
@@ -47,6 +53,9 @@ from meterline.errors import IdempotencyConflict, IdempotencyInProgress, Meterli
 log = logging.getLogger(__name__)
 
 HEADER = "Idempotency-Key"
+# A claim left unfinished this long (its request died between posting and storing) may be
+# taken over by the same request: far longer than any request runs.
+STALE_CLAIM_S = 60
 REPLAYED_HEADER = "Idempotent-Replayed"
 MAX_KEY_LENGTH = 255
 _JSON = "application/json"
@@ -124,32 +133,51 @@ class IdempotentRequest:
         session.flush()
 
     # -- around the ledger batcher -----------------------------------------------------
-    def lookup(self, db: Database) -> Response | None:
-        """Blocking (run it in a threadpool): the stored response, a conflict, or None."""
-        with db.session(write=False) as session:
-            row = session.get(IdempotencyRecord, (self.tenant_id, self.key))
-            return None if row is None else self._replay(row)
+    def claim_apart(self, db: Database, now_ns: int) -> Response | None:
+        """Blocking (run it in a threadpool): claim the key in a committed transaction of its
+        own; None if this request may proceed, else the stored response to replay (or a
+        conflict / in-progress error raised)."""
+        table = cast(Table, IdempotencyRecord.__table__)
+        with db.session(write=True) as session:
+            mine = session.execute(upsert.insert(session, table).values(
+                tenant_id=self.tenant_id, key=self.key, request_hash=self.request_hash, status_code=0,
+                response_body="", created_at=now_ns,
+            ).on_conflict_do_nothing(index_elements=["tenant_id", "key"]).returning(table.c.key)).first()
+            if mine is not None:
+                return None
+            row = session.get(IdempotencyRecord, (self.tenant_id, self.key), populate_existing=True)
+            if row is None:  # released this instant by a request that failed: the key is free
+                raise IdempotencyInProgress(f"a request with {HEADER} {self.key!r} just ended; retry")
+            if (row.status_code == 0 and row.request_hash == self.request_hash
+                    and now_ns - row.created_at > STALE_CLAIM_S * 1_000_000_000):
+                # Its request died between claiming and finishing: take the claim over.
+                took = session.execute(
+                    update(IdempotencyRecord)
+                    .where(IdempotencyRecord.tenant_id == self.tenant_id, IdempotencyRecord.key == self.key,
+                           IdempotencyRecord.status_code == 0, IdempotencyRecord.created_at == row.created_at)
+                    .values(created_at=now_ns))
+                if cast(CursorResult[Any], took).rowcount:
+                    return None
+            return self._replay(row)
 
-    def store(self, db: Database, response: Response, now_ns: int) -> None:
-        """Blocking (run it in a threadpool): remember a 2xx response after the batch committed."""
-        if not 200 <= response.status_code < 300:
-            return
+    def finish_apart(self, db: Database, response: Response | None) -> None:
+        """Blocking (run it in a threadpool): store a 2xx response on this request's claim, or
+        release the claim (any other answer, or `None` after a failure) so a retry runs."""
+        mine = (IdempotencyRecord.tenant_id == self.tenant_id, IdempotencyRecord.key == self.key,
+                IdempotencyRecord.request_hash == self.request_hash, IdempotencyRecord.status_code == 0)
         try:
             with db.session(write=True) as session:
-                session.add(IdempotencyRecord(
-                    tenant_id=self.tenant_id, key=self.key, request_hash=self.request_hash,
-                    status_code=response.status_code, response_body=bytes(response.body).decode(),
-                    created_at=now_ns,
-                ))
-        except IntegrityError:
-            # A concurrent request with the same key stored first; transfer ids kept the
-            # postings themselves exactly-once, so there is nothing to undo.
-            log.info("idempotency key %r for tenant %s was stored concurrently", self.key, self.tenant_id)
+                if response is not None and 200 <= response.status_code < 300:
+                    session.execute(update(IdempotencyRecord).where(*mine).values(
+                        status_code=response.status_code, response_body=bytes(response.body).decode()))
+                else:
+                    session.execute(delete(IdempotencyRecord).where(*mine))
         except SQLAlchemyError:
-            # The transfers are committed and the response is true: answer it rather than
-            # a 500. A retry is still safe — it answers `exists` by transfer id.
-            log.warning("could not store the response for idempotency key %r (tenant %s)",
-                        self.key, self.tenant_id, exc_info=True)
+            # The transfers are committed and the response is true: answer it rather than a
+            # 500. The claim stays unfinished; after STALE_CLAIM_S a retry runs again, safely
+            # (it answers `exists` by transfer id).
+            log.warning("could not finish idempotency key %r (tenant %s)", self.key, self.tenant_id,
+                        exc_info=True)
 
     def _replay(self, row: IdempotencyRecord) -> Response:
         if row.request_hash != self.request_hash:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -123,3 +124,47 @@ def test_concurrent_requests_with_one_key_create_one_account(client, tenant):
     # Every caller got the account or (mid-flight on another process) a clear 409 — never a 500.
     assert all(status in (201, 409) for status, _ in outcomes), outcomes
     assert len(client.get("/v1/accounts?kind=race", headers=tenant.r).json()["data"]) == 1
+
+
+def test_one_key_with_two_transfers_at_once_moves_money_once(client, tenant):
+    """The key is claimed before posting: of two requests racing with one key and different
+    bodies, one posts and the other is refused (it used to post both, and answer 409 only
+    to a later retry of the second)."""
+    create_account(client, tenant, "src", kind="treasury")
+    create_account(client, tenant, "dst")
+    for n in range(8):
+        bodies = [{"id": f"race-{n}-{i}", "debit_account_id": "src", "credit_account_id": "dst", "amount": "1",
+                   "asset": "USD"} for i in range(2)]
+
+        def post(body: dict[str, str], n: int = n) -> int:
+            return client.post("/v1/transfers", json=body, headers=_k(tenant, f"race-key-{n}")).status_code
+
+        with ThreadPoolExecutor(2) as pool:
+            statuses = sorted(pool.map(post, bodies))
+        assert statuses == [201, 409], statuses
+    assert client.get("/v1/accounts/dst", headers=tenant.r).json()["balances"]["credits_posted"] == "8.00"
+
+
+def test_a_claim_left_by_a_request_that_died_is_taken_over_after_a_minute(client, tenant, db, clock):
+    """A process killed between posting and storing leaves its claim unfinished: the same
+    request is told it is in progress, then runs again once the claim is stale (safely: its
+    transfer id answers `exists`); another request under the key is still a conflict."""
+    from meterline.api.idempotency import request_hash
+    from meterline.db.idempotency import IdempotencyRecord
+
+    create_account(client, tenant, "src", kind="treasury")
+    create_account(client, tenant, "dst")
+    body = {"id": "orphan", "debit_account_id": "src", "credit_account_id": "dst", "amount": "1", "asset": "USD"}
+    raw = json.dumps(body).encode()
+    with db.session() as s:
+        s.add(IdempotencyRecord(tenant_id=tenant.id, key="died", request_hash=request_hash("POST", "/v1/transfers", raw),
+                                status_code=0, response_body="", created_at=clock.now_ns()))
+    headers = {**_k(tenant, "died"), "content-type": "application/json"}
+    assert_problem(client.post("/v1/transfers", content=raw, headers=headers), 409, "idempotency_in_progress")
+    clock.advance(61)
+    other = json.dumps({**body, "id": "other"}).encode()
+    assert_problem(client.post("/v1/transfers", content=other, headers=headers), 409, "idempotency_conflict")
+    first = client.post("/v1/transfers", content=raw, headers=headers)
+    assert first.status_code == 201, first.text
+    again = client.post("/v1/transfers", content=raw, headers=headers)
+    assert again.status_code == 201 and again.headers[REPLAYED] == "true"

@@ -195,15 +195,18 @@ async def create_transfers(request: Request, principal: LedgerWriteAsync) -> Res
         single = PlainTransfer.of(data) or validate(TransferCreate, data)
     idem = IdempotentRequest.of(request, tenant, raw)
     if idem is not None:
-        replay = await run_in_threadpool(idem.lookup, runtime.db)
+        replay = await run_in_threadpool(idem.claim_apart, runtime.db, runtime.clock.now_ns())
         if replay is not None:
             return replay
-    if batch:
-        response = await _post_batch(runtime, tenant, envelope.transfers)
-    else:
-        response = await _post_single(runtime, tenant, single, request.scope["path"])
-    if idem is not None:
-        await run_in_threadpool(idem.store, runtime.db, response, runtime.clock.now_ns())
+    response: Response | None = None
+    try:
+        if batch:
+            response = await _post_batch(runtime, tenant, envelope.transfers)
+        else:
+            response = await _post_single(runtime, tenant, single, request.scope["path"])
+    finally:
+        if idem is not None:  # (a problem raised: the claim is released, as for a 4xx)
+            await run_in_threadpool(idem.finish_apart, runtime.db, response)
     return response
 
 
