@@ -189,8 +189,7 @@ def _cursor(raw: str) -> str:
     "/v1/wallets/customer/alice/USD/transactions", "/api/v1/wallet/transactions?user_id=alice",
     "/api/v1/billing/history?user_id=alice", "/api/billing/ledger",
 ])
-@pytest.mark.parametrize("raw", ["a\x00b", "9" * 19, "9" * 25 + ":CTR-X", "1" + "0" * 19 + ":X", "\u00b2:X", "\u00b2"])
-def test_forged_cursors_never_reach_the_database_as_errors(make_client, db, clock, tenant_id, path, raw):
+def test_forged_cursors_never_reach_the_database_as_errors(make_client, db, clock, tenant_id, path):
     """A cursor is compared with ids and BIGINT keys in the database: NUL, numbers past 2⁶³-1
     and non-ASCII digits (`"²".isdigit()` is true) once reached it as 500s. Each is refused,
     or — where it is a well-formed position in that list — answered."""
@@ -198,9 +197,10 @@ def test_forged_cursors_never_reach_the_database_as_errors(make_client, db, cloc
         make_demo_tenant(s, tenant_id, clock)  # (the profiles' lists need its price book)
     client = make_client(dev=True, default_tenant=tenant_id)
     sep = "&" if "?" in path else "?"
-    r = client.get(f"{path}{sep}cursor={_cursor(raw)}")
-    assert r.status_code < 500, r.text
-    if r.status_code >= 400:
-        assert r.json()["code"] in ("invalid_cursor", "invalid_rental_request"), r.text
-    if "\x00" in raw or (raw == "9" * 19 and "transactions" in path):
-        assert r.status_code == 422, r.text
+    for raw in ["a\x00b", "9" * 19, "9" * 25 + ":CTR-X", "1" + "0" * 19 + ":X", "\u00b2:X", "\u00b2"]:
+        r = client.get(f"{path}{sep}cursor={_cursor(raw)}")
+        assert r.status_code < 500, (raw, r.text)
+        if r.status_code >= 400:
+            assert r.json()["code"] in ("invalid_cursor", "invalid_rental_request"), (raw, r.text)
+        if "\x00" in raw or (raw == "9" * 19 and "transactions" in path):
+            assert r.status_code == 422, (raw, r.text)
