@@ -57,6 +57,29 @@ ASSET_MAX = 16
 Id = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX, pattern=ID_PATTERN)]
 TransferId = Annotated[str, StringConstraints(min_length=1, max_length=TRANSFER_ID_MAX, pattern=ID_PATTERN)]
 AssetCode = Annotated[str, StringConstraints(min_length=1, max_length=ASSET_MAX, pattern=ASSET_PATTERN)]
+# Ids Meterline's own services derive: the hold sweeper's `expire:…`, deposits' `dep:…`,
+# withdrawals' `wd:…`, rentals' `rent:…`, invoice payments' `inv:…`; wallets' `wal:…`,
+# earnings' `earn:…` and platform accounts' `sys:…`. A client taking one first would block
+# that service for good (a hold the sweeper can never expire — and with a thousand of them,
+# no tenant's holds expiring at all — a deposit that never credits) or stand in for it (an
+# account without a wallet's non-negative flag), and voiding a hold Meterline placed would
+# empty a rental's escrow. So a client's transfer id, the hold it resolves and its account
+# ids may not start with these.
+RESERVED_TRANSFER_PREFIXES = ("expire:", "expire#", "dep:", "wd:", "rent:", "inv:")
+RESERVED_ACCOUNT_PREFIXES = ("wal:", "earn:", "sys:")
+
+
+def _not_reserved(prefixes: tuple[str, ...]) -> Any:
+    def check(value: str) -> str:
+        if value.startswith(prefixes):
+            raise ValueError(f"ids starting with {', '.join(repr(p) for p in prefixes)} are Meterline's own")
+        return value
+
+    return AfterValidator(check)
+
+
+ClientTransferId = Annotated[TransferId, _not_reserved(RESERVED_TRANSFER_PREFIXES)]
+ClientAccountId = Annotated[Id, _not_reserved(RESERVED_ACCOUNT_PREFIXES)]
 AccountFlagName = Literal["debits_must_not_exceed_credits", "credits_must_not_exceed_debits"]
 TransferFlagName = Literal["pending", "post_pending", "void_pending", "linked"]
 
@@ -149,7 +172,7 @@ class AssetList(BaseModel):
 
 
 class AccountCreate(_Request):
-    id: Id | None = Field(default=None, description="Optional client id; re-creating it with the same fields "
+    id: ClientAccountId | None = Field(default=None, description="Optional client id; re-creating it with the same fields "
                                             "returns the existing account (200).")
     asset: AssetCode
     kind: Annotated[str, _text(40, 1)]
@@ -217,13 +240,13 @@ class AccountPage(BaseModel):
 
 
 class TransferCreate(_Request):
-    id: TransferId = Field(description="Client-chosen and unique per tenant: it is the transfer's "
-                                       "idempotency key (resubmitting it returns `exists`).")
+    id: ClientTransferId = Field(description="Client-chosen and unique per tenant: it is the transfer's "
+                                             "idempotency key (resubmitting it returns `exists`).")
     debit_account_id: Id | None = None
     credit_account_id: Id | None = None
     amount: AmountIn | None = Field(default=None, description="Omit on post_pending to post the full hold.")
     asset: AssetCode | None = Field(default=None, description="Required with `amount`.")
-    pending_id: TransferId | None = None
+    pending_id: ClientTransferId | None = None
     flags: list[TransferFlagName] = Field(default_factory=list)
     timeout_s: int = Field(default=0, ge=0, le=2**31 - 1, description="Pending transfers only: the hold "
                                                                "expires after this many seconds (0 = never).")
@@ -294,6 +317,8 @@ class PlainTransfer:
         tid, debit, credit = data["id"], data["debit_account_id"], data["credit_account_id"]
         amount, asset = data["amount"], data["asset"]
         if not (_plain_id(tid, TRANSFER_ID_MAX) and _plain_id(debit, ID_MAX) and _plain_id(credit, ID_MAX)):
+            return None
+        if tid.startswith(RESERVED_TRANSFER_PREFIXES):
             return None
         # An amount only as ASCII text: a JSON number (Decimal) or any other text goes to the model.
         if type(amount) is not str or not amount.isascii():

@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, and_, func, or_, select
+from sqlalchemy import Select, Table, and_, func, or_, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -366,15 +366,15 @@ class LedgerService:
             stmt = stmt.where(Hold.state == state)
         return keyset_page(session, stmt, Hold.transfer_id, after, limit)
 
-    def expired_holds(self, session: Session, now_ns: int, limit: int = 1000) -> list[Hold]:
-        """Open holds whose timeout has passed, across tenants (for the sweeper)."""
-        stmt = (
-            select(Hold)
-            .where(and_(Hold.state == "pending", Hold.expires_at.is_not(None), Hold.expires_at <= now_ns))
-            .order_by(Hold.expires_at)
-            .limit(limit)
-        )
-        return list(session.scalars(stmt))
+    def expired_holds(self, session: Session, now_ns: int, limit: int = 1000, *,
+                      after: tuple[int, str, str] | None = None) -> list[Hold]:
+        """Open holds whose timeout has passed, across tenants (for the sweeper), oldest first;
+        `after` is the (expires_at, tenant_id, transfer_id) of the last one of a previous page."""
+        stmt = select(Hold).where(and_(Hold.state == "pending", Hold.expires_at.is_not(None),
+                                       Hold.expires_at <= now_ns))
+        if after is not None:
+            stmt = stmt.where(tuple_(Hold.expires_at, Hold.tenant_id, Hold.transfer_id) > tuple_(*after))
+        return list(session.scalars(stmt.order_by(Hold.expires_at, Hold.tenant_id, Hold.transfer_id).limit(limit)))
 
 
 ledger_service = LedgerService()

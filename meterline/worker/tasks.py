@@ -62,26 +62,35 @@ class JobContext:
 
 
 def expiry_transfer_id(pending_id: str) -> str:
+    """`expire:<hold>`, a prefix clients may not use (`RESERVED_TRANSFER_PREFIXES`)."""
     tid = f"expire:{pending_id}"
     if len(tid) <= _MAX_TRANSFER_ID:
         return tid
-    # A maximal-length pending id would not fit; a digest keeps the id deterministic.
-    return "expire:sha256:" + hashlib.sha256(pending_id.encode()).hexdigest()
+    # A maximal-length pending id would not fit; a digest keeps the id deterministic, under a
+    # prefix of its own so it never equals `expire:<hold>` of a hold named `sha256:…`.
+    return "expire#sha256:" + hashlib.sha256(pending_id.encode()).hexdigest()
 
 
 def expire_holds(ctx: JobContext, *, batch: int = 1000, max_rounds: int = 100) -> int:
     """Void holds past `expires_at`. Returns how many this pass expired."""
     expired = 0
+    after: tuple[int, str, str] | None = None
     for _ in range(max_rounds):
         now = ctx.clock.now_ns()
         with ctx.db.session(write=False) as session:
-            due = [(h.tenant_id, h.transfer_id) for h in ledger_service.expired_holds(session, now, batch)]
+            page = ledger_service.expired_holds(session, now, batch, after=after)
+            due = [(h.tenant_id, h.transfer_id) for h in page]
         if not due:
             break
+        # The next round reads past this page: a hold that could not be voided is logged
+        # and left behind, never re-read ahead of every later one (a page of them stopped
+        # every tenant's expiry).
+        last = page[-1]
+        assert last.expires_at is not None
+        after = (last.expires_at, last.tenant_id, last.transfer_id)
         by_tenant: dict[str, list[str]] = {}
         for tenant_id, pending_id in due:
             by_tenant.setdefault(tenant_id, []).append(pending_id)
-        progress = 0
         for tenant_id, pending_ids in by_tenant.items():
             # One segment per tenant; the voids are not linked, so each succeeds or fails alone.
             results = ctx.batcher.post(
@@ -96,12 +105,9 @@ def expire_holds(ctx: JobContext, *, batch: int = 1000, max_rounds: int = 100) -
             for pid, res in zip(pending_ids, results, strict=True):
                 if res.result == "ok":
                     expired += 1
-                    progress += 1
-                elif res.result in _ALREADY_RESOLVED:
-                    progress += 1
-                else:
+                elif res.result not in _ALREADY_RESOLVED:
                     log.warning("could not expire hold %s/%s: %s", tenant_id, pid, res.result)
-        if len(due) < batch or not progress:
+        if len(due) < batch:
             break
     return expired
 

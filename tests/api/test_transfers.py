@@ -461,3 +461,31 @@ def test_plain_and_model_parsed_transfers_answer_alike(client, accounts, amount,
         else:
             answers.append({k: v for k, v in body.items() if k not in ("id", "seq", "hash", "timestamp")})
     assert answers[0] == answers[1]
+
+
+@pytest.mark.parametrize("body", [
+    {"id": "expire:h1", "debit_account_id": "a", "credit_account_id": "b", "amount": "1", "asset": "USD"},
+    {"id": "dep:simulation:tx-1", "debit_account_id": "a", "credit_account_id": "b", "amount": "1", "asset": "USD"},
+    {"id": "mine", "pending_id": "rent:CTR-1:hold:1", "flags": ["void_pending"]},
+    {"transfers": [{"id": "wd:abc:1", "debit_account_id": "a", "credit_account_id": "b", "amount": "1",
+                    "asset": "USD"}]},
+])
+def test_ids_meterline_derives_are_not_a_clients(client, tenant, body):
+    """Taken first by a client, `expire:<hold>` kept that hold from ever expiring, and voiding
+    `rent:…:hold:1` would empty a rental's escrow: those namespaces are Meterline's."""
+    create_account(client, tenant, "a", kind="treasury")
+    create_account(client, tenant, "b")
+    r = client.post("/v1/transfers", json=body, headers=tenant.w)
+    if "transfers" in body:  # a batch answers each transfer: this one refused, alone
+        [res] = r.json()["results"]
+        assert res["result"] == "validation_error" and "Meterline's own" in res["errors"][0]["detail"]
+    else:
+        assert "Meterline's own" in assert_problem(r, 422, "validation_error")["errors"][0]["detail"]
+
+
+@pytest.mark.parametrize("acc_id", ["wal:customer:bob:USD", "earn:provider:p:USD", "sys:escrow:USD"])
+def test_account_ids_meterline_derives_are_not_a_clients(client, tenant, acc_id):
+    """An account created as `wal:customer:bob:USD` would stand in for bob's wallet — without
+    its non-negative flag."""
+    r = client.post("/v1/accounts", json={"id": acc_id, "asset": "USD", "kind": "customer_wallet"}, headers=tenant.w)
+    assert_problem(r, 422, "validation_error")
