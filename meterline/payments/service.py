@@ -75,10 +75,19 @@ class ClaimedPayment:
         return meta
 
 
-def check_proof(proof: str) -> None:
+# Proofs Meterline makes up itself (a simulated top-up of an extension's shortfall). A client
+# sending one first would lock that extension out (409 proof reused) — and, racing it,
+# deadlock: the top-up claims its proof while holding the ledger, a client's deposit the
+# other way round. So no client proof starts with it.
+INTERNAL_PROOF_PREFIX = "sim-extend:"
+
+
+def check_proof(proof: str, *, internal: bool = False) -> None:
     if not isinstance(proof, str) or not 1 <= len(proof) <= MAX_PROOF or not proof.isascii() \
             or not proof.isprintable() or any(c.isspace() for c in proof):
         raise InvalidPaymentProof(f"a payment proof is 1-{MAX_PROOF} printable ASCII characters")
+    if proof.startswith(INTERNAL_PROOF_PREFIX) and not internal:
+        raise InvalidPaymentProof(f"proofs starting with {INTERNAL_PROOF_PREFIX!r} are Meterline's own")
 
 
 class PaymentService:
@@ -143,11 +152,12 @@ class PaymentService:
         amount_minor: int | None,
         asset: str,
         now_ns: int,
+        internal: bool = False,
     ) -> ClaimedPayment:
         """Verify `proof` through `rail` and claim it. `amount_minor` is the amount the
         caller says it paid (None: whatever the rail reports); a rail that knows the
-        amount must agree with it exactly."""
-        check_proof(proof)
+        amount must agree with it exactly. `internal`: a proof Meterline made up itself."""
+        check_proof(proof, internal=internal)
         verified = rail.verify_incoming(tenant_id, proof, expected_amount_minor=amount_minor, asset=asset)
         if verified.asset != asset:
             raise PaymentAssetMismatch(f"the payment is in {verified.asset}, not {asset}")

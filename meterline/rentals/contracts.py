@@ -22,6 +22,7 @@ from meterline.catalog.service import catalog_service
 from meterline.clock import Clock
 from meterline.ledger.service import ledger_service
 from meterline.payments.rails import get_rail
+from meterline.payments.service import INTERNAL_PROOF_PREFIX
 from meterline.pricing.engine import Quote, quote_tier
 from meterline.pricing.service import pricing_service
 from meterline.rentals import accrual
@@ -155,7 +156,7 @@ class ContractService:
             wallet_service.deposit(
                 session, tenant_id, owner_type=rental.customer_type, owner_id=rental.customer_id,
                 asset=rental.asset, amount_minor=shortfall, rail=rail.name,
-                proof=f"sim-extend:{rental.id}:{rental.hold_count + 1}", clock=clock,
+                proof=f"{INTERNAL_PROOF_PREFIX}{rental.id}:{rental.hold_count + 1}", clock=clock, internal=True,
             )
         return rental_service.extend(session, tenant_id, rental_id, added_seconds=added_s,
                                      added_minor=price, clock=clock)

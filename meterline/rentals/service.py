@@ -740,6 +740,8 @@ def parse_hours(value: Any, field: str = "duration_hours") -> int:
         raise InvalidRentalRequest(f"{field} must be a number") from None
     if not d.is_finite():
         raise InvalidRentalRequest(f"{field} must be a number")
+    if d.adjusted() >= 10:  # (bounded before multiplying, without context: 1e999999999 overflows)
+        raise InvalidRentalRequest(f"{field} is too long" if d > 0 else f"{field} must be positive")
     seconds = d * 3600
     if seconds <= 0:
         raise InvalidRentalRequest(f"{field} must be positive")

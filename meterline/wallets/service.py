@@ -278,9 +278,10 @@ class WalletService:
     # -- money in -----------------------------------------------------------------
     def deposit(
         self, session: Session, tenant_id: str, *, owner_type: str, owner_id: str, asset: str,
-        amount_minor: int, rail: str, proof: str, clock: Clock,
+        amount_minor: int, rail: str, proof: str, clock: Clock, internal: bool = False,
     ) -> Deposit:
-        """Credit a wallet from a verified payment. A proof credits once, ever (409 after)."""
+        """Credit a wallet from a verified payment. A proof credits once, ever (409 after).
+        `internal`: the proof is one Meterline made up (`INTERNAL_PROOF_PREFIX`), not a client's."""
         check_amount(amount_minor)
         rail_ = get_rail(rail)
         now = clock.now_ns()
@@ -289,7 +290,7 @@ class WalletService:
         external = self.external_account(session, tenant_id, rail_.name, asset, now)
         paid = payment_service.verify_and_claim(
             session, tenant_id, rail=rail_, proof=proof, kind="deposit", owner=f"{owner_type}:{owner_id}",
-            amount_minor=amount_minor, asset=asset, now_ns=now,
+            amount_minor=amount_minor, asset=asset, now_ns=now, internal=internal,
         )
         transfer_id = f"dep:{rail_.name}:{proof}"
         [result] = ledger_service.post(session, tenant_id, [TransferIn(

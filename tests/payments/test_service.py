@@ -116,7 +116,9 @@ def test_claim_amount_must_match_what_the_rail_saw(session, tenant_id, clock):
     assert count == 2  # refused claims left no row
 
 
-@pytest.mark.parametrize("proof", ["", " sig", "sig\n", "s ig", "x" * 101, "sïg"])
+@pytest.mark.parametrize("proof", ["", " sig", "sig\n", "s ig", "x" * 101, "sïg",
+                                   # Meterline's own top-up proofs: a client's would lock that extension out
+                                   "sim-extend:CTR-ABC:2"])
 def test_malformed_proofs_are_422(session, tenant_id, clock, proof):
     with pytest.raises(InvalidPaymentProof) as e:
         claim(session, tenant_id, ChainRail(), proof, clock)

@@ -193,7 +193,9 @@ def test_a_replayed_payment_proof_is_409_and_writes_nothing(db, tenant, clock):
     ledger_ok(db, tenant)
 
 
-@pytest.mark.parametrize("bad", [1.5, True, None, "abc", "0", "-1", "0.00001", "NaN", "Infinity", "100000"])
+@pytest.mark.parametrize("bad", [1.5, True, None, "abc", "0", "-1", "0.00001", "NaN", "Infinity", "100000",
+                                 # (a Decimal overflow once: multiplied by 3600 before being bounded)
+                                 Decimal("1e999999999"), Decimal("-1e999999999"), "1e999999"])
 def test_bad_durations_are_refused(bad):
     with pytest.raises(InvalidRentalRequest):
         parse_hours(bad)
