@@ -12,7 +12,7 @@ as such, so the documented extend call (which carries no payment) works.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -137,16 +137,21 @@ class ContractService:
             raise RentalNotActive("sessions are not extended; their hold renews while the wallet can fund it")
         price = term_price((rental.rate_num, rental.rate_den, rental.rounding), added_s)
         rail = get_rail(rental.payment_rail)
+        # What this extension holds: its price — or, paid with a proof, all that was paid, as
+        # `rent` holds it, so an overpayment comes back with the refund instead of staying in
+        # a wallet the renter cannot reach.
+        hold = price
         if proof is not None:
+            paid = price if paid_minor is None else paid_minor
             wallet_service.deposit(
                 session, tenant_id, owner_type=rental.customer_type, owner_id=rental.customer_id,
-                asset=rental.asset, amount_minor=price if paid_minor is None else paid_minor, rail=rail.name,
-                proof=proof, clock=clock,
+                asset=rental.asset, amount_minor=paid, rail=rail.name, proof=proof, clock=clock,
             )
+            hold = max(price, paid)
         ledger_service.lock_writes(session, tenant_id)  # the balance read below holds until the hold
         available = wallet_service.balance(session, tenant_id, rental.customer_type, rental.customer_id,
                                            rental.asset).available
-        shortfall = price - available
+        shortfall = hold - available
         if shortfall > 0:
             if not rail.simulated:
                 raise InsufficientFunds(
@@ -158,8 +163,9 @@ class ContractService:
                 asset=rental.asset, amount_minor=shortfall, rail=rail.name,
                 proof=f"{INTERNAL_PROOF_PREFIX}{rental.id}:{rental.hold_count + 1}", clock=clock, internal=True,
             )
-        return rental_service.extend(session, tenant_id, rental_id, added_seconds=added_s,
-                                     added_minor=price, clock=clock)
+        result = rental_service.extend(session, tenant_id, rental_id, added_seconds=added_s,
+                                       added_minor=hold, clock=clock)
+        return replace(result, cost_minor=price)
 
 
 contract_service = ContractService()

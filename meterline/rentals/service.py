@@ -162,7 +162,8 @@ class Accrual:
 class ExtendResult:
     rental: Rental
     added_seconds: int
-    added_minor: int
+    added_minor: int  # held for the extension
+    cost_minor: int | None = None  # its price, where it is less than what was held (an overpayment)
 
 
 @dataclass(frozen=True, slots=True)

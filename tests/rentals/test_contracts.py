@@ -282,6 +282,23 @@ def test_extend_with_a_payment_proof(db, tenant, clock):
     assert rental_row(db, tenant, rid).held_minor == 1_500_000
 
 
+def test_an_extension_overpaid_with_a_proof_is_held_and_refunded(db, tenant, clock):
+    """As `rent` does: all that was paid is held, and what the term did not use comes back at
+    settlement (it used to stay in a wallet the SI64 renter has no way to reach)."""
+    rid = rent(db, tenant, clock)
+    with db.session() as s:
+        res = contract_service.extend(s, tenant, rid, added_s=HOUR, proof="tx-over", paid_minor=5_000_000,
+                                      clock=clock)
+        assert (res.added_minor, res.cost_minor) == (5_000_000, 1_000_000)
+    assert rental_row(db, tenant, rid).held_minor == 6_000_000
+    clock.advance(HOUR)
+    with db.session() as s:
+        settled = rental_service.settle(s, tenant, rid, clock)
+    assert settled.refund_minor == 6_000_000 - settled.used_minor
+    assert balance(db, tenant, WAL)[0] == 0  # nothing left behind in the wallet
+    ledger_ok(db, tenant)
+
+
 class ChainRail(SimulationRail):
     """A rail that is not a simulation: it vouches for what it is shown and sends for real."""
 

@@ -435,7 +435,8 @@ def extend(
         r = result.rental
         assert r.expires_at is not None
         return _answer(ExtendResponse(
-            contract_id=r.id, extended_hours=_hours(added_s), additional_cost_sol=to_major(result.added_minor, scale),
+            contract_id=r.id, extended_hours=_hours(added_s), additional_cost_sol=to_major(
+                result.added_minor if result.cost_minor is None else result.cost_minor, scale),
             new_total_cost=to_major(r.held_minor, scale), new_expiration=r.expires_at // NS,
             duration_hours=_hours(r.duration_s or 0), status=r.status,
         ))
