@@ -201,7 +201,7 @@ class LedgerService:
         acc_id = data.id or new_id("acc")
         existing = session.get(Account, (tenant_id, acc_id))
         if existing is not None:
-            return self._same_account(existing, data), False
+            return self.same_account(existing, data), False
         row = Account(
             tenant_id=tenant_id, id=acc_id, asset=data.asset, kind=data.kind, owner_type=data.owner_type,
             owner_id=data.owner_id, flags=data.flags, debits_pending=0, debits_posted=0,
@@ -215,11 +215,12 @@ class LedgerService:
             existing = session.get(Account, (tenant_id, acc_id), populate_existing=True)
             if existing is None:
                 raise
-            return self._same_account(existing, data), False
+            return self.same_account(existing, data), False
         return row, True
 
     @staticmethod
-    def _same_account(existing: Account, data: AccountCreate) -> Account:
+    def same_account(existing: Account, data: AccountCreate) -> Account:
+        """`existing`, if it is the account `data` describes; else AccountExists (409)."""
         same = (
             existing.asset == data.asset and existing.kind == data.kind
             and existing.owner_type == data.owner_type and existing.owner_id == data.owner_id

@@ -212,7 +212,9 @@ class WalletService:
             row = session.get(Account, (tenant_id, acc_id))
             if row is None:
                 raise WalletNotFound(f"{owner_type} {owner_id} has no {asset} wallet")
-            return row
+            return ledger_service.same_account(row, AccountCreate(
+                asset=asset, kind="customer_wallet", id=acc_id, owner_type=owner_type, owner_id=owner_id,
+                flags=_NON_NEGATIVE))
         return self._ensure(session, tenant_id, acc_id, asset, "customer_wallet", _NON_NEGATIVE,
                             owner_type, owner_id, now_ns)
 
@@ -239,9 +241,8 @@ class WalletService:
         session: Session, tenant_id: str, acc_id: str, asset: str, kind: str, flags: int,
         owner_type: str | None, owner_id: str | None, now_ns: int,
     ) -> Account:
-        row = session.get(Account, (tenant_id, acc_id))
-        if row is not None:
-            return row
+        # Created, or found — and then checked to be the account Meterline would create: one
+        # with other flags (a wallet without its non-negative flag) is never adopted (409).
         row, _ = ledger_service.create_account(
             session, tenant_id,
             AccountCreate(asset=asset, kind=kind, id=acc_id, owner_type=owner_type, owner_id=owner_id,
@@ -348,9 +349,11 @@ class WalletService:
         if sent is not None:
             return replay(sent)
 
-        wallet = session.get(Account, (tenant_id, acc_id))
-        if wallet is None:
-            raise InsufficientFunds(f"{owner_type} {owner_id} has no {asset} balance")
+        try:  # (only a true wallet: see `wallet_account`)
+            wallet = self.wallet_account(session, tenant_id, owner_type=owner_type, owner_id=owner_id, asset=asset,
+                                         now_ns=now, create=False)
+        except WalletNotFound:
+            raise InsufficientFunds(f"{owner_type} {owner_id} has no {asset} balance") from None
         external = self.external_account(session, tenant_id, rail_.name, asset, now)
         [held] = ledger_service.post(session, tenant_id, [TransferIn(
             hold_id, wallet.id, external.id, amount_minor, asset, flags=int(TransferFlags.PENDING),

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from meterline.errors import AmountNotPositive, AmountOverflow, IdempotencyConflict, InvalidAmount
 from meterline.ledger.models import Account, Hold, Transfer
-from meterline.ledger.service import AssetNotFound, ledger_service
+from meterline.ledger.service import AccountExists, AssetNotFound, ledger_service
 from meterline.ledger.types import AccountFlags, TransferFlags, TransferIn
 from meterline.payments import rails
 from meterline.payments.models import PaymentInbox
@@ -352,3 +352,19 @@ def test_one_withdrawal_id_sent_twice_at_once_is_one_withdrawal_and_one_replay(d
         assert a.result() == b.result()
     with db.session(write=False) as s:
         assert wallet_service.balance(s, tenant_id, "customer", "alice", "USD").posted == 6_000
+
+
+def test_an_account_under_a_wallets_id_but_not_a_wallet_is_never_adopted(session, tenant, clock):
+    """Clients may not create `wal:…` ids any more; one that exists anyway (made some other
+    way) without the wallet's non-negative flag would let its owner overdraw: it is refused."""
+    from meterline.ledger.service import AccountCreate
+    from meterline.wallets.service import owned_account_id
+
+    acc_id = owned_account_id("wal", "customer", "mallory", "USD")
+    ledger_service.create_account(session, tenant, AccountCreate(asset="USD", kind="customer_wallet", id=acc_id,
+                                                                 owner_type="customer", owner_id="mallory"),
+                                  clock.now_ns())
+    with pytest.raises(AccountExists):
+        wallet_service.withdraw(session, tenant, owner_type="customer", owner_id="mallory", asset="USD",
+                                amount_minor=1_000, rail="simulation", destination="bank-1", clock=clock,
+                                idempotency_id="w-squat")
