@@ -78,15 +78,28 @@ class Rail(Protocol):
         ...
 
 
+class SimulatedPaymentTooLarge(MeterlineError):
+    status = 422
+    code = "simulated_payment_too_large"
+    title = "A simulated payment is at most 10^12 minor units"
+
+
 class SimulationRail:
     """Accepts every claimed payment and pretends every send succeeds — labelled as such."""
 
     name = "simulation"
     simulated = True
+    # Every simulated payment is debited to the tenant's one external:simulation account of
+    # its asset: one claiming 2^63-1 minor units filled it, and every later deposit of that
+    # asset, anyone's, overflowed it (409) for good. Capped, filling it takes millions.
+    max_amount_minor = 10**12
 
     def verify_incoming(
         self, tenant_id: str, proof: str, *, expected_amount_minor: int | None, asset: str
     ) -> VerifiedPayment:
+        if expected_amount_minor is not None and expected_amount_minor > self.max_amount_minor:
+            raise SimulatedPaymentTooLarge(
+                f"a simulated payment is at most {self.max_amount_minor} minor units of {asset}")
         # A simulated proof is just a caller's string: it proves nothing outside its tenant,
         # so it is namespaced by tenant. Two tenants choosing the same test proof ("tx-1")
         # must not block each other; within a tenant a proof still credits only once.

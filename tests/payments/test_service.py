@@ -14,6 +14,7 @@ from meterline.payments.models import PaymentInbox
 from meterline.payments.rails import (
     SIMULATION_MODE,
     SendResult,
+    SimulatedPaymentTooLarge,
     SimulationRail,
     UnknownRail,
     VerifiedPayment,
@@ -207,3 +208,13 @@ def test_a_rolled_back_claim_frees_the_proof(db, tenant_id, clock):
         assert claim(s, tenant_id, ChainRail(), f"sig-rb-{tenant_id}", clock).amount_minor == 1_000
     with db.session(write=False) as s:
         assert payment_service.get_incoming(s, tenant_id, "testchain", f"sig-rb-{tenant_id}") is not None
+
+
+def test_a_simulated_payment_is_at_most_10_to_the_12_minor_units(session, tenant_id, clock):
+    """One simulated deposit of 2^63-1 filled the shared external account: every later
+    deposit of that asset, anyone's, overflowed it."""
+    rail = SimulationRail()
+    assert claim(session, tenant_id, rail, "sim-max", clock, amount_minor=10**12).amount_minor == 10**12
+    with pytest.raises(SimulatedPaymentTooLarge) as e:
+        claim(session, tenant_id, rail, "sim-over", clock, amount_minor=2**63 - 1)
+    assert (e.value.status, e.value.code) == (422, "simulated_payment_too_large")
