@@ -207,48 +207,39 @@ class WalletService:
     ) -> Account:
         """The one customer wallet of this owner in this asset (created on first use)."""
         _check_owner(owner_type, owner_id)
-        acc_id = owned_account_id("wal", owner_type, owner_id, asset)
+        spec = AccountCreate(asset=asset, kind="customer_wallet", id=owned_account_id("wal", owner_type, owner_id, asset),
+                             owner_type=owner_type, owner_id=owner_id, flags=_NON_NEGATIVE)
         if not create:
-            row = session.get(Account, (tenant_id, acc_id))
+            row = session.get(Account, (tenant_id, spec.id))
             if row is None:
                 raise WalletNotFound(f"{owner_type} {owner_id} has no {asset} wallet")
-            return ledger_service.same_account(row, AccountCreate(
-                asset=asset, kind="customer_wallet", id=acc_id, owner_type=owner_type, owner_id=owner_id,
-                flags=_NON_NEGATIVE))
-        return self._ensure(session, tenant_id, acc_id, asset, "customer_wallet", _NON_NEGATIVE,
-                            owner_type, owner_id, now_ns)
+            return ledger_service.same_account(row, spec)
+        return self._ensure(session, tenant_id, spec, now_ns)
 
     def provider_earnings_account(
         self, session: Session, tenant_id: str, provider_id: str, asset: str, now_ns: int
     ) -> Account:
         _check_owner("provider", provider_id)
-        acc_id = owned_account_id("earn", "provider", provider_id, asset)
-        return self._ensure(session, tenant_id, acc_id, asset, "provider_earnings", _NON_NEGATIVE,
-                            "provider", provider_id, now_ns)
+        return self._ensure(session, tenant_id, AccountCreate(
+            asset=asset, kind="provider_earnings", id=owned_account_id("earn", "provider", provider_id, asset),
+            owner_type="provider", owner_id=provider_id, flags=_NON_NEGATIVE), now_ns)
 
     def system_account(self, session: Session, tenant_id: str, kind: str, asset: str, now_ns: int) -> Account:
         """A platform account: escrow, platform_fees, platform_revenue, treasury, external:<rail>."""
         if kind not in SYSTEM_KINDS:
             raise ValueError(f"unknown system account kind {kind!r}")
         flags = 0 if kind in _UNLIMITED_KINDS else _NON_NEGATIVE
-        return self._ensure(session, tenant_id, f"sys:{kind}:{asset}", asset, kind, flags, None, None, now_ns)
+        return self._ensure(session, tenant_id, AccountCreate(asset=asset, kind=kind, id=f"sys:{kind}:{asset}",
+                                                              flags=flags), now_ns)
 
     def external_account(self, session: Session, tenant_id: str, rail: str, asset: str, now_ns: int) -> Account:
         return self.system_account(session, tenant_id, f"external:{rail}", asset, now_ns)
 
     @staticmethod
-    def _ensure(
-        session: Session, tenant_id: str, acc_id: str, asset: str, kind: str, flags: int,
-        owner_type: str | None, owner_id: str | None, now_ns: int,
-    ) -> Account:
+    def _ensure(session: Session, tenant_id: str, spec: AccountCreate, now_ns: int) -> Account:
         # Created, or found — and then checked to be the account Meterline would create: one
         # with other flags (a wallet without its non-negative flag) is never adopted (409).
-        row, _ = ledger_service.create_account(
-            session, tenant_id,
-            AccountCreate(asset=asset, kind=kind, id=acc_id, owner_type=owner_type, owner_id=owner_id,
-                          flags=flags),
-            now_ns,
-        )
+        row, _ = ledger_service.create_account(session, tenant_id, spec, now_ns)
         return row
 
     # -- reads --------------------------------------------------------------------
