@@ -21,6 +21,11 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     nats_url: str | None = None
 
+    # The simulation payment rail takes every claimed payment as paid (DESIGN §1.3: an
+    # explicit, labelled mode). None: on in dev mode only. A staging server that must take
+    # test payments without dev mode sets METERLINE_SIMULATION=true.
+    simulation: bool | None = None
+
     max_body_bytes: int = 4 * 1024 * 1024
     max_batch: int = 1000
     # Group commit: how long the batcher waits for more work once it has some, and its cap.
@@ -72,6 +77,10 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def simulation_enabled(self) -> bool:
+        return self.dev if self.simulation is None else self.simulation
 
     def signing_key_path(self) -> Path:
         return self.signing_key_file or (self.data_dir / "signing.key")

@@ -22,8 +22,10 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
 from meterline.clock import FrozenClock
+from meterline.config import Settings
 from meterline.db import migrate
 from meterline.db.engine import Database
+from meterline.payments.rails import configure_rails
 
 PG_URL = os.environ.get("METERLINE_TEST_POSTGRES_URL")
 REDIS_URL = os.environ.get("METERLINE_TEST_REDIS_URL")
@@ -127,3 +129,12 @@ def session(db: Database) -> Iterator[Session]:
         s.close()
         outer.rollback()
         connection.close()
+
+
+@pytest.fixture(autouse=True)
+def simulation_rail_on() -> Iterator[None]:
+    """Service tests pay with the simulation rail, which a process has off until its settings
+    turn it on (`payments.rails.configure_rails`); each test starts with it on and leaves it on."""
+    configure_rails(Settings(simulation=True))
+    yield
+    configure_rails(Settings(simulation=True))

@@ -16,6 +16,7 @@ from meterline.api import health, problems
 from meterline.api.fastpath import FastPathMiddleware, FastRoute
 from meterline.api.observability import MetricsMiddleware
 from meterline.api.runtime import Runtime
+from meterline.payments.rails import configure_rails
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ def create_app(runtime: Runtime, *, extra_lifespan: Any = None) -> FastAPI:
         openapi_url="/openapi.json",
     )
     app.state.runtime = runtime
+    configure_rails(runtime.settings)
     problems.install(app)
     app.include_router(health.router)
     from meterline.api.v1 import router as v1_router

@@ -6,6 +6,7 @@ import gc
 import sys
 
 from meterline.config import Settings, set_settings
+from meterline.payments.rails import configure_rails
 
 
 def load_settings(database_url: str | None = None, **overrides: object) -> Settings:
@@ -14,6 +15,7 @@ def load_settings(database_url: str | None = None, **overrides: object) -> Setti
         values["database_url"] = database_url
     settings = Settings(**values)  # type: ignore[arg-type]
     set_settings(settings)
+    configure_rails(settings)
     return settings
 
 

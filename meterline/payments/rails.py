@@ -7,8 +7,17 @@ processor or a chain directly; they ask `get_rail(name)`.
 Only the `simulation` rail exists today. It is an explicit, labelled mode
 (DESIGN §1.3): it accepts every claimed payment — the amount the caller claims
 is taken as paid — and every ledger transfer it causes carries
-``metadata["mode"] == "SIMULATION_MODE"``. Solana and Stripe arrive as rails of
-their own; until then their names are unknown (422 `unknown_rail`).
+``metadata["mode"] == "SIMULATION_MODE"``. Because it lets any caller with a
+wallet key mint balance, it is on only where the settings say so
+(`Settings.simulation_enabled`: dev mode, or `METERLINE_SIMULATION=true`);
+elsewhere starting a payment on it is 422 `rail_disabled`. Solana and Stripe
+arrive as rails of their own; until then their names are unknown (422
+`unknown_rail`).
+
+Two lookups, on purpose: `get_rail` starts something new on a rail (a deposit,
+a payout, a rental's payment) and refuses a turned-off one; `known_rail`
+finishes what was started while it was on (a rental's refund to the rail it was
+paid on), so switching simulation off never strands money in escrow.
 
 `send(..., reference=...)` must treat `reference` as an idempotency key: a
 payout retried after a crash passes the same reference, and a real rail must
@@ -20,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from meterline.config import Settings
 from meterline.errors import MeterlineError
 
 SIMULATION_MODE = "SIMULATION_MODE"
@@ -29,6 +39,12 @@ class UnknownRail(MeterlineError):
     status = 422
     code = "unknown_rail"
     title = "No such payment rail"
+
+
+class RailDisabled(MeterlineError):
+    status = 422
+    code = "rail_disabled"
+    title = "This payment rail is turned off on this server"
 
 
 class RailSendFailed(MeterlineError):
@@ -121,9 +137,36 @@ class SimulationRail:
 
 _RAILS: dict[str, Rail] = {"simulation": SimulationRail()}
 DEFAULT_RAIL = "simulation"
+# Off until a process adopts settings that turn it on (`configure_rails`): a process that
+# never read its settings takes no simulated money.
+_disabled: set[str] = {"simulation"}
+
+
+def configure_rails(settings: Settings) -> None:
+    """Adopt `settings`' rail switches; called where a process takes up its settings
+    (the CLI's `load_settings`, `create_app`)."""
+    if settings.simulation_enabled:
+        _disabled.discard("simulation")
+    else:
+        _disabled.add("simulation")
 
 
 def get_rail(name: str | None = None) -> Rail:
+    """The rail to start a payment on: unknown and turned-off rails are refused."""
+    return check_enabled(known_rail(name))
+
+
+def check_enabled(rail: Rail) -> Rail:
+    """`rail`, or RailDisabled when this server has it turned off."""
+    if rail.name in _disabled:
+        raise RailDisabled(
+            f"the {rail.name} rail is turned off on this server; it takes claimed payments as paid, "
+            "so it runs only in dev mode or with METERLINE_SIMULATION=true")
+    return rail
+
+
+def known_rail(name: str | None = None) -> Rail:
+    """The rail something was started on, to finish it (a refund) whether or not it is still on."""
     rail = _RAILS.get(name or DEFAULT_RAIL)
     if rail is None:
         raise UnknownRail(f"unknown payment rail {name!r}; available: {', '.join(sorted(_RAILS))}")
@@ -136,4 +179,5 @@ def register_rail(rail: Rail) -> None:
 
 
 def rail_names() -> list[str]:
-    return sorted(_RAILS)
+    """The rails a payment can start on now."""
+    return sorted(set(_RAILS) - _disabled)

@@ -29,7 +29,7 @@ from meterline.errors import Conflict, Forbidden, MeterlineError, NotFound
 from meterline.ledger.service import Page, keyset_page, ledger_service, new_id
 from meterline.ledger.types import TransferFlags, TransferIn
 from meterline.money import parse_amount
-from meterline.payments.rails import SIMULATION_MODE, Rail, get_rail
+from meterline.payments.rails import SIMULATION_MODE, Rail, check_enabled, get_rail, known_rail
 from meterline.payouts.models import PayoutRequest
 from meterline.wallets.service import check_amount, raise_for_result, wallet_service
 
@@ -224,7 +224,7 @@ class PayoutService:
             return row
         if row.status not in (PayoutStatus.APPROVED, PayoutStatus.EXECUTING):
             raise PayoutNotExecutable(f"payout {payout_id} is {row.status}")
-        rail_ = rail or get_rail(row.rail)
+        rail_ = rail or known_rail(row.rail)
         if rail_.name != row.rail:
             raise PayoutRailMismatch(f"payout {payout_id} is on rail {row.rail}, not {rail_.name}")
         row.status = PayoutStatus.EXECUTING
@@ -232,6 +232,9 @@ class PayoutService:
         row.updated_at = clock.now_ns()
         session.flush()
         try:
+            # A rail turned off since the request is a failed attempt: after the last, the
+            # hold is voided and the earnings come back — never a send that did not happen.
+            check_enabled(rail_)
             sent = rail_.send(tenant_id, destination=row.destination, amount_minor=row.amount_minor,
                               asset=row.asset, reference=row.id)
         except Exception as exc:  # the rail is the outside world: any failure is a failed attempt

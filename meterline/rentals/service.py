@@ -28,7 +28,7 @@ from meterline.errors import Conflict, MeterlineError, NotFound
 from meterline.ledger.models import Account
 from meterline.ledger.service import ledger_service
 from meterline.ledger.types import TransferFlags, TransferIn, TransferResult
-from meterline.payments.rails import SIMULATION_MODE, get_rail
+from meterline.payments.rails import SIMULATION_MODE, known_rail
 from meterline.pricing.engine import Quote, billable_seconds, split_fee
 from meterline.rentals import accrual
 from meterline.rentals.models import Rental, RentalHold, RentalSample
@@ -395,7 +395,7 @@ class RentalService:
     def _accounts_of(self, session: Session, rental: Rental, now: int) -> tuple[Account, Account, Account | None]:
         return self.settlement_accounts(
             session, rental.tenant_id, provider_id=rental.provider_id, asset=rental.asset,
-            refund_rail=get_rail(rental.payment_rail).name if rental.refund_to_rail else None, now=now)
+            refund_rail=known_rail(rental.payment_rail).name if rental.refund_to_rail else None, now=now)
 
     def _place_hold(self, session: Session, rental: Rental, amount: int, kind: str, clock: Clock) -> RentalHold:
         ordinal = rental.hold_count + 1
@@ -588,7 +588,7 @@ class RentalService:
         provider_minor, fee_minor = split_fee(quote, used)
         refund = rental.held_minor - used
         provider_acct, fee_acct, rail_acct = self._accounts_of(session, rental, now)
-        rail = get_rail(rental.payment_rail) if rental.refund_to_rail else None
+        rail = known_rail(rental.payment_rail) if rental.refund_to_rail else None
         refund_acct = rail_acct if refund > 0 else None
         transfers = self._settlement_transfers(
             rental, self.holds(session, tenant_id, rental_id), used, provider_minor, fee_minor, refund,

@@ -64,7 +64,8 @@ def make_client(db: Database, clock: FrozenClock) -> Iterator[MakeClient]:
     with ExitStack() as stack:
 
         def make(*, client: tuple[str, int] | None = None, **overrides: Any) -> TestClient:
-            settings = Settings(database_url=db.url, **{"dev": False, **overrides})
+            # Not dev mode, but with the simulation rail on: most tests pay with it.
+            settings = Settings(database_url=db.url, **{"dev": False, "simulation": True, **overrides})
             app = create_app(Runtime(settings=settings, db=db, clock=clock))
             kwargs: dict[str, Any] = {"raise_server_exceptions": False}
             if client is not None:

@@ -28,7 +28,7 @@ def t(db: Database, clock: FrozenClock, tenant_id: str) -> ApiTenant:
 @pytest.fixture
 def client(db: Database, clock: FrozenClock) -> Iterator[TestClient]:
     """The app over the test database; TestClient is an httpx.Client, which is what `watch` reads with."""
-    app = create_app(Runtime(settings=Settings(database_url=db.url, dev=False), db=db, clock=clock))
+    app = create_app(Runtime(settings=Settings(database_url=db.url, dev=False, simulation=True), db=db, clock=clock))
     with TestClient(app) as c:
         yield c
 

@@ -10,13 +10,16 @@ from meterline.ledger.models import Account, Hold, Transfer
 from meterline.ledger.service import ledger_service
 from meterline.payments.rails import (
     SIMULATION_MODE,
+    RailDisabled,
     RailSendFailed,
     SendResult,
     SimulationRail,
     UnknownRail,
+    configure_rails,
 )
 from meterline.payouts.models import PayoutRequest
 from meterline.payouts.service import (
+    MAX_ATTEMPTS,
     InvalidPayoutRequest,
     PayoutNotApprovable,
     PayoutNotExecutable,
@@ -200,6 +203,21 @@ def test_failed_sends_back_off_then_fail_and_return_the_funds(session, tenant, c
     with pytest.raises(PayoutNotExecutable):
         payout_service.execute(session, tenant, po.id, rail, clock)
     assert rail.sent == []
+
+
+def test_a_payout_on_a_rail_turned_off_since_its_request_fails_and_returns_the_funds(session, tenant, clock):
+    po = request(session, tenant, clock, 250_000_000)
+    configure_rails(Settings(dev=False))  # the server restarted without simulation
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        po = payout_service.execute(session, tenant, po.id, None, clock)
+        assert po.attempts == attempt and po.tx_signature is None
+        assert po.last_error.startswith("RailDisabled: the simulation rail is turned off")
+        if po.next_attempt_at is not None:
+            clock.set(po.next_attempt_at)
+    assert po.status == "failed"
+    assert acc(session, tenant, EARN) == (0, 0, 0, 1_000_000_000)  # nothing was "sent": the earnings are back
+    with pytest.raises(RailDisabled):
+        request(session, tenant, clock, 100)  # and no new payout starts on it
 
 
 def test_retry_after_a_failure_pays_once(session, tenant, clock):

@@ -17,13 +17,21 @@ from sqlalchemy import func, select
 
 from meterline.catalog.service import TierNotFound
 from meterline.clock import FrozenClock
+from meterline.config import Settings
 from meterline.db.engine import Database
 from meterline.ledger.models import Account, Transfer
 from meterline.ledger.types import TransferFlags
 from meterline.ledger.verify import verify_ledger
 from meterline.money import parse_amount
 from meterline.payments.models import PaymentInbox
-from meterline.payments.rails import _RAILS, SIMULATION_MODE, SimulationRail, VerifiedPayment
+from meterline.payments.rails import (
+    _RAILS,
+    SIMULATION_MODE,
+    RailDisabled,
+    SimulationRail,
+    VerifiedPayment,
+    configure_rails,
+)
 from meterline.payments.service import InvalidPaymentProof, PaymentProofReused
 from meterline.pricing.service import pricing_service
 from meterline.rentals.contracts import contract_service
@@ -387,6 +395,23 @@ def test_settle_pays_provider_and_fee_and_refunds_the_rest_through_the_rail(db, 
     clock.advance(HOUR)
     acc = rental_service.accrual(rental_row(db, tenant, rid), clock.now_ns())
     assert (acc.cost_minor, acc.refund_minor) == (16_667, 983_333)
+    ledger_ok(db, tenant)
+
+
+def test_simulation_turned_off_still_settles_its_contracts_but_extends_and_rents_nothing(db, tenant, clock):
+    rid = rent(db, tenant, clock)
+    configure_rails(Settings(dev=False))  # the server restarted without simulation
+    clock.advance(1200)
+    with db.session() as s, pytest.raises(RailDisabled):
+        contract_service.extend(s, tenant, rid, added_s=HOUR, proof=None, paid_minor=None, clock=clock)
+    with db.session() as s, pytest.raises(RailDisabled):
+        contract_service.rent(s, tenant, wallet=WALLET, tier="M2", duration_s=HOUR, paid_minor=None,
+                              proof="tx-2", rail=None, clock=clock)
+    with db.session() as s:
+        st = rental_service.settle(s, tenant, rid, clock)
+    assert (st.used_minor, st.refund_minor, st.refund_tx) == (lamports_for(1200), 1_000_000 - lamports_for(1200),
+                                                              SIMULATION_MODE)
+    assert balance(db, tenant, ESCROW) == (0, 0)  # nothing stranded in escrow
     ledger_ok(db, tenant)
 
 

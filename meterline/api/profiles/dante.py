@@ -229,7 +229,7 @@ def wallet_balance(principal: LedgerRead, session: ReadSession, user_id: UserQue
         404: "`asset_not_found`, `price_book_missing`",
         409: "`payment_proof_reused` (this tx_signature already credited a wallet); `idempotency_conflict`",
         422: "`validation_error`, `amount_precision`, `amount_not_positive`, `invalid_payment_proof`, "
-             "`unknown_rail`",
+             "`unknown_rail`, `rail_disabled`",
     }),
 )
 def wallet_deposit(request: Request, principal: LedgerWrite,
@@ -271,7 +271,7 @@ def _withdrawal_id(user_id: str, key: str) -> str:
         404: "`asset_not_found`, `price_book_missing`",
         409: "`idempotency_conflict` (the key or request_id was used for another withdrawal)",
         422: "`validation_error`, `idempotency_key_required`, `amount_precision`, `amount_not_positive`, "
-             "`invalid_withdrawal`, `unknown_rail`",
+             "`invalid_withdrawal`, `unknown_rail`, `rail_disabled`",
     }),
 )
 def wallet_withdraw(request: Request, principal: LedgerWrite,
@@ -461,7 +461,7 @@ def provider_earnings(principal: LedgerRead, session: ReadSession, provider_id: 
         404: "`provider_not_found`, `asset_not_found`, `price_book_missing`",
         409: "`idempotency_conflict`",
         422: "`validation_error`, `amount_precision`, `amount_not_positive`, `invalid_payout_request`, "
-             "`unknown_rail`",
+             "`unknown_rail`, `rail_disabled`",
     }),
 )
 def provider_payout(request: Request, principal: LedgerWrite,

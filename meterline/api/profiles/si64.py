@@ -234,7 +234,7 @@ def _contract_status(rental: ContractRow, now_ns: int) -> bytes:
                       **_BAD_INPUT,
                       422: "`validation_error`, `invalid_rental_request` (hours), `amount_precision` "
                            "(more than 9 decimals), `invalid_amount`, `amount_not_positive`, "
-                           "`invalid_payment_proof`"}),
+                           "`invalid_payment_proof`, `rail_disabled` (simulation off outside dev mode)"}),
 )
 def rent(
     request: Request,
@@ -407,7 +407,8 @@ def _metrics_answer(rental: RentalState, acc: Accrual) -> Response:
     responses=errors({**_NOT_FOUND,
                       402: "`insufficient_funds`: a non-simulated rail needs a payment covering the price",
                       409: "`contract_already_settled`, `contract_expired`, `payment_proof_reused`",
-                      **_BAD_INPUT}),
+                      **_BAD_INPUT,
+                      422: "`validation_error`, `rail_disabled` (simulation off outside dev mode)"}),
 )
 def extend(
     request: Request,

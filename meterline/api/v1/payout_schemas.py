@@ -21,7 +21,7 @@ class PayoutCreate(Request):
     asset: AssetCode
     amount: AmountIn
     destination: Annotated[str, text(200, 1)] = Field(description="Where the rail pays (an address, an account).")
-    rail: RailName | None = Field(default=None, description="Default: `simulation` (dev).")
+    rail: RailName | None = Field(default=None, description="Default: `simulation` (on in dev mode; outside it only with METERLINE_SIMULATION=true).")
 
     model_config = {"json_schema_extra": {"examples": [
         {"provider_id": "demo-provider", "asset": "DGPU", "amount": "12.500000", "destination": "9xQeWv…"}]}}

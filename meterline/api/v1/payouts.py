@@ -74,7 +74,7 @@ def _out(session: Session, row: PayoutRequest) -> PayoutOut:
         409: "`idempotency_conflict`",
         413: "`payload_too_large`",
         422: "`validation_error`, `invalid_amount`, `amount_precision`, `amount_not_positive`, "
-             "`invalid_payout_request`, `unknown_rail`, `invalid_idempotency_key`",
+             "`invalid_payout_request`, `unknown_rail`, `rail_disabled`, `invalid_idempotency_key`",
     }),
 )
 def request_payout(

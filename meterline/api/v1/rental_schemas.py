@@ -36,7 +36,7 @@ class Payment(Request):
     proof: Proof = Field(description="The rail's proof of payment; each proof is used once, ever.")
     amount: AmountIn | None = Field(default=None, description="What was paid (default: exactly the price). "
                                                               "Less than the price is 402.")
-    rail: RailName | None = Field(default=None, description="Default: `simulation` (dev).")
+    rail: RailName | None = Field(default=None, description="Default: `simulation` (on in dev mode; outside it only with METERLINE_SIMULATION=true).")
 
 
 class PrepaidCreate(Request):

@@ -101,7 +101,7 @@ def _out(rental: Rental, now_ns: int) -> RentalOut:
         409: "`no_device_available`; `payment_proof_reused`; `idempotency_conflict`",
         413: "`payload_too_large`",
         422: "`validation_error`, `invalid_rental_request`, `tier_not_priced`, `gpu_model_not_priced`, "
-             "`invalid_vram`, `amount_precision`, `invalid_amount`, `invalid_payment_proof`, `unknown_rail`, "
+             "`invalid_vram`, `amount_precision`, `invalid_amount`, `invalid_payment_proof`, `unknown_rail`, `rail_disabled`, "
              "`invalid_idempotency_key`",
     }),
 )

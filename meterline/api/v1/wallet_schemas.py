@@ -24,7 +24,7 @@ class DepositCreate(Request):
     amount: AmountIn
     proof: Proof = Field(description="The rail's proof of payment (a transaction signature, an event id). "
                                      "Each proof credits once, ever.")
-    rail: RailName | None = Field(default=None, description="Default: `simulation` (dev).")
+    rail: RailName | None = Field(default=None, description="Default: `simulation` (on in dev mode; outside it only with METERLINE_SIMULATION=true).")
 
     model_config = {"json_schema_extra": {"examples": [{"amount": "25.00", "proof": "tx_5Hq…", "rail": "simulation"}]}}
 

@@ -52,7 +52,7 @@ OwnerIdPath = Annotated[str, Path(min_length=1, max_length=128, pattern=ID_PATTE
 AssetPath = Annotated[str, Path(pattern=ASSET_PATTERN)]
 
 _MONEY_ERRORS = "`validation_error`, `invalid_amount`, `amount_precision`, `amount_not_positive`, " \
-                "`amount_overflow`, `unknown_rail`, `invalid_idempotency_key`"
+                "`amount_overflow`, `unknown_rail`, `rail_disabled`, `invalid_idempotency_key`"
 
 
 class IdempotencyKeyRequired(MeterlineError):

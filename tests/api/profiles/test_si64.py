@@ -174,6 +174,16 @@ def test_seed_calls_in_order_with_exact_figures(client: TestClient, t: ApiTenant
     assert report.ok, report.problems
 
 
+def test_outside_dev_mode_the_seeds_simulated_payment_is_refused(make_client: MakeClient, t: ApiTenant,
+                                                                 db: Database):
+    """`tx_signature` is only a claim on the simulation rail: a production server takes none."""
+    off = make_client(simulation=None)
+    assert_problem(rent(off, t), 422, "rail_disabled")
+    with db.session(write=False) as s:
+        assert s.query(Rental).filter(Rental.tenant_id == t.id).count() == 0  # nothing was written
+    assert rent(make_client(simulation=True), t).status_code == 200
+
+
 def test_simulation_script_shape_short_contract(client: TestClient, t: ApiTenant, clock: FrozenClock):
     """The seed's lifecycle script: 0.1 h for 0.0001 SOL, six samples 5 s apart, then settle."""
     cid = rent_id(client, t, sig="test_sig", hours=0.1, amount=0.0001)

@@ -71,6 +71,17 @@ def test_deposit_shape_and_balance(client, market):
     assert client.get(ALICE, headers=market.w).json() == r.json()["balance"]
 
 
+def test_outside_dev_mode_simulated_deposits_are_refused_unless_turned_on(make_client, market):
+    """A production server must not let a wallet key mint balance with a claimed payment."""
+    off = make_client(simulation=None)  # not dev mode, nothing said: off
+    r = deposit(off, market.w)
+    assert_problem(r, 422, "rail_disabled")
+    assert "METERLINE_SIMULATION=true" in r.json()["detail"]
+    assert off.get(ALICE, headers=market.w).json()["posted"] == "0.00"
+    on = make_client(simulation=True)
+    assert deposit(on, market.w).status_code == 201
+
+
 def test_a_proof_credits_once(client, market):
     assert deposit(client, market.w).status_code == 201
     assert_problem(deposit(client, market.w), 409, "payment_proof_reused")
