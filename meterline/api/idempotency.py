@@ -10,7 +10,9 @@ the SHA-256 of its method, path and exact body bytes:
 
 Only successful (2xx) responses are stored. A 4xx changed nothing, so a retry
 is simply evaluated again (a transfer refused for ``exceeds_credits`` may
-succeed after a deposit). Rows live in ``idempotency_keys``.
+succeed after a deposit). A transfer batch answers 200 even when every
+transfer in it was refused; it is stored only if at least one was applied.
+Rows live in ``idempotency_keys``.
 
 Two ways to use it:
 
@@ -162,7 +164,8 @@ class IdempotentRequest:
 
     def finish_apart(self, db: Database, response: Response | None) -> None:
         """Blocking (run it in a threadpool): store a 2xx response on this request's claim, or
-        release the claim (any other answer, or `None` after a failure) so a retry runs."""
+        release the claim (any other answer, or `None`: a failure, or nothing applied) so a
+        retry runs."""
         mine = (IdempotencyRecord.tenant_id == self.tenant_id, IdempotencyRecord.key == self.key,
                 IdempotencyRecord.request_hash == self.request_hash, IdempotencyRecord.status_code == 0)
         try:

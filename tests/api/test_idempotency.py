@@ -110,6 +110,29 @@ def test_batch_replay(client, tenant):
     assert [r["result"] for r in again.json()["results"]] == ["ok", "credit_account_not_found"]
 
 
+def test_a_batch_that_applied_nothing_is_not_stored_so_its_retry_runs_again(client, tenant):
+    """As for a single transfer refused with a 409: a batch answers 200 even when every
+    transfer was refused, but nothing happened, so the key is free and the retry runs."""
+    create_account(client, tenant, "src", kind="treasury")
+    create_account(client, tenant, "w", flags=["debits_must_not_exceed_credits"])
+    batch = {"transfers": [
+        {"id": "s1", "debit_account_id": "w", "credit_account_id": "src", "amount": "3", "asset": "USD"},
+        {"id": "s2", "debit_account_id": "w", "credit_account_id": "ghost", "amount": "1", "asset": "USD"},
+    ]}
+    first = client.post("/v1/transfers", json=batch, headers=_k(tenant, "b-none"))
+    assert first.status_code == 200
+    assert [r["result"] for r in first.json()["results"]] == ["exceeds_credits", "credit_account_not_found"]
+    fund = {"id": "fund", "debit_account_id": "src", "credit_account_id": "w", "amount": "5", "asset": "USD"}
+    assert client.post("/v1/transfers", json=fund, headers=tenant.w).status_code == 201
+    second = client.post("/v1/transfers", json=batch, headers=_k(tenant, "b-none"))
+    assert second.status_code == 200 and REPLAYED not in second.headers
+    assert [r["result"] for r in second.json()["results"]] == ["ok", "credit_account_not_found"]
+    # Now something was applied: stored, replayed, applied once.
+    third = client.post("/v1/transfers", json=batch, headers=_k(tenant, "b-none"))
+    assert third.headers[REPLAYED] == "true" and third.content == second.content
+    assert client.get("/v1/accounts/w", headers=tenant.r).json()["balances"]["balance"] == "2.00"
+
+
 def test_concurrent_requests_with_one_key_create_one_account(client, tenant):
     body = {"asset": "USD", "kind": "race"}
 

@@ -199,14 +199,19 @@ async def create_transfers(request: Request, principal: LedgerWriteAsync) -> Res
         if replay is not None:
             return replay
     response: Response | None = None
+    applied = True
     try:
         if batch:
-            response = await _post_batch(runtime, tenant, envelope.transfers)
+            response, applied = await _post_batch(runtime, tenant, envelope.transfers)
         else:
             response = await _post_single(runtime, tenant, single, request.scope["path"])
     finally:
-        if idem is not None:  # (a problem raised: the claim is released, as for a 4xx)
-            await run_in_threadpool(idem.finish_apart, runtime.db, response)
+        if idem is not None:
+            # Stored only when something happened. A problem raised, a 4xx, or a batch (always
+            # 200) in which no transfer was applied changed nothing, so the claim is released
+            # and the same request runs again later: a transfer refused for `exceeds_credits`
+            # may succeed after a deposit, whether it was sent alone or in a batch.
+            await run_in_threadpool(idem.finish_apart, runtime.db, response if applied else None)
     return response
 
 
@@ -269,8 +274,9 @@ async def _cpu(size: int, fn: Callable[..., _T], *args: Any) -> _T:
     return fn(*args) if size <= _INLINE_BATCH else await run_in_threadpool(fn, *args)
 
 
-async def _post_batch(runtime: Runtime, tenant: str, items: list[Any]) -> Response:
-    """Validate each transfer alone, post the valid ones in one segment, answer per index.
+async def _post_batch(runtime: Runtime, tenant: str, items: list[Any]) -> tuple[Response, bool]:
+    """Validate each transfer alone, post the valid ones in one segment, answer per index;
+    and whether any transfer was applied (`ok`).
 
     A transfer refused before posting (bad field, amount, asset) takes its linked chain
     with it — the other members report `linked_event_failed`, as the engine would — and
@@ -285,7 +291,8 @@ async def _post_batch(runtime: Runtime, tenant: str, items: list[Any]) -> Respon
     missing = {r.transfer.asset for r in posted if r.transfer is not None} - assets.keys()
     if missing:
         assets.update(await assets_for(runtime, tenant, missing))
-    return await _cpu(n, _shape, results, submit, posted, assets)
+    applied = any(r.result == "ok" for r in posted)
+    return await _cpu(n, _shape, results, submit, posted, assets), applied
 
 
 def _parse_items(items: list[Any], results: list[TransferResultOut | None]) -> list[TransferCreate | None]:
