@@ -9,6 +9,10 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from meterline.db.base import Base
 
+# A key's principal is a customer, provider or operator id; customer and wallet owner ids
+# are up to 128 characters, and a customer's key must be able to name any of them.
+MAX_PRINCIPAL_ID = 128
+
 
 class Tenant(Base):
     __tablename__ = "tenants"
@@ -29,7 +33,7 @@ class ApiKey(Base):
     prefix: Mapped[str] = mapped_column(String(24))
     name: Mapped[str] = mapped_column(String(200), default="")
     principal_kind: Mapped[str] = mapped_column(String(20))
-    principal_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    principal_id: Mapped[str | None] = mapped_column(String(MAX_PRINCIPAL_ID), nullable=True)
     scopes: Mapped[list[str]] = mapped_column(JSON)
     created_at: Mapped[int] = mapped_column(BigInteger)
     revoked_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)

@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from meterline.errors import Conflict, MeterlineError, NotFound, Unauthenticated
-from meterline.identity.models import ApiKey, Tenant
+from meterline.identity.models import MAX_PRINCIPAL_ID, ApiKey, Tenant
 from meterline.ledger.service import ledger_service, new_id
 
 PRINCIPAL_KINDS = ("admin", "operator", "customer", "provider", "device")
@@ -179,8 +179,8 @@ class IdentityService:
         self.get_tenant(session, tenant_id)
         if kind not in PRINCIPAL_KINDS:
             raise InvalidKeyRequest(f"kind must be one of {', '.join(PRINCIPAL_KINDS)}")
-        if principal_id is not None and not 1 <= len(principal_id) <= 64:
-            raise InvalidKeyRequest("a principal id is 1-64 characters")
+        if principal_id is not None and not 1 <= len(principal_id) <= MAX_PRINCIPAL_ID:
+            raise InvalidKeyRequest(f"a principal id is 1-{MAX_PRINCIPAL_ID} characters")
         if len(name) > 200:
             raise InvalidKeyRequest("a key's name is at most 200 characters")
         chosen = sorted(set(scopes)) if scopes else DEFAULT_SCOPES[kind]

@@ -71,7 +71,10 @@ def test_unknown_scope_kind_or_tenant_is_refused(session, tenant_id, clock):
 def test_too_long_principal_ids_and_names_are_refused(session, tenant_id, clock):
     """They once reached PostgreSQL's VARCHAR columns (a traceback from `keys create`)."""
     make_tenant(session, tenant_id, clock)
-    for kw in ({"kind": "customer", "principal_id": "c" * 65}, {"kind": "customer", "principal_id": ""},
+    longest = identity_service.create_key(session, tenant_id=tenant_id, now_ns=clock.now_ns(), kind="customer",
+                                          principal_id="c" * 128)  # as long as a wallet owner's or customer's id
+    assert longest.key.principal_id == "c" * 128
+    for kw in ({"kind": "customer", "principal_id": "c" * 129}, {"kind": "customer", "principal_id": ""},
                {"name": "n" * 201}):
         with pytest.raises(InvalidKeyRequest):
             identity_service.create_key(session, tenant_id=tenant_id, now_ns=clock.now_ns(), **kw)
