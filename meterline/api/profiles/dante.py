@@ -37,6 +37,7 @@ from meterline.api.v1.common import (
     encode_cursor,
     errors,
 )
+from meterline.api.v1.principals import actor_id
 from meterline.catalog.service import GpuModelNotFound, catalog_service
 from meterline.clock import to_rfc3339
 from meterline.errors import Conflict, Forbidden, MeterlineError, NotFound, ValidationFailed
@@ -473,7 +474,7 @@ def provider_payout(request: Request, principal: LedgerWrite,
     retried request does not open a second payout."""
     data, tenant = body.value, principal.tenant_id
     pid = provider_for(session, principal, data.provider_id)
-    requested_by = None if principal.kind == "provider" else (principal.id or principal.key_id)
+    requested_by = actor_id(principal)  # as the native route: the name approvals are checked against
 
     def work() -> Response:
         a = _asset(session, tenant, data.asset)

@@ -21,6 +21,7 @@ from meterline.db.engine import Database
 from meterline.identity.service import identity_service
 from meterline.pricing.service import pricing_service
 from tests.api.conftest import MakeClient, assert_problem
+from tests.factories import make_earnings
 
 HOLD = 58_334  # minor units: the first rolling slice for 12 GB of an RTX 4090 at 450 W
 
@@ -661,3 +662,21 @@ def test_openapi_lists_the_profile(client: TestClient) -> None:
     for method, path, _ in ENDPOINTS:
         assert method.lower() in paths[path], (method, path)
     assert "requestBody" in paths["/api/v1/billing/start-session"]["post"]
+
+
+def test_a_payout_requested_through_the_profile_cannot_be_approved_by_the_key_that_asked(
+        make_client: MakeClient, dante: Dante, db: Database, clock: FrozenClock) -> None:
+    """Four eyes: a key without a principal id was recorded as `key_…` by this route and as
+    `key:key_…` by the approval check, so it could approve its own payout."""
+    client = make_client(payout_approval_threshold="DGPU=0.01")
+    with db.session() as s:
+        make_earnings(s, dante.id, clock, provider_id="demo-provider", amount_minor=5_000_000, asset="DGPU")
+    r = client.post("/api/v1/provider/payout", headers=dante.h(dante.admin),
+                    json={"provider_id": "demo-provider", "amount": "1", "destination": "ProvWallet111"})
+    assert r.status_code == 201, r.text
+    po = r.json()
+    assert po["status"] == "requested" and po["required_approvals"] == 1
+    assert_problem(client.post(f"/v1/payouts/{po['payout_id']}/approve", headers=dante.h(dante.admin)),
+                   403, "self_approval_forbidden")
+    r = client.post(f"/v1/payouts/{po['payout_id']}/approve", headers=dante.h(dante.operator))
+    assert r.status_code == 200 and r.json()["status"] == "approved", r.text
