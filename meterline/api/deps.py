@@ -100,6 +100,11 @@ def _keyless(request: Request) -> Principal:
 _PRINCIPAL = "meterline.principal"  # the request's resolved caller, kept in the ASGI scope
 
 
+def resolved_principal(request: Request) -> Principal | None:
+    """The caller, if this request's authentication already ran (every route that writes)."""
+    return request.scope.get(_PRINCIPAL)
+
+
 def current_principal(request: Request) -> Principal:
     cached: Principal | None = request.scope.get(_PRINCIPAL)
     if cached is not None:

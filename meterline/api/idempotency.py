@@ -1,7 +1,11 @@
 """The `Idempotency-Key` header on POSTs that create or move money (DESIGN §8).
 
-A key is scoped to the caller's tenant. The request it names is identified by
-the SHA-256 of its method, path and exact body bytes:
+A key is scoped to the caller: its tenant and, for a caller with a principal id
+(a customer, a provider, an operator), that principal — customers choose their
+keys independently and must never be answered each other's stored responses.
+Callers without a principal id (admin and service keys) share the tenant's
+space. The request a key names is identified by the SHA-256 of its method, path
+and exact body bytes:
 
 - same key, same request  → the stored status and body, with
   ``Idempotent-Replayed: true``, and nothing is executed again;
@@ -47,10 +51,12 @@ from sqlalchemy import CursorResult, Table, delete, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from meterline.api.deps import resolved_principal
 from meterline.db import upsert
 from meterline.db.engine import Database
 from meterline.db.idempotency import IdempotencyRecord
 from meterline.errors import IdempotencyConflict, IdempotencyInProgress, MeterlineError
+from meterline.identity.service import Principal
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +90,15 @@ def request_hash(method: str, path: str, body: bytes) -> str:
     return h.hexdigest()
 
 
+def key_space(principal: Principal | None) -> str:
+    """The principal part of a key's scope: '' for tenant-wide callers."""
+    return f"{principal.kind}:{principal.id}" if principal is not None and principal.id else ""
+
+
 @dataclass(frozen=True, slots=True)
 class IdempotentRequest:
     tenant_id: str
+    principal: str
     key: str
     request_hash: str
 
@@ -100,24 +112,25 @@ class IdempotentRequest:
             raise InvalidIdempotencyKey(f"{HEADER} must be 1-{MAX_KEY_LENGTH} characters")
         if any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
             raise InvalidIdempotencyKey(f"{HEADER} must not contain control characters")
-        return cls(tenant_id, key, request_hash(request.method, request.url.path, body))
+        return cls(tenant_id, key_space(resolved_principal(request)), key,
+                   request_hash(request.method, request.url.path, body))
 
     # -- inside the request transaction ----------------------------------------------
     def claim(self, session: Session, now_ns: int) -> Response | None:
         """Claim the key in this transaction; a stored response (to replay) if it was used."""
-        row = session.get(IdempotencyRecord, (self.tenant_id, self.key))
+        row = session.get(IdempotencyRecord, (self.tenant_id, self.principal, self.key))
         if row is not None:
             return self._replay(row)
         try:
             with session.begin_nested():
                 session.add(IdempotencyRecord(
-                    tenant_id=self.tenant_id, key=self.key, request_hash=self.request_hash,
+                    tenant_id=self.tenant_id, principal=self.principal, key=self.key, request_hash=self.request_hash,
                     status_code=0, response_body="", created_at=now_ns,
                 ))
                 session.flush()
         except IntegrityError:
             # A concurrent request with this key committed first.
-            row = session.get(IdempotencyRecord, (self.tenant_id, self.key), populate_existing=True)
+            row = session.get(IdempotencyRecord, (self.tenant_id, self.principal, self.key), populate_existing=True)
             if row is None:
                 raise
             return self._replay(row)
@@ -125,7 +138,7 @@ class IdempotentRequest:
 
     def record(self, session: Session, response: Response) -> None:
         """Store the response on the row `claim` inserted (same transaction)."""
-        row = session.get(IdempotencyRecord, (self.tenant_id, self.key))
+        row = session.get(IdempotencyRecord, (self.tenant_id, self.principal, self.key))
         assert row is not None, "record() without claim()"
         if 200 <= response.status_code < 300:
             row.status_code = response.status_code
@@ -142,12 +155,12 @@ class IdempotentRequest:
         table = cast(Table, IdempotencyRecord.__table__)
         with db.session(write=True) as session:
             mine = session.execute(upsert.insert(session, table).values(
-                tenant_id=self.tenant_id, key=self.key, request_hash=self.request_hash, status_code=0,
-                response_body="", created_at=now_ns,
-            ).on_conflict_do_nothing(index_elements=["tenant_id", "key"]).returning(table.c.key)).first()
+                tenant_id=self.tenant_id, principal=self.principal, key=self.key, request_hash=self.request_hash,
+                status_code=0, response_body="", created_at=now_ns,
+            ).on_conflict_do_nothing(index_elements=["tenant_id", "principal", "key"]).returning(table.c.key)).first()
             if mine is not None:
                 return None
-            row = session.get(IdempotencyRecord, (self.tenant_id, self.key), populate_existing=True)
+            row = session.get(IdempotencyRecord, (self.tenant_id, self.principal, self.key), populate_existing=True)
             if row is None:  # released this instant by a request that failed: the key is free
                 raise IdempotencyInProgress(f"a request with {HEADER} {self.key!r} just ended; retry")
             if (row.status_code == 0 and row.request_hash == self.request_hash
@@ -155,7 +168,8 @@ class IdempotentRequest:
                 # Its request died between claiming and finishing: take the claim over.
                 took = session.execute(
                     update(IdempotencyRecord)
-                    .where(IdempotencyRecord.tenant_id == self.tenant_id, IdempotencyRecord.key == self.key,
+                    .where(IdempotencyRecord.tenant_id == self.tenant_id,
+                           IdempotencyRecord.principal == self.principal, IdempotencyRecord.key == self.key,
                            IdempotencyRecord.status_code == 0, IdempotencyRecord.created_at == row.created_at)
                     .values(created_at=now_ns))
                 if cast(CursorResult[Any], took).rowcount:
@@ -166,7 +180,8 @@ class IdempotentRequest:
         """Blocking (run it in a threadpool): store a 2xx response on this request's claim, or
         release the claim (any other answer, or `None`: a failure, or nothing applied) so a
         retry runs."""
-        mine = (IdempotencyRecord.tenant_id == self.tenant_id, IdempotencyRecord.key == self.key,
+        mine = (IdempotencyRecord.tenant_id == self.tenant_id, IdempotencyRecord.principal == self.principal,
+                IdempotencyRecord.key == self.key,
                 IdempotencyRecord.request_hash == self.request_hash, IdempotencyRecord.status_code == 0)
         try:
             with db.session(write=True) as session:

@@ -36,6 +36,15 @@ def test_same_key_different_body_is_409(client, tenant):
     assert_problem(r, 409, "idempotency_conflict")
 
 
+def test_callers_without_a_principal_id_share_the_tenants_keys(client, tenant):
+    """Two service keys of one tenant (an integrator's two workers) are one caller: a request
+    retried under the other key replays, as with Stripe's account-wide keys."""
+    body = {"asset": "USD", "kind": "a"}
+    first = client.post("/v1/accounts", json=body, headers=_k(tenant, "svc"))
+    again = client.post("/v1/accounts", json=body, headers={**tenant.a, "Idempotency-Key": "svc"})
+    assert again.status_code == 201 and again.headers[REPLAYED] == "true" and again.content == first.content
+
+
 def test_keys_are_per_tenant(client, tenant, other_tenant):
     body = {"asset": "USD", "kind": "a"}
     a = client.post("/v1/accounts", json=body, headers=_k(tenant, "shared"))
@@ -180,7 +189,8 @@ def test_a_claim_left_by_a_request_that_died_is_taken_over_after_a_minute(client
     body = {"id": "orphan", "debit_account_id": "src", "credit_account_id": "dst", "amount": "1", "asset": "USD"}
     raw = json.dumps(body).encode()
     with db.session() as s:
-        s.add(IdempotencyRecord(tenant_id=tenant.id, key="died", request_hash=request_hash("POST", "/v1/transfers", raw),
+        s.add(IdempotencyRecord(tenant_id=tenant.id, principal="", key="died",
+                                request_hash=request_hash("POST", "/v1/transfers", raw),
                                 status_code=0, response_body="", created_at=clock.now_ns()))
     headers = {**_k(tenant, "died"), "content-type": "application/json"}
     assert_problem(client.post("/v1/transfers", content=raw, headers=headers), 409, "idempotency_in_progress")

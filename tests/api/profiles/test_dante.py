@@ -311,6 +311,25 @@ def test_deposit_proof_replay_and_idempotency(client: TestClient, dante: Dante) 
     assert r.status_code == 201 and r.json()["amount"] == money("0.100000")
 
 
+def test_two_customers_choosing_one_idempotency_key_each_get_their_own_withdrawal(
+        client: TestClient, dante: Dante) -> None:
+    """The route names the user by the key, not in the body: with keys scoped to the tenant
+    only, bob was answered alice's stored withdrawal (her balance) and his never ran."""
+    d = dante
+    deposit(client, d, "3")
+    deposit(client, d, "2", user="bob")
+    body = {"amount": "1", "destination": "SameDest111"}
+    a = client.post("/api/v1/wallet/withdraw", json=body, headers=d.h(d.alice, **{"Idempotency-Key": "wd-k"}))
+    b = client.post("/api/v1/wallet/withdraw", json=body, headers=d.h(d.bob, **{"Idempotency-Key": "wd-k"}))
+    assert a.status_code == b.status_code == 201, (a.text, b.text)
+    assert "Idempotent-Replayed" not in b.headers
+    assert (a.json()["user_id"], a.json()["balance"]["balance"]) == ("alice", money("2.000000"))
+    assert (b.json()["user_id"], b.json()["balance"]["balance"]) == ("bob", money("1.000000"))
+    # Each one's retry replays its own.
+    again = client.post("/api/v1/wallet/withdraw", json=body, headers=d.h(d.bob, **{"Idempotency-Key": "wd-k"}))
+    assert again.headers["Idempotent-Replayed"] == "true" and again.content == b.content
+
+
 def test_withdraw(client: TestClient, dante: Dante) -> None:
     d = dante
     deposit(client, d, "3")
