@@ -511,7 +511,11 @@ class LicensingService:
             return HeartbeatResult(LicenseCode.LICENSE_NOT_FOUND, None, None)
         snap = LicenseSnapshot.of(row)
         key = (tenant_id, licensee_id, device_id)
-        device = session.get(LicenseDevice, key)
+        # Locked: the cull may be marking this device dead in a transaction not yet committed.
+        # Read without the lock it looked alive, the heartbeat only touched its timestamps,
+        # and it answered alive for a device left dead with its slot given away. Locked, it
+        # waits for the cull and revives the device, or locks first and the cull skips it.
+        device = session.get(LicenseDevice, key, with_for_update=True, populate_existing=True)
         if device is None or device.state == "dead":
             try:
                 claimed = self._claim_device(session, key, device, now_ns)

@@ -4,6 +4,7 @@ activation at the allowance edge under concurrency, trial expiry, devices, audit
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -303,6 +304,34 @@ def test_one_device_racing_its_own_first_heartbeat_takes_one_slot(db: Database, 
     assert slots() == (0, ["dead"])
     assert race() == ["ok"] * racers
     assert slots() == (1, ["alive"])
+
+
+def test_a_heartbeat_arriving_while_the_cull_marks_its_device_dead_revives_it(
+        db: Database, rt: LicensingRuntime, tenant: str, clock: FrozenClock) -> None:
+    """The heartbeat read the device as alive while the cull's uncommitted transaction was
+    marking it dead, then only touched its timestamps: it answered alive, and the device
+    stayed dead with its slot freed (a new device took it, and this one was refused next)."""
+    lic = _license(db, rt, tenant, clock, cameras_allowed=3, devices_allowed=1)
+
+    def beat() -> str:
+        with db.session() as s:
+            rt.bind(s)
+            return licensing_service.heartbeat(s, tenant, lic, "d1", software_version="1.0", cameras=[],
+                                               now_ns=clock.now_ns()).code
+
+    assert beat() == "ok"
+    clock.advance(61)
+    with ThreadPoolExecutor(1) as pool, db.session() as culling:
+        rt.bind(culling)
+        dead = licensing_service.cull_dead_devices(culling, clock.now_ns(), dead_after_ns=60 * 10**9,
+                                                   release_cameras=True)
+        assert [d.device_id for d in dead] == ["d1"]
+        answer = pool.submit(beat)  # arrives now, while the cull is not yet committed
+        time.sleep(0.3)
+    assert answer.result(timeout=30) == "ok"
+    with db.session(write=False) as s:
+        assert [d.state for d in licensing_service.list_devices(s, tenant, lic)] == ["alive"]
+        assert licensing_service.get_license(s, tenant, lic).devices_active == 1
 
 
 def test_audit_log_is_batched_and_pruned(db: Database, rt: LicensingRuntime, tenant: str, clock: FrozenClock) -> None:
