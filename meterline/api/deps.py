@@ -121,21 +121,31 @@ def current_principal(request: Request) -> Principal:
     return principal
 
 
-def require(scope: str) -> Callable[[Request], Principal]:
-    def dependency(request: Request) -> Principal:
-        principal = current_principal(request)
-        if not principal.has(scope):
-            raise Forbidden(f"this action needs the '{scope}' scope")
-        return principal
+def _check(principal: Principal, scope: str, staff: bool) -> Principal:
+    if not principal.has(scope):
+        raise Forbidden(f"this action needs the '{scope}' scope")
+    if staff and not principal.is_staff:
+        # The raw ledger names any account of the tenant: a customer or provider key with
+        # `ledger:write` (which the wallet routes need) moved other people's money through it.
+        raise Forbidden("the raw ledger is for admin and operator keys; customers and providers use "
+                        "their wallets, rentals, earnings and payouts")
+    return principal
 
-    dependency.__name__ = f"require_{scope.replace(':', '_')}"
+
+def require(scope: str, *, staff: bool = False) -> Callable[[Request], Principal]:
+    """`scope`, and with `staff` an admin or operator principal (the raw ledger's routes)."""
+
+    def dependency(request: Request) -> Principal:
+        return _check(current_principal(request), scope, staff)
+
+    dependency.__name__ = f"require_{scope.replace(':', '_')}{'_staff' if staff else ''}"
     return dependency
 
 
 AnyPrincipal = Annotated[Principal, Depends(current_principal)]
 
 
-def require_async(scope: str) -> Callable[[Request], Awaitable[Principal]]:
+def require_async(scope: str, *, staff: bool = False) -> Callable[[Request], Awaitable[Principal]]:
     """`require` for `async def` hot paths: a cached key (or dev loopback) is resolved on the
     event loop; only a cache miss, which reads the database, goes to the threadpool. (A sync
     dependency costs a threadpool hop on every request, and queues behind blocking handlers
@@ -154,9 +164,7 @@ def require_async(scope: str) -> Callable[[Request], Awaitable[Principal]]:
                     request.scope[_PRINCIPAL] = principal
                 else:
                     principal = await run_in_threadpool(current_principal, request)
-        if not principal.has(scope):
-            raise Forbidden(f"this action needs the '{scope}' scope")
-        return principal
+        return _check(principal, scope, staff)
 
-    dependency.__name__ = f"require_{scope.replace(':', '_')}_async"
+    dependency.__name__ = f"require_{scope.replace(':', '_')}{'_staff' if staff else ''}_async"
     return dependency

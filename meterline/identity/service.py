@@ -23,6 +23,7 @@ from meterline.identity.models import MAX_PRINCIPAL_ID, ApiKey, Tenant
 from meterline.ledger.service import ledger_service, new_id
 
 PRINCIPAL_KINDS = ("admin", "operator", "customer", "provider", "device")
+STAFF_KINDS = frozenset({"admin", "operator"})
 
 # Scopes a key may carry. `admin` implies every other scope.
 SCOPES = (
@@ -89,6 +90,12 @@ class Principal:
 
     def has(self, scope: str) -> bool:
         return "admin" in self.scopes or scope in self.scopes
+
+    @property
+    def is_staff(self) -> bool:
+        """An admin-scoped key or an admin/operator principal: sees and acts on the whole tenant.
+        Anyone else (customer, provider, device) acts only on what is theirs."""
+        return self.has("admin") or self.kind in STAFF_KINDS
 
 
 @dataclass(slots=True)

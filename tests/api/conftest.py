@@ -28,7 +28,7 @@ MakeClient = Callable[..., TestClient]
 @dataclass
 class ApiTenant:
     id: str
-    admin: str  # secrets of keys: admin (every scope), operator (ledger:read+write), customer (read)
+    admin: str  # secrets of keys: admin (every scope), operator (ledger:read+write), operator (ledger:read)
     writer: str
     reader: str
 
@@ -54,7 +54,7 @@ def create_tenant(db: Database, clock: FrozenClock, tenant_id: str) -> ApiTenant
         make_tenant(s, tenant_id, clock)
         admin = make_key(s, tenant_id, clock, kind="admin").secret
         writer = make_key(s, tenant_id, clock, kind="operator").secret
-        reader = make_key(s, tenant_id, clock, kind="customer").secret
+        reader = make_key(s, tenant_id, clock, kind="operator", scopes=["ledger:read"]).secret
     return ApiTenant(tenant_id, admin, writer, reader)
 
 

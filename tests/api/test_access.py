@@ -114,3 +114,30 @@ def test_dev_mode_still_requires_a_key_off_loopback(make_client: MakeClient, ten
 def test_production_mode_loopback_still_needs_a_key(make_client, tenant):
     local = make_client(dev=False, client=("127.0.0.1", 5000))
     assert_problem(local.get("/v1/accounts"), 401, "unauthenticated")
+
+
+@pytest.mark.parametrize("kind", ["customer", "provider", "device"])
+def test_the_raw_ledger_is_for_staff_even_with_ledger_write(client, tenant, db, clock, kind):
+    """The raw ledger names any account of the tenant. A customer key with `ledger:write`
+    (which the wallet routes need) moved another customer's balance into its own and
+    credited itself from the external account; a provider key emptied another provider's
+    earnings. Customers and providers reach their money through their scoped routes."""
+    create_account(client, tenant, "bank", kind="external")
+    create_account(client, tenant, "bob-wallet", flags=["debits_must_not_exceed_credits"])
+    assert post_transfer(client, tenant, id="t1", debit_account_id="bank", credit_account_id="bob-wallet",
+                         amount="10", asset="USD").status_code == 201
+    with db.session() as s:
+        secret = identity_service.create_key(s, tenant_id=tenant.id, kind=kind, principal_id="alice",
+                                             scopes=["ledger:read", "ledger:write"], now_ns=clock.now_ns()).secret
+    h = ApiTenant.auth(secret)
+    steal = {"id": "steal", "debit_account_id": "bob-wallet", "credit_account_id": "bank",
+             "amount": "10", "asset": "USD"}
+    assert_problem(client.post("/v1/transfers", json=steal, headers=h), 403, "forbidden")
+    assert_problem(client.post("/v1/transfers", json={"transfers": [steal]}, headers=h), 403, "forbidden")
+    assert_problem(client.post("/v1/accounts", json={"asset": "USD", "kind": "customer_wallet"}, headers=h),
+                   403, "forbidden")
+    for path in ["/v1/accounts", "/v1/accounts/bob-wallet", "/v1/accounts/bob-wallet/transfers",
+                 "/v1/accounts/bob-wallet/holds", "/v1/transfers/t1", "/v1/transfers/t1/proof"]:
+        assert_problem(client.get(path, headers=h), 403, "forbidden")
+    assert client.get("/v1/blocks/latest", headers=h).status_code in (200, 404)  # signed headers: no one's data
+    assert client.get("/v1/accounts/bob-wallet", headers=tenant.r).json()["balances"]["balance"] == "10.00"

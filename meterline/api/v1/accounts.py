@@ -13,8 +13,8 @@ from meterline.api.v1.common import (
     AccountIdPath,
     AssetFilter,
     Cursor,
-    LedgerRead,
-    LedgerWrite,
+    LedgerStaffRead,
+    LedgerStaffWrite,
     Limit,
     TextFilter,
     decode_cursor,
@@ -44,7 +44,7 @@ router = APIRouter(tags=["accounts"])
 )
 def create_account(
     request: Request,
-    principal: LedgerWrite,
+    principal: LedgerStaffWrite,
     body: Annotated[Parsed[AccountCreate], Depends(json_body(AccountCreate))],
     session: WriteSession,
     runtime: RuntimeDep,
@@ -71,7 +71,7 @@ def create_account(
 
 @router.get("/accounts/{account_id}", response_model=AccountOut, summary="Get an account",
             responses=errors({404: "`account_not_found`", 422: "`validation_error`"}))
-def get_account(account_id: AccountIdPath, principal: LedgerRead, session: ReadSession) -> AccountOut:
+def get_account(account_id: AccountIdPath, principal: LedgerStaffRead, session: ReadSession) -> AccountOut:
     """One account with its balances (another tenant's account is a 404)."""
     row = ledger_service.get_account(session, principal.tenant_id, account_id)
     return AccountOut.of(row, ledger_service.get_asset(session, principal.tenant_id, row.asset))
@@ -80,7 +80,7 @@ def get_account(account_id: AccountIdPath, principal: LedgerRead, session: ReadS
 @router.get("/accounts", response_model=AccountPage, summary="List accounts",
             responses=errors({422: "`validation_error`, `invalid_cursor`"}))
 def list_accounts(
-    principal: LedgerRead,
+    principal: LedgerStaffRead,
     session: ReadSession,
     kind: TextFilter = None,
     asset: AssetFilter = None,

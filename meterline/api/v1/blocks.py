@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 
 from meterline.api.deps import ReadSession
-from meterline.api.v1.common import LedgerRead, TransferIdPath, errors
+from meterline.api.v1.common import LedgerRead, LedgerStaffRead, TransferIdPath, errors
 from meterline.ledger.blocks import block_service
 from meterline.ledger.schemas import BlockOut, TransferProof
 
@@ -38,7 +38,7 @@ def get_block(
             responses=errors({404: "`transfer_not_found`",
                               409: "`transfer_not_sealed`: not in a block yet; retry after the next seal",
                               422: "`validation_error`"}))
-def transfer_proof(transfer_id: TransferIdPath, principal: LedgerRead, session: ReadSession) -> TransferProof:
+def transfer_proof(transfer_id: TransferIdPath, principal: LedgerStaffRead, session: ReadSession) -> TransferProof:
     """Everything needed to check the transfer offline: hash the leaf (`0x00 ‖ transfer_hash`),
     fold in each `proof` step (`0x01 ‖ left ‖ right`) to reach `merkle_root`, then check the
     block's header hash and its signature."""

@@ -22,6 +22,12 @@ LedgerRead = Annotated[Principal, Depends(require("ledger:read"))]
 LedgerWrite = Annotated[Principal, Depends(require("ledger:write"))]
 Admin = Annotated[Principal, Depends(require("admin"))]
 # For the async hot paths (POST /v1/transfers, …): no threadpool hop when the key is cached.
+# The raw ledger (accounts, transfers, holds, inclusion proofs) names any account of the
+# tenant, so it is for staff; everyone else reaches their money through scoped routes.
+LedgerStaffRead = Annotated[Principal, Depends(require("ledger:read", staff=True))]
+LedgerStaffWrite = Annotated[Principal, Depends(require("ledger:write", staff=True))]
+ledger_staff_write_async = require_async("ledger:write", staff=True)
+LedgerStaffWriteAsync = Annotated[Principal, Depends(ledger_staff_write_async)]
 ledger_write_async = require_async("ledger:write")
 ledger_read_async = require_async("ledger:read")
 LedgerWriteAsync = Annotated[Principal, Depends(ledger_write_async)]

@@ -10,7 +10,7 @@ from meterline.api.deps import ReadSession
 from meterline.api.v1.common import (
     AccountIdPath,
     Cursor,
-    LedgerRead,
+    LedgerStaffRead,
     Limit,
     decode_cursor,
     encode_cursor,
@@ -28,7 +28,7 @@ HoldState = Literal["pending", "posted", "voided", "expired"]
             responses=errors({404: "`account_not_found`", 422: "`validation_error`, `invalid_cursor`"}))
 def list_holds(
     account_id: AccountIdPath,
-    principal: LedgerRead,
+    principal: LedgerStaffRead,
     session: ReadSession,
     state: Annotated[HoldState | None, Query(description="Only holds in this state; all when omitted.")] = None,
     limit: Limit = 100,

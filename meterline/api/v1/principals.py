@@ -26,11 +26,8 @@ from meterline.identity.service import Principal
 
 T = TypeVar("T")
 
-STAFF_KINDS = frozenset({"admin", "operator"})
-
-
 def is_staff(principal: Principal) -> bool:
-    return principal.has("admin") or principal.kind in STAFF_KINDS
+    return principal.is_staff
 
 
 def actor_id(principal: Principal) -> str:

@@ -26,14 +26,14 @@ from meterline.api.runtime import Runtime
 from meterline.api.v1.common import (
     AccountIdPath,
     Cursor,
-    LedgerRead,
-    LedgerWriteAsync,
+    LedgerStaffRead,
+    LedgerStaffWriteAsync,
     Limit,
     TransferIdPath,
     decode_seq_cursor,
     encode_cursor,
     errors,
-    ledger_write_async,
+    ledger_staff_write_async,
 )
 from meterline.errors import MeterlineError, PayloadTooLarge, ServiceUnavailable
 from meterline.ledger.batcher import BatcherStopped
@@ -168,7 +168,7 @@ async def _post(runtime: Runtime, tenant_id: str, transfers: list[TransferIn]) -
         }),
     },
 )
-async def create_transfers(request: Request, principal: LedgerWriteAsync) -> Response:
+async def create_transfers(request: Request, principal: LedgerStaffWriteAsync) -> Response:
     """Post **one transfer** (an object) or **a batch** (`{"transfers": [...]}`, up to 1000).
 
     One transfer answers 201 with the transfer (`ok`), 200 if that id was already posted
@@ -215,7 +215,7 @@ async def create_transfers(request: Request, principal: LedgerWriteAsync) -> Res
     return response
 
 
-FAST_ROUTES = [FastRoute("POST", "/v1/transfers", authorized(ledger_write_async, create_transfers))]
+FAST_ROUTES = [FastRoute("POST", "/v1/transfers", authorized(ledger_staff_write_async, create_transfers))]
 
 
 async def _asset_of(runtime: Runtime, tenant: str, code: str) -> Asset:
@@ -351,7 +351,7 @@ def _shape(
 # -- reads -----------------------------------------------------------------------------
 @router.get("/transfers/{transfer_id}", response_model=TransferOut, summary="Get a transfer",
             responses=errors({404: "`transfer_not_found`", 422: "`validation_error`"}))
-def get_transfer(transfer_id: TransferIdPath, principal: LedgerRead, session: ReadSession) -> TransferOut:
+def get_transfer(transfer_id: TransferIdPath, principal: LedgerStaffRead, session: ReadSession) -> TransferOut:
     """One transfer as stored: immutable, with its ledger `seq`, `timestamp` and chained `hash`."""
     row = ledger_service.get_transfer(session, principal.tenant_id, transfer_id)
     return TransferOut.of(row, ledger_service.get_asset(session, principal.tenant_id, row.asset))
@@ -362,7 +362,7 @@ def get_transfer(transfer_id: TransferIdPath, principal: LedgerRead, session: Re
             responses=errors({404: "`account_not_found`", 422: "`validation_error`, `invalid_cursor`"}))
 def list_account_transfers(
     account_id: AccountIdPath,
-    principal: LedgerRead,
+    principal: LedgerStaffRead,
     session: ReadSession,
     limit: Limit = 100,
     cursor: Cursor = None,
