@@ -87,14 +87,15 @@ class LedgerBatcher(GroupCommitter[_Item, list[TransferResult]]):
         by_tenant: dict[str, list[Segment]] = {}
         for item in items:
             by_tenant.setdefault(item.tenant_id, []).append(item.segment)
-        now = self.clock.now_ns()
         # PostgreSQL: every tenant's writes stay queued on one pipe; `finish` sends them with
         # the COMMIT, so a batch the cache covers is one round trip in all (BEGIN included).
         # Statements are prepared: this is the writer's own connection.
         pipe = self._pipe = PgPipe(conn, prepare=True) if not self.db.is_sqlite else None
         # Tenants in a fixed order so two batchers never lock heads in opposite orders.
+        # Each tenant's time is read when its turn comes: an earlier tenant may have waited for
+        # its head, held by another process, and a hold's expiry is judged at this time.
         for tenant_id in sorted(by_tenant):
-            engine.apply(conn, tenant_id, by_tenant[tenant_id], now, self.cache, pipe, self._offload)
+            engine.apply(conn, tenant_id, by_tenant[tenant_id], self.clock.now_ns(), self.cache, pipe, self._offload)
         return [item.segment.results for item in items]
 
     def finish(self, conn: Connection) -> None:

@@ -342,7 +342,7 @@ class _Batch:
                 raise _Fail("timeout_reserved_for_pending_transfer")
             # timeout_s is a 32-bit column and expires_at a 64-bit one: a larger value would
             # fail the whole batch's INSERT instead of this one transfer.
-            if timeout_s > _MAX_TIMEOUT_S or self.now_ns + timeout_s * 1_000_000_000 > MAX_AMOUNT:
+            if timeout_s > _MAX_TIMEOUT_S or self.now_ns + len(self.new) + timeout_s * 1_000_000_000 > MAX_AMOUNT:
                 raise _Fail("overflows_timeout")
         dr_id = t.debit_account_id
         cr_id = t.credit_account_id
@@ -387,7 +387,7 @@ class _Batch:
         if flags & _PENDING:
             dr.dp += a
             cr.cp += a
-            now_ns = self.now_ns
+            now_ns = self.now_ns + len(self.new)  # this transfer's own ledger timestamp
             self.holds[tid] = _Hold(
                 tid, dr_id, cr_id, a, asset, HoldState.PENDING, now_ns,
                 now_ns + timeout_s * 1_000_000_000 if timeout_s else None, is_new=True,
@@ -452,7 +452,11 @@ class _Batch:
             raise _Fail("pending_transfer_already_voided")
         if hold.state == HoldState.EXPIRED:
             raise _Fail("pending_transfer_expired")
-        if not system and hold.expires_at is not None and self.now_ns >= hold.expires_at:
+        # Decided at this transfer's own ledger timestamp (`_persist` gives the batch's accepted
+        # transfers now_ns, now_ns + 1, …, in order; `new` holds those accepted so far), so a
+        # post is accepted only if its recorded time is before the expiry.
+        at = self.now_ns + len(self.new)
+        if not system and hold.expires_at is not None and at >= hold.expires_at:
             raise _Fail("pending_transfer_expired")
         if flags & _POST:
             amount = hold.amount if t.amount is None else t.amount
@@ -485,7 +489,7 @@ class _Batch:
         else:
             hold.state = HoldState.EXPIRED if system and t.code == CODE_EXPIRED else HoldState.VOIDED
         hold.resolved_by = t.id
-        hold.resolved_at = self.now_ns
+        hold.resolved_at = at
         dr.dirty = cr.dirty = hold.dirty = True
         return self._accept(t, hold.debit_account_id, hold.credit_account_id, amount, hold.asset, flags)
 
@@ -544,6 +548,7 @@ class LedgerEngine:
         if head is not None and cache is not None and not any(
             t.pending_id or int(t.flags) & (_POST | _VOID) for t in all_t
         ):
+            now_ns = max(now_ns, head["last_timestamp"] + 1)
             cached = cache.accounts(tenant_id)
             # The cached objects themselves, changed in place: copying every touched account
             # and swapping the copies in at commit cost a tenth of a 1000-transfer batch.
@@ -571,6 +576,10 @@ class LedgerEngine:
         ids = {t.id for t in all_t if t.id}
         pending_ids = {t.pending_id for t in all_t if t.pending_id}
         head, existing, holds, accounts = self._load(conn, tenant_id, ids | pending_ids, pending_ids, acc_ids, pipe)
+        # The batch's time is never behind the locked head: a transfer's timestamp is then the
+        # very time its checks (a hold's expiry) were made at. Another writer holding the
+        # head may have committed later times while this batch waited for it.
+        now_ns = max(now_ns, head["last_timestamp"] + 1)
         # A post or void may name only the hold: its accounts come from the hold (rarely unread).
         hold_accs = {a for h in holds.values() for a in (h.debit_account_id, h.credit_account_id)}
         if hold_accs - accounts.keys():

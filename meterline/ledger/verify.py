@@ -8,7 +8,8 @@ Per tenant (or for one tenant):
   pending: holds still in state 'pending');
 - holds agree with transfers: every pending transfer has its hold, every hold
   its pending transfer, and a resolved hold names the one transfer that
-  resolved it, with the matching flag and amount;
+  resolved it, with the matching flag and amount — before the hold expired,
+  unless the sweeper expired it;
 - the chain: seq is gap-free 1..N, timestamps strictly increase, each hash
   recomputes from the previous one, and the head row matches the last transfer;
 - blocks: heights and seq ranges are contiguous, each Merkle root, previous-block
@@ -321,7 +322,20 @@ class _Verifier:
                     f"hold {hid} is {state} (amount {amount}, posted {posted_amount}) but transfer {rid} "
                     f"(flags {rflags}, amount {ramount}) does not resolve it that way", seq=rseq,
                 ))
-        # 4. Every post/void resolves a hold that names it: a hold is resolved exactly once,
+        # 4. A posted or voided hold was resolved before it expired: its resolving transfer's
+        #    ledger timestamp is earlier than the expiry (later, only the sweeper resolves it).
+        sql = f"""
+            SELECT h.tenant_id, h.transfer_id, h.expires_at, r.id, r.seq, r.timestamp
+            FROM holds h JOIN transfers r ON r.tenant_id = h.tenant_id AND r.id = h.resolved_by
+            WHERE h.state IN ('posted', 'voided') AND h.expires_at IS NOT NULL
+              AND r.timestamp >= h.expires_at{hw}
+            ORDER BY h.tenant_id, h.transfer_id
+        """
+        for t, hid, expires_at, rid, rseq, rts in self._q(conn, sql):
+            self.report.add(Problem(t, "hold_resolved_after_expiry",
+                                    f"hold {hid} expired at {expires_at} but transfer {rid} resolved it at {rts}",
+                                    seq=rseq))
+        # 5. Every post/void resolves a hold that names it: a hold is resolved exactly once,
         #    and a hold still 'pending' has no resolving transfer.
         sql = f"""
             SELECT t.tenant_id, t.seq, t.id, t.pending_id, h.transfer_id, h.state, h.resolved_by

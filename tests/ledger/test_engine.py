@@ -490,10 +490,15 @@ def test_pending_created_and_resolved_in_one_batch(funded):
     assert funded.hold("p1")["state"] == "posted" and funded.hold("p2")["state"] == "voided"
 
 
+def _stamp(ledger: Ledger, transfer_id: str) -> int:
+    return next(t["timestamp"] for t in ledger.transfers() if t["id"] == transfer_id)
+
+
 def test_post_before_expiry_succeeds(funded):
     assert funded.code(T("p1", "w", "m", 300, flags=PENDING, timeout_s=10)) == "ok"
-    assert funded.hold("p1")["expires_at"] == funded.clock.now_ns() + 10 * SECOND
-    funded.clock.advance(ns=10 * SECOND - 1)
+    expires_at = funded.hold("p1")["expires_at"]
+    assert expires_at == _stamp(funded, "p1") + 10 * SECOND  # from the hold's own ledger time
+    funded.clock.set(expires_at - 1)
     assert funded.code(T("c1", pending_id="p1", flags=POST)) == "ok"
     assert funded.balance("w") == bal(dpo=300, cpo=1000)
 
@@ -501,7 +506,7 @@ def test_post_before_expiry_succeeds(funded):
 @pytest.mark.parametrize("late_ns", [0, 1, 3600 * SECOND])
 def test_post_or_void_at_or_after_expiry_fails_even_before_the_sweeper(funded, late_ns):
     assert funded.code(T("p1", "w", "m", 300, flags=PENDING, timeout_s=10)) == "ok"
-    funded.clock.advance(10, ns=late_ns)
+    funded.clock.set(funded.hold("p1")["expires_at"] + late_ns)
     assert funded.codes(T("c1", pending_id="p1", flags=POST),
                         T("v1", pending_id="p1", flags=VOID)) == ["pending_transfer_expired"] * 2
     # Still reserved until the sweeper releases it.
@@ -523,13 +528,49 @@ def test_post_or_void_at_or_after_expiry_fails_even_before_the_sweeper(funded, l
     assert funded.balance("w") == bal(cpo=1000)
 
 
+def test_a_post_whose_own_timestamp_reaches_the_expiry_is_refused(funded):
+    """Expiry is judged at the transfer's own ledger timestamp: the batch's accepted
+    transfers are stamped now, now + 1 ns, …, so the second one here lands on the expiry."""
+    assert funded.code(T("p1", "w", "m", 300, flags=PENDING, timeout_s=10)) == "ok"
+    expires_at = funded.hold("p1")["expires_at"]
+    funded.clock.set(expires_at - 1)
+    assert funded.codes(T("x1", "src", "m", 1), T("c1", pending_id="p1", flags=POST)) == [
+        "ok", "pending_transfer_expired"]
+    assert funded.hold("p1")["state"] == "pending"
+
+
+def test_a_post_is_judged_at_the_ledgers_time_when_another_writer_committed_later(funded):
+    """A batch whose clock reading is behind the head (another process committed later
+    times while it waited for the head) takes the head's time: a post it would have
+    judged early is late by the ledger's clock, and is refused."""
+    assert funded.code(T("p1", "w", "m", 300, flags=PENDING, timeout_s=10)) == "ok"
+    expires_at = funded.hold("p1")["expires_at"]
+    stale = funded.clock.now_ns()
+    funded.clock.set(expires_at + SECOND)
+    assert funded.code(T("x1", "src", "m", 1)) == "ok"  # another writer, later
+    funded.clock.set(stale)  # this batch read the clock before that writer committed
+    assert funded.code(T("c1", pending_id="p1", flags=POST)) == "pending_transfer_expired"
+    assert [t["timestamp"] for t in funded.transfers()] == sorted(t["timestamp"] for t in funded.transfers())
+
+
+def test_a_holds_times_are_its_transfers_ledger_times(funded):
+    assert funded.code(T("p1", "w", "m", 300, flags=PENDING, timeout_s=10)) == "ok"
+    funded.clock.advance(3)
+    assert funded.codes(T("x1", "src", "m", 1), T("c1", pending_id="p1", flags=POST)) == ["ok", "ok"]
+    stamps = {t["id"]: t["timestamp"] for t in funded.transfers()}
+    with funded._session() as s:
+        h = s.get(Hold, (funded.tenant, "p1"))
+        assert (h.created_at, h.expires_at, h.resolved_at) == (stamps["p1"], stamps["p1"] + 10 * SECOND,
+                                                                stamps["c1"])
+
+
 def test_a_timeout_too_large_to_store_fails_only_its_transfer(funded):
     assert funded.codes(
         T("p1", "w", "m", 1, flags=PENDING, timeout_s=2**40),
         T("p2", "w", "m", 2, flags=PENDING, timeout_s=2**31 - 1),  # the largest that fits
         T("t1", "w", "m", 3),
     ) == ["overflows_timeout", "ok", "ok"]
-    assert funded.hold("p2")["expires_at"] == funded.clock.now_ns() + (2**31 - 1) * SECOND
+    assert funded.hold("p2")["expires_at"] == _stamp(funded, "p2") + (2**31 - 1) * SECOND
     assert funded.balance("w") == bal(dp=2, dpo=3, cpo=1000)
 
 

@@ -92,9 +92,17 @@ class Model:
     balances: dict[str, list[int]] = field(default_factory=lambda: {a: [0, 0, 0, 0] for a in ACCOUNTS})
     stored: dict[str, dict[str, Any]] = field(default_factory=dict)
     holds: dict[str, ModelHold] = field(default_factory=dict)
+    # Ledger time: a batch's accepted transfers are stamped from max(now, last + 1) up, one
+    # nanosecond apart, and each is judged (a hold's expiry) and dated at its own stamp.
+    last_ts: int = 0
+    next_ts: int = 0
 
     def apply(self, segments: list[Segment], now: int) -> list[list[str]]:
-        return [self._segment(seg, now) for seg in segments]
+        self.next_ts = base = max(now, self.last_ts + 1)
+        results = [self._segment(seg, now) for seg in segments]
+        if self.next_ts > base:
+            self.last_ts = self.next_ts - 1
+        return results
 
     def _segment(self, seg: Segment, now: int) -> list[str]:
         results: list[str] = []
@@ -109,16 +117,16 @@ class Model:
 
     def _chain(self, chain: list[TransferIn], system: bool, now: int) -> list[str]:
         linked = len(chain) > 1 or bool(chain[-1].flags & LINKED)
-        saved = copy.deepcopy((self.balances, self.stored, self.holds))
+        saved = copy.deepcopy((self.balances, self.stored, self.holds, self.next_ts))
         codes: list[str] = []
         for pos, t in enumerate(chain):
             try:
                 codes.append(self._one(t, system, now))
             except Fail as f:
-                self.balances, self.stored, self.holds = saved
+                self.balances, self.stored, self.holds, self.next_ts = saved
                 return ["linked_event_failed"] * pos + [f.code] + ["linked_event_failed"] * (len(chain) - pos - 1)
             if linked and pos == len(chain) - 1 and t.flags & LINKED:
-                self.balances, self.stored, self.holds = saved
+                self.balances, self.stored, self.holds, self.next_ts = saved
                 return ["linked_event_failed"] * pos + ["linked_event_chain_open"]
         return codes
 
@@ -172,7 +180,7 @@ class Model:
         if t.flags & PENDING:
             dr[0] += a
             cr[2] += a
-            expires = now + t.timeout_s * SECOND if t.timeout_s else None
+            expires = self.next_ts + t.timeout_s * SECOND if t.timeout_s else None
             self.holds[t.id] = ModelHold(t.debit_account_id, t.credit_account_id, a, dr_asset, expires)
         else:
             dr[1] += a
@@ -188,7 +196,7 @@ class Model:
         if hold.state != "pending":
             raise Fail({"posted": "pending_transfer_already_posted", "voided": "pending_transfer_already_voided",
                         "expired": "pending_transfer_expired"}[hold.state])
-        if not system and hold.expires_at is not None and now >= hold.expires_at:
+        if not system and hold.expires_at is not None and self.next_ts >= hold.expires_at:
             raise Fail("pending_transfer_expired")
         if t.flags & POST:
             amount = hold.amount if t.amount is None else t.amount
@@ -213,6 +221,7 @@ class Model:
         return "ok"
 
     def _store(self, t: TransferIn, dr: str, cr: str, amount: int, asset: str) -> None:
+        self.next_ts += 1
         self.stored[t.id] = {"flags": t.flags, "pending_id": t.pending_id, "dr": dr, "cr": cr, "amount": amount,
                              "asset": asset, "timeout_s": t.timeout_s, "code": t.code, "reference": t.reference}
 

@@ -272,6 +272,17 @@ def test_tampered_post_amount_vs_hold(db, ledger):
     assert "h1" in p.detail
 
 
+def test_a_hold_posted_at_or_after_its_expiry_is_reported(db, ledger):
+    # h1 had no timeout; give it one that ended before p1 posted it (as a batch that judged
+    # the expiry by a stale clock once did).
+    with tampered(db, "UPDATE holds SET expires_at = (SELECT timestamp FROM transfers "
+                      "WHERE tenant_id = :t AND id = 'p1') WHERE tenant_id = :t AND transfer_id = 'h1'",
+                  t=ledger) as c:
+        report = verify_ledger(c, ledger)
+    assert _checks(report) == {"hold_resolved_after_expiry"}
+    assert "h1" in _find(report, "hold_resolved_after_expiry", seq=4).detail
+
+
 def test_missing_and_orphaned_holds(db, ledger):
     with tampered(
         db,
