@@ -438,10 +438,14 @@ class RentalService:
         return ExtendResult(rental, added_seconds, added_minor)
 
     def record_sample(self, session: Session, tenant_id: str, rental_id: str, values: dict[str, Any],
-                      clock: Clock) -> tuple[Rental, Accrual]:
-        """Store a metrics sample and fold its power into the rental's exact energy integral."""
+                      clock: Clock, *, owner: str | None = None) -> tuple[Rental, Accrual]:
+        """Store a metrics sample and fold its power into the rental's exact energy integral.
+        `owner`: the customer id the caller must be (None: any); another's is not found."""
         clean = self.validate_sample(values)
-        rental = self._lock_active(session, tenant_id, rental_id, clock)
+        rental = self.get(session, tenant_id, rental_id, lock=True)
+        if owner is not None and rental.customer_id != owner:
+            raise RentalNotFound(f"contract {rental_id} does not exist")
+        self.check_active(rental, clock.now_ns())
         now = clock.now_ns()
         power_mw = self.fold_sample(rental, clean, now)
         session.add(RentalSample(tenant_id=tenant_id, rental_id=rental_id, ts=now, power_mw=power_mw,

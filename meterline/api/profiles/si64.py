@@ -64,10 +64,12 @@ from meterline.api.v1.common import (
     ledger_read_async,
     ledger_write_async,
 )
+from meterline.api.v1.principals import is_staff, owner_filter, owns, require_self
 from meterline.catalog.service import catalog_service
 from meterline.db.base import bigint_text
 from meterline.db.scoping import scoped
-from meterline.errors import ServiceUnavailable
+from meterline.errors import Forbidden, ServiceUnavailable
+from meterline.identity.service import Principal
 from meterline.money import STANDARD_ASSETS, parse_amount, to_major
 from meterline.rentals import accrual
 from meterline.rentals.contracts import active_leases, contract_service
@@ -248,6 +250,7 @@ def rent(
     data = body.value
     tenant = principal.tenant_id
     now = runtime.clock.now_ns()
+    require_self(principal, data.wallet, "wallet")  # a customer rents for itself (403 otherwise)
 
     def work() -> Response:
         duration_s = parse_hours(data.duration_hours)
@@ -281,13 +284,13 @@ async def get_contract(request: Request, contract_id: ContractId, principal: Led
     runtime = get_runtime(request)
     reader = contract_reader(runtime.db)
     if reader.inline:
-        return _read_contract(runtime, reader, principal.tenant_id, contract_id)
-    return await run_in_threadpool(_read_contract, runtime, reader, principal.tenant_id, contract_id)
+        return _read_contract(runtime, reader, principal, contract_id)
+    return await run_in_threadpool(_read_contract, runtime, reader, principal, contract_id)
 
 
-def _read_contract(runtime: Runtime, reader: ContractReader, tenant: str, contract_id: str) -> Response:
-    row = reader.status_row(tenant, contract_id)
-    if row is None:
+def _read_contract(runtime: Runtime, reader: ContractReader, principal: Principal, contract_id: str) -> Response:
+    row = reader.status_row(principal.tenant_id, contract_id)
+    if row is None or not owns(principal, row.customer_id):  # another customer's is not found either
         raise RentalNotFound(f"contract {contract_id} does not exist")
     return _JSONAnswer(_contract_status(row, runtime.clock.now_ns()))
 
@@ -308,17 +311,19 @@ async def record_metrics(
     ledger per sample; cost accrues with time (and metered power, when `power_w` is sent).
     Answered once the sample is committed (group commit with concurrent samples)."""
     values = {k: v for k, v in body.value.model_dump().items() if k in SAMPLE_FIELDS and v is not None}
-    return await _record(request, principal.tenant_id, contract_id, values, body.raw)
+    return await _record(request, principal, contract_id, values, body.raw)
 
 
-async def _record(request: Request, tenant: str, contract_id: str, values: dict[str, Any], raw: bytes) -> Response:
+async def _record(request: Request, principal: Principal, contract_id: str, values: dict[str, Any],
+                  raw: bytes) -> Response:
     runtime = get_runtime(request)  # not RuntimeDep: a sync dependency would cost a threadpool hop
     if _has_header(request, _IDEMPOTENCY_NAME):
         # Claiming the key and storing the sample must commit together: the one-transaction path.
-        return await run_in_threadpool(_record_idempotent, request, runtime, tenant, contract_id, values, raw)
+        return await run_in_threadpool(_record_idempotent, request, runtime, principal, contract_id, values, raw)
     clean = rental_service.validate_sample(values)
     try:
-        done = await runtime.sampler.record_async(tenant, contract_id, [clean])
+        done = await runtime.sampler.record_async(principal.tenant_id, contract_id, [clean],
+                                                  owner=owner_filter(principal))
     except SamplerStopped:
         raise ServiceUnavailable("samples are not being accepted right now") from None
     return _metrics_answer(done.rental, done.accrual)
@@ -363,11 +368,11 @@ async def _fast_record_metrics(request: Request) -> Response | None:
     runtime: Runtime = request.app.state.runtime
     if _has_header(request, _IDEMPOTENCY_NAME):
         values = {k: v for k, v in data.items() if k in SAMPLE_FIELDS and v is not None}
-        return await run_in_threadpool(_record_idempotent, request, runtime, principal.tenant_id, contract_id,
-                                       values, raw)
+        return await run_in_threadpool(_record_idempotent, request, runtime, principal, contract_id, values, raw)
     clean = rental_service.validate_sample(data, ignore_unknown=True)
     try:
-        done = await runtime.sampler.record_async(principal.tenant_id, contract_id, [clean])
+        done = await runtime.sampler.record_async(principal.tenant_id, contract_id, [clean],
+                                                  owner=owner_filter(principal))
     except SamplerStopped:
         raise ServiceUnavailable("samples are not being accepted right now") from None
     return _metrics_answer(done.rental, done.accrual)
@@ -379,11 +384,13 @@ FAST_ROUTES = [FastRoute("GET", "/api/contracts/{contract_id}", _fast_get_contra
                FastRoute("POST", "/api/metrics/{contract_id}", _fast_record_metrics)]
 
 
-def _record_idempotent(request: Request, runtime: Runtime, tenant: str, contract_id: str,
+def _record_idempotent(request: Request, runtime: Runtime, principal: Principal, contract_id: str,
                        values: dict[str, Any], raw: bytes) -> Response:
+    tenant = principal.tenant_id
     with runtime.db.session(write=True) as session:
         def work() -> Response:
-            rental, acc = rental_service.record_sample(session, tenant, contract_id, values, runtime.clock)
+            rental, acc = rental_service.record_sample(session, tenant, contract_id, values, runtime.clock,
+                                                       owner=owner_filter(principal))
             return _metrics_answer(rental, acc)
 
         return in_transaction(request, tenant, raw, session, runtime.clock.now_ns(), work)
@@ -429,7 +436,7 @@ def extend(
         added_s = parse_hours(data.additional_hours, "additional_hours")
         if data.amount is not None and data.tx_signature is None:
             raise InvalidRentalRequest("amount needs the tx_signature of the payment it describes")
-        scale = rental_service.get(session, tenant, contract_id).scale
+        scale = _own_contract(session, principal, contract_id).scale
         paid = _parse_amount(data.amount, scale)
         result = contract_service.extend(session, tenant, contract_id, added_s=added_s,
                                          proof=data.tx_signature, paid_minor=paid, clock=runtime.clock)
@@ -458,6 +465,7 @@ def settle(request: Request, contract_id: ContractId, principal: LedgerWrite, se
     now = runtime.clock.now_ns()
 
     def work() -> Response:
+        _own_contract(session, principal, contract_id)
         s = rental_service.settle(session, tenant, contract_id, runtime.clock)
         r, m = s.rental, s.rental.scale
         assert r.settled_at is not None
@@ -568,6 +576,19 @@ def _ledger_row(r: Rental, now_ns: int) -> LedgerContract:
     )
 
 
+def _own_contract(session: Session, principal: Principal, contract_id: str) -> Rental:
+    """The contract, if the caller may act on it; another customer's is not found."""
+    rental = rental_service.get(session, principal.tenant_id, contract_id)
+    if not owns(principal, rental.customer_id):
+        raise RentalNotFound(f"contract {contract_id} does not exist")
+    return rental
+
+
+def _require_staff(principal: Principal) -> None:
+    if not is_staff(principal):
+        raise Forbidden("the tenant's books are for admin and operator keys")
+
+
 def _settlement_row(r: Rental) -> LedgerSettlement:
     m = r.scale
     assert r.settled_at is not None
@@ -587,7 +608,9 @@ def billing_ledger(principal: LedgerRead, session: ReadSession, runtime: Runtime
     """Totals over every active SOL contract (computed in SQL), the newest `limit` active
     contracts (page on with `cursor` = `next_cursor`) and the `settlements_limit` most recent
     settlements. `total_used` is usage revenue: accrued on active contracts plus used by
-    settled ones; `total_active_value` and `total_pending_refunds` cover active contracts."""
+    settled ones; `total_active_value` and `total_pending_refunds` cover active contracts.
+    The whole tenant's books: for admin and operator keys."""
+    _require_staff(principal)
     tenant = principal.tenant_id
     now = runtime.clock.now_ns()
     page, next_cursor = _active_page(session, tenant, limit, _decode_page_cursor(cursor))
@@ -610,7 +633,9 @@ def billing_ledger(principal: LedgerRead, session: ReadSession, runtime: Runtime
 @router.get("/stats", summary="Platform counts and totals", response_model=Stats, responses=errors())
 def stats(principal: LedgerRead, session: ReadSession, runtime: RuntimeDep) -> Response:
     """Contracts active and settled, escrowed value, pending refunds, revenue (provider share
-    and platform fee) and devices (available, and leased by at least one active contract)."""
+    and platform fee) and devices (available, and leased by at least one active contract).
+    The whole tenant's figures: for admin and operator keys."""
+    _require_staff(principal)
     tenant = principal.tenant_id
     now = runtime.clock.now_ns()
     t = _totals(session, tenant, now)

@@ -5,9 +5,10 @@ module says whose rows it may do it to:
 
 - **staff** — an `admin`-scoped key or a principal of kind admin/operator — sees
   the whole tenant;
-- anyone else (customer, provider, device) sees only rows that are theirs: rentals
-  and wallets whose customer/owner id is their principal id; a `provider` principal
-  also the payouts and rates of the providers whose `owner_id` is its id.
+- anyone else sees only rows that are theirs: a `customer` principal the rentals,
+  wallets, subscriptions and invoices whose customer/owner id is its principal id;
+  a `provider` principal the payouts and rates of the providers whose `owner_id` is
+  its id.
 
 Someone else's row answers 404, exactly like a missing one, so its existence
 doesn't leak (STYLE "Auth and tenancy").
@@ -37,9 +38,24 @@ def actor_id(principal: Principal) -> str:
     return f"key:{principal.key_id}" if principal.key_id else principal.kind
 
 
+# Matches no customer id: ids never hold NUL (refused at the edge, `api/body.py`).
+_NOBODY = "\x00"
+
+
+def owner_filter(principal: Principal) -> str | None:
+    """The customer id whose rows (wallets, rentals, subscriptions, invoices) a caller may
+    see and act on; None for staff, who may act on everyone's. Only a `customer` principal
+    owns such rows: a provider or device key that happens to carry a customer's id is
+    another principal, and matches nothing."""
+    if principal.is_staff:
+        return None
+    return principal.id if principal.kind == "customer" and principal.id else _NOBODY
+
+
 def owns(principal: Principal, owner_id: str | None) -> bool:
-    """Staff own everything; anyone else only what carries their principal id."""
-    return is_staff(principal) or (principal.id is not None and principal.id == owner_id)
+    """Staff own everything; a customer only what carries its principal id."""
+    allowed = owner_filter(principal)
+    return allowed is None or allowed == owner_id
 
 
 def require_self(principal: Principal, customer_id: str, what: str) -> None:

@@ -33,7 +33,7 @@ from meterline.api.v1.common import (
     encode_cursor,
     errors,
 )
-from meterline.api.v1.principals import is_staff, merge_pages, owns, require_self
+from meterline.api.v1.principals import is_staff, merge_pages, owner_filter, owns, require_self
 from meterline.api.v1.rental_schemas import (
     AccrualOut,
     AssetTotals,
@@ -246,11 +246,9 @@ async def add_samples(
     runtime = get_runtime(request)  # not RuntimeDep: a sync dependency would cost a threadpool hop
     # Refuse the whole batch before storing any of it.
     clean = [rental_service.validate_sample(s.values()) for s in body.value.samples]
-    owner = None if is_staff(principal) else principal.id  # `owns`: staff see all, others their own
-    if owner is None and not is_staff(principal):
-        raise RentalNotFound(f"contract {rental_id} does not exist")
     try:
-        done = await runtime.sampler.record_async(principal.tenant_id, rental_id, clean, owner=owner)
+        done = await runtime.sampler.record_async(principal.tenant_id, rental_id, clean,
+                                                  owner=owner_filter(principal))
     except SamplerStopped:
         raise ServiceUnavailable("samples are not being accepted right now") from None
     rental = done.rental

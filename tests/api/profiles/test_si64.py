@@ -26,6 +26,7 @@ from meterline.api.profiles.si64_schemas import ContractStatus, MetricsResponse
 from meterline.catalog.service import catalog_service
 from meterline.clock import FrozenClock
 from meterline.db.engine import Database
+from meterline.identity.service import identity_service
 from meterline.ledger.verify import verify_ledger
 from meterline.money import to_major
 from meterline.pricing.service import pricing_service
@@ -249,6 +250,42 @@ def test_unknown_contract_is_404_everywhere(client: TestClient, t: ApiTenant):
               client.post("/api/contracts/CTR-TEST/extend", json={"additional_hours": 1}, headers=t.w),
               client.post("/api/contracts/CTR-TEST/settle", headers=t.w)):
         assert_problem(r, 404, "contract_not_found")
+
+
+def test_a_customer_key_acts_only_on_its_own_contracts(client: TestClient, t: ApiTenant, db: Database,
+                                                        clock: FrozenClock):
+    """Every /api route checked only the scope: a customer read, fed samples to, extended
+    (spending the other's wallet) and settled another customer's contract, rented in its
+    name, and read the whole tenant's books."""
+    with db.session() as s:
+        def customer(wallet: str) -> dict[str, str]:
+            return ApiTenant.auth(identity_service.create_key(
+                s, tenant_id=t.id, kind="customer", principal_id=wallet, scopes=["ledger:read", "ledger:write"],
+                now_ns=clock.now_ns()).secret)
+        alice, bob = customer("AliceWa11et"), customer(WALLET)
+    theirs = rent_id(client, t)  # WALLET's, rented by an operator
+    before = body(client.get(f"/api/contracts/{theirs}", headers=bob))
+    for r in (client.get(f"/api/contracts/{theirs}", headers=alice),
+              client.post(f"/api/metrics/{theirs}", json=METRICS, headers=alice),
+              client.post(f"/api/metrics/{theirs}", json=METRICS, headers={**alice, "Idempotency-Key": "m-1"}),
+              client.post(f"/api/contracts/{theirs}/extend", json={"additional_hours": 1}, headers=alice),
+              client.post(f"/api/contracts/{theirs}/settle", headers=alice)):
+        assert_problem(r, 404, "contract_not_found")
+    assert body(client.get(f"/api/contracts/{theirs}", headers=bob)) == before  # untouched
+    r = client.post("/api/rent", json={"wallet": WALLET, "tier": "M2", "duration_hours": 1, "tx_signature": "a-1",
+                                       "amount": 0.001}, headers=alice)
+    assert_problem(r, 403, "forbidden")
+    for path in ("/api/billing/ledger", "/api/stats"):
+        assert_problem(client.get(path, headers=alice), 403, "forbidden")
+        assert client.get(path, headers=t.r).status_code == 200
+    # Its own: everything works.
+    r = client.post("/api/rent", json={"wallet": "AliceWa11et", "tier": "M2", "duration_hours": 1,
+                                       "tx_signature": "a-2", "amount": 0.001}, headers=alice)
+    assert r.status_code == 200, r.text
+    mine = r.json()["contract_id"]
+    assert client.post(f"/api/metrics/{mine}", json=METRICS, headers=alice).status_code == 200
+    assert client.get(f"/api/contracts/{mine}", headers=alice).status_code == 200
+    assert client.post(f"/api/contracts/{mine}/settle", headers=alice).status_code == 200
 
 
 def test_unknown_tier_is_404(client: TestClient, t: ApiTenant):

@@ -47,6 +47,16 @@ def test_a_customer_sees_and_funds_only_its_own_wallets(client, market, key):
     assert client.get(BOB, headers=market.w).json()["posted"] == "25.00"
 
 
+@pytest.mark.parametrize("kind", ["provider", "device"])
+def test_a_key_of_another_kind_carrying_a_customers_id_owns_none_of_its_wallets(client, market, key, kind):
+    """A provider `alice` is not the customer `alice`: it read and emptied her wallet."""
+    assert deposit(client, key(market, "customer", "alice")).status_code == 201
+    other = key(market, kind, "alice")
+    assert_problem(client.get(ALICE, headers=other), 404, "wallet_not_found")
+    assert_problem(withdraw(client, other, "w-other"), 404, "wallet_not_found")
+    assert client.get(ALICE, headers=market.w).json()["posted"] == "25.00"
+
+
 def test_another_tenant_sees_its_own_empty_wallet(client, market, other_market):
     assert deposit(client, market.w).status_code == 201
     r = client.get(ALICE, headers=other_market.a)
