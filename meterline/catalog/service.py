@@ -174,6 +174,15 @@ class CatalogService:
             raise ProviderNotFound(f"provider {provider_id} does not exist")
         return row
 
+    def providers_of(self, session: Session, tenant_id: str, principal_id: str) -> list[Provider]:
+        """The providers a provider principal acts for: those it owns (`owner_id`), and a
+        provider without an owner to the principal named after it (the seeds' provider keys:
+        `--principal-id demo-provider`). An owned provider belongs to its owner alone — a key
+        merely named after it is someone else."""
+        stmt = scoped(select(Provider), Provider, tenant_id).where(
+            (Provider.owner_id == principal_id) | (Provider.owner_id.is_(None) & (Provider.id == principal_id)))
+        return list(session.scalars(stmt.order_by(Provider.id)))
+
     def list_providers(self, session: Session, tenant_id: str, *, owner_id: str | None = None) -> list[Provider]:
         stmt = scoped(select(Provider), Provider, tenant_id)
         if owner_id is not None:

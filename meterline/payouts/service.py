@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from meterline.catalog.models import Provider
 from meterline.clock import Clock
 from meterline.config import Settings, get_settings
 from meterline.db.scoping import scoped
@@ -180,8 +181,11 @@ class PayoutService:
             return row
         if row.status != PayoutStatus.REQUESTED:
             raise PayoutNotApprovable(f"payout {payout_id} is {row.status}")
-        if approver_id in (row.requested_by, row.provider_id):
-            raise SelfApprovalForbidden(f"{approver_id} requested payout {payout_id}")
+        # Neither whoever asked nor the provider's own people: its id, and its owner's.
+        provider = session.get(Provider, (tenant_id, row.provider_id))
+        owner = provider.owner_id if provider is not None else None
+        if approver_id in (row.requested_by, row.provider_id, owner):
+            raise SelfApprovalForbidden(f"{approver_id} requested payout {payout_id}, or is its provider")
         now = clock.now_ns()
         row.approvals = [*row.approvals, approver_id]  # a new list: JSON columns track reassignment
         if len(row.approvals) >= row.required_approvals:

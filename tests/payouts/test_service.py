@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
+from meterline.catalog.service import catalog_service
 from meterline.config import Settings
 from meterline.ledger.models import Account, Hold, Transfer
 from meterline.ledger.service import ledger_service
@@ -140,6 +141,16 @@ def test_above_threshold_needs_n_distinct_operators(session, tenant, clock):
         payout_service.approve(session, tenant, po.id, "op-3", clock)
     assert (e2.value.status, e2.value.code) == (409, "payout_not_approvable")
     assert session.get(PayoutRequest, (tenant, po.id), populate_existing=True).approvals == ["op-1", "op-2"]
+
+
+def test_the_providers_owner_cannot_approve_its_payout(session, tenant, clock):
+    """An operator whose id is the provider's owner is the provider's own people."""
+    catalog_service.create_provider(session, tenant, id=PROVIDER, name="P", owner_id="owner-1",
+                                    now_ns=clock.now_ns())
+    po = request(session, tenant, clock, 100_000_001, settings=TWO_ABOVE_100, requested_by="user-req")
+    with pytest.raises(SelfApprovalForbidden):
+        payout_service.approve(session, tenant, po.id, "owner-1", clock)
+    assert payout_service.approve(session, tenant, po.id, "op-1", clock).approvals == ["op-1"]
 
 
 def test_reject_voids_the_hold(session, tenant, clock):

@@ -37,7 +37,7 @@ from meterline.api.v1.common import (
     encode_cursor,
     errors,
 )
-from meterline.api.v1.principals import actor_id
+from meterline.api.v1.principals import actor_id, owned_provider_ids
 from meterline.catalog.service import GpuModelNotFound, catalog_service
 from meterline.clock import to_rfc3339
 from meterline.errors import Conflict, Forbidden, MeterlineError, NotFound, ValidationFailed
@@ -145,7 +145,27 @@ def user_for(principal: Principal, user_id: str | None) -> str:
     return _subject(principal, user_id, "customer", "user_id")
 
 
-def provider_for(session: Session, principal: Principal, provider_id: str | None) -> str:
+def provider_for(session: Session, principal: Principal, provider_id: str | None, *,
+                 write: bool = False) -> str:
+    """The provider the call is for. A provider key acts for the providers it owns, as on
+    the native API (`owned_provider_ids`): naming another is 403, and naming none picks its
+    only one. Staff name it; a provider's writes (payouts, rates) are its own key's or an
+    admin's — an operator reviews payouts, it does not request them (as `/v1/payouts`)."""
+    if principal.kind == "provider":
+        if not principal.id:
+            raise KeyNotBound("this provider key has no principal id; create it with --principal-id")
+        owned = owned_provider_ids(session, principal) or []
+        if provider_id is None and len(owned) == 1:
+            return owned[0]
+        if provider_id is None:
+            raise ValidationFailed(f"this provider key acts for {len(owned)} providers: name the provider_id",
+                                   errors=[{"field": "provider_id", "code": "missing",
+                                            "detail": "required when a key owns no single provider"}])
+        if provider_id not in owned:
+            raise SubjectForbidden(f"provider key {principal.id} does not act for provider {provider_id}")
+        return provider_id
+    if write and principal.kind in _ACTING and not principal.has("admin"):
+        raise PrincipalKindForbidden("a provider's payouts and rates are set by its own key or an admin key")
     pid = _subject(principal, provider_id, "provider", "provider_id")
     catalog_service.get_provider(session, principal.tenant_id, pid)  # 404 provider_not_found
     return pid
@@ -473,7 +493,7 @@ def provider_payout(request: Request, principal: LedgerWrite,
     above it, it waits (`requested`) for operator approval. Send an `Idempotency-Key` so a
     retried request does not open a second payout."""
     data, tenant = body.value, principal.tenant_id
-    pid = provider_for(session, principal, data.provider_id)
+    pid = provider_for(session, principal, data.provider_id, write=True)
     requested_by = actor_id(principal)  # as the native route: the name approvals are checked against
 
     def work() -> Response:
@@ -546,7 +566,7 @@ def set_provider_rates(request: Request, principal: LedgerWrite,
     null removes it, models not named keep theirs. New sessions on the provider's devices are
     charged at least this per hour for time; running sessions keep the rate they locked in."""
     data, tenant = body.value, principal.tenant_id
-    pid = provider_for(session, principal, data.provider_id)
+    pid = provider_for(session, principal, data.provider_id, write=True)
 
     def work() -> Response:
         asset = _asset(session, tenant, data.asset).code

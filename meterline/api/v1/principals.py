@@ -79,7 +79,7 @@ def owned_provider_ids(session: Session, principal: Principal) -> list[str] | No
     if principal.kind != "provider" or principal.id is None:
         return []
     tenant = principal.tenant_id
-    return [p.id for p in catalog_service.list_providers(session, tenant, owner_id=principal.id)]
+    return [p.id for p in catalog_service.providers_of(session, tenant, principal.id)]
 
 
 def merge_pages(pages: Sequence[tuple[list[T], str | None]], limit: int, key: Callable[[T], str]) -> tuple[list[T], str | None]:

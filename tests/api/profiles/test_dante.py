@@ -642,8 +642,38 @@ def test_provider_endpoints_are_for_providers(client: TestClient, dante: Dante, 
     r = client.request(method, path, headers=d.h(d.provider), **_as(method, path, body, "provider_id", "si64"))
     assert_problem(r, 403, "subject_forbidden")
     assert_problem(client.request(method, path, json=body, headers=d.h(d.alice)), 403, "principal_kind_forbidden")
-    r = client.request(method, path, headers=d.h(d.operator), **_as(method, path, body, "provider_id", "ghost"))
+    # Staff read any provider's; a provider's payouts and rates are set by its key or an admin
+    # (an operator reviews payouts, it does not request them), as on /v1.
+    staff = d.operator if method == "GET" else d.admin
+    r = client.request(method, path, headers=d.h(staff), **_as(method, path, body, "provider_id", "ghost"))
     assert_problem(r, 404, "provider_not_found")
+    if method != "GET":
+        r = client.request(method, path, headers=d.h(d.operator), **_as(method, path, body, "provider_id", "si64"))
+        assert_problem(r, 403, "principal_kind_forbidden")
+
+
+def test_a_provider_key_acts_for_the_providers_it_owns_not_one_it_is_named_after(
+        make_client: MakeClient, dante: Dante, db: Database, clock: FrozenClock) -> None:
+    """`acme` is owned by `otherco`: the key named `acme` read its earnings and paid them out
+    to itself; `otherco`'s own key, which the native API accepts, was refused."""
+    client = make_client()
+    with db.session() as s:
+        catalog_service.create_provider(s, dante.id, id="acme", name="Acme", owner_id="otherco",
+                                        now_ns=clock.now_ns())
+        make_earnings(s, dante.id, clock, provider_id="acme", amount_minor=5_000_000, asset="DGPU")
+        rw = ["ledger:read", "ledger:write"]
+        named, owner = (identity_service.create_key(s, tenant_id=dante.id, kind="provider", principal_id=pid,
+                                                    scopes=rw, now_ns=clock.now_ns()).secret
+                        for pid in ("acme", "otherco"))
+    payout = {"provider_id": "acme", "amount": "1", "destination": "W"}
+    assert_problem(client.get("/api/v1/provider/earnings?provider_id=acme", headers=dante.h(named)),
+                   403, "subject_forbidden")
+    assert_problem(client.post("/api/v1/provider/payout", json=payout, headers=dante.h(named)),
+                   403, "subject_forbidden")
+    r = client.get("/api/v1/provider/earnings", headers=dante.h(owner))  # its only provider, unnamed
+    assert r.status_code == 200 and r.json()["provider_id"] == "acme", r.text
+    assert client.post("/api/v1/provider/payout", json=payout, headers=dante.h(owner)).status_code == 201
+    assert client.get("/v1/payouts?provider_id=acme", headers=dante.h(owner)).json()["data"]
 
 
 def test_customer_cannot_see_another_users_wallet(client: TestClient, dante: Dante) -> None:
