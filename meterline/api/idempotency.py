@@ -3,8 +3,8 @@
 A key is scoped to the caller: its tenant and, for a caller with a principal id
 (a customer, a provider, an operator), that principal — customers choose their
 keys independently and must never be answered each other's stored responses.
-Callers without a principal id (admin and service keys) share the tenant's
-space. The request a key names is identified by the SHA-256 of its method, path
+Staff keys without a principal id (admin and service keys) share the tenant's
+space; any other key without one has a space of its own. The request a key names is identified by the SHA-256 of its method, path
 and exact body bytes:
 
 - same key, same request  → the stored status and body, with
@@ -91,8 +91,14 @@ def request_hash(method: str, path: str, body: bytes) -> str:
 
 
 def key_space(principal: Principal | None) -> str:
-    """The principal part of a key's scope: '' for tenant-wide callers."""
-    return f"{principal.kind}:{principal.id}" if principal is not None and principal.id else ""
+    """The principal part of a key's scope: '' for staff without a principal id (the tenant's
+    own space); a non-staff key without one is a space of its own (it must not replay, or
+    squat, what staff stored)."""
+    if principal is None:
+        return ""
+    if principal.id:
+        return f"{principal.kind}:{principal.id}"
+    return "" if principal.is_staff else f"key:{principal.key_id}"
 
 
 @dataclass(frozen=True, slots=True)

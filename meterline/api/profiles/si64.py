@@ -388,6 +388,8 @@ def _record_idempotent(request: Request, runtime: Runtime, principal: Principal,
                        values: dict[str, Any], raw: bytes) -> Response:
     tenant = principal.tenant_id
     with runtime.db.session(write=True) as session:
+        _own_contract(session, principal, contract_id)  # before a stored answer is replayed
+
         def work() -> Response:
             rental, acc = rental_service.record_sample(session, tenant, contract_id, values, runtime.clock,
                                                        owner=owner_filter(principal))
@@ -431,12 +433,12 @@ def extend(
     data = body.value
     tenant = principal.tenant_id
     now = runtime.clock.now_ns()
+    scale = _own_contract(session, principal, contract_id).scale  # before a stored answer is replayed
 
     def work() -> Response:
         added_s = parse_hours(data.additional_hours, "additional_hours")
         if data.amount is not None and data.tx_signature is None:
             raise InvalidRentalRequest("amount needs the tx_signature of the payment it describes")
-        scale = _own_contract(session, principal, contract_id).scale
         paid = _parse_amount(data.amount, scale)
         result = contract_service.extend(session, tenant, contract_id, added_s=added_s,
                                          proof=data.tx_signature, paid_minor=paid, clock=runtime.clock)
@@ -463,9 +465,9 @@ def settle(request: Request, contract_id: ContractId, principal: LedgerWrite, se
     once: a second settle (or a concurrent one) is 409 `contract_already_settled`."""
     tenant = principal.tenant_id
     now = runtime.clock.now_ns()
+    _own_contract(session, principal, contract_id)  # before a stored answer is replayed
 
     def work() -> Response:
-        _own_contract(session, principal, contract_id)
         s = rental_service.settle(session, tenant, contract_id, runtime.clock)
         r, m = s.rental, s.rental.scale
         assert r.settled_at is not None

@@ -42,7 +42,7 @@ from meterline.api.v1.billing_schemas import (
     SubscriptionStatus,
 )
 from meterline.api.v1.common import Cursor, Limit, decode_cursor, encode_cursor, errors
-from meterline.api.v1.principals import is_staff, owns
+from meterline.api.v1.principals import is_staff, list_filter, owns
 from meterline.billing.html import render_invoice
 from meterline.billing.invoices import InvoiceDocument, InvoiceNotFound, invoice_service
 from meterline.billing.models import Invoice, Subscription
@@ -150,10 +150,9 @@ def list_subscriptions(principal: BillingRead, session: ReadSession, customer_id
                        status: Annotated[SubscriptionStatus | None, Query()] = None, limit: Limit = 100,
                        cursor: Cursor = None) -> SubscriptionPage:
     """In id (creation) order, filtered by `customer_id` and `status`."""
-    if not is_staff(principal):
-        if principal.id is None or customer_id not in (None, principal.id):
-            return SubscriptionPage(data=[], next_cursor=None)
-        customer_id = principal.id
+    customer_id, visible = list_filter(principal, customer_id)
+    if not visible:
+        return SubscriptionPage(data=[], next_cursor=None)
     page = billing_service.list_subscriptions(session, principal.tenant_id, customer_id=customer_id,
                                               status=status, after=decode_cursor(cursor), limit=limit)
     return SubscriptionPage(data=[_sub_out(session, s) for s in page.items],
@@ -285,10 +284,9 @@ def list_invoices(principal: BillingRead, session: ReadSession,
                   customer_id: CustomerFilter = None, status: Annotated[InvoiceStatus | None, Query()] = None,
                   limit: Limit = 100, cursor: Cursor = None) -> InvoicePage:
     """In id (creation) order, with their lines, filtered by subscription, customer and status."""
-    if not is_staff(principal):
-        if principal.id is None or customer_id not in (None, principal.id):
-            return InvoicePage(data=[], next_cursor=None)
-        customer_id = principal.id
+    customer_id, visible = list_filter(principal, customer_id)
+    if not visible:
+        return InvoicePage(data=[], next_cursor=None)
     tenant = principal.tenant_id
     page = invoice_service.list_invoices(session, tenant, subscription_id=subscription_id,
                                          customer_id=customer_id, status=status, after=decode_cursor(cursor),

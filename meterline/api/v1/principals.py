@@ -52,6 +52,18 @@ def owner_filter(principal: Principal) -> str | None:
     return principal.id if principal.kind == "customer" and principal.id else _NOBODY
 
 
+def list_filter(principal: Principal, requested: str | None) -> tuple[str | None, bool]:
+    """The customer filter a list of customer rows applies for this caller, and whether it
+    can match anything: staff filter as asked; a customer sees only its own (its id, implied
+    or asked for); anyone else nothing — the same rule as `owns`, for lists."""
+    allowed = owner_filter(principal)
+    if allowed is None:
+        return requested, True
+    if allowed == _NOBODY or requested not in (None, allowed):
+        return None, False
+    return allowed, True
+
+
 def owns(principal: Principal, owner_id: str | None) -> bool:
     """Staff own everything; a customer only what carries its principal id."""
     allowed = owner_filter(principal)

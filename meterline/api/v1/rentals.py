@@ -7,9 +7,9 @@
     POST /v1/rentals/{id}/extend              → contract_service.extend
     POST /v1/rentals/{id}/settle              → rental_service.settle (one linked ledger batch, once)
 
-Staff keys see every rental of the tenant; any other key only rentals whose
+Staff keys see every rental of the tenant; a `customer` key only rentals whose
 `customer_id` is its principal id (another's is 404), and it may only rent for
-itself. Reads need `ledger:read`, everything else `ledger:write`.
+itself; other keys (provider, device) see none (`principals.owner_filter`). Reads need `ledger:read`, everything else `ledger:write`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,14 @@ from meterline.api.v1.common import (
     encode_cursor,
     errors,
 )
-from meterline.api.v1.principals import is_staff, merge_pages, owner_filter, owns, require_self
+from meterline.api.v1.principals import (
+    is_staff,
+    list_filter,
+    merge_pages,
+    owner_filter,
+    owns,
+    require_self,
+)
 from meterline.api.v1.rental_schemas import (
     AccrualOut,
     AssetTotals,
@@ -167,10 +174,9 @@ def list_rentals(
     A non-staff key lists only its own (the `customer` filter is then implied)."""
     tenant = principal.tenant_id
     after = decode_cursor(cursor)
-    if not is_staff(principal):
-        if principal.id is None or customer not in (None, principal.id):
-            return RentalPage(data=[], next_cursor=None)
-        customer = principal.id
+    customer, visible = list_filter(principal, customer)
+    if not visible:
+        return RentalPage(data=[], next_cursor=None)
     if customer is None:
         rows, nxt = rental_service.list_rentals(session, tenant, status=status, after=after, limit=limit)
     else:

@@ -272,6 +272,19 @@ def test_a_customer_key_acts_only_on_its_own_contracts(client: TestClient, t: Ap
               client.post(f"/api/contracts/{theirs}/settle", headers=alice)):
         assert_problem(r, 404, "contract_not_found")
     assert body(client.get(f"/api/contracts/{theirs}", headers=bob)) == before  # untouched
+    # Nor through a stored answer: staff settle under a key, then a key without an id (which
+    # shared staff's key space) replays it.
+    with db.session() as s:
+        unbound = ApiTenant.auth(identity_service.create_key(
+            s, tenant_id=t.id, kind="customer", scopes=["ledger:read", "ledger:write"], now_ns=clock.now_ns()).secret)
+    for path, payload in ((f"/api/metrics/{theirs}", METRICS), (f"/api/contracts/{theirs}/extend",
+                                                                  {"additional_hours": 1})):
+        assert client.post(path, json=payload, headers={**t.w, "Idempotency-Key": f"k-{path}"}).status_code == 200
+        r = client.post(path, json=payload, headers={**unbound, "Idempotency-Key": f"k-{path}"})
+        assert_problem(r, 404, "contract_not_found")
+        r = client.post(path, json=payload, headers={**alice, "Idempotency-Key": f"k-{path}"})
+        assert_problem(r, 404, "contract_not_found")
+    before = body(client.get(f"/api/contracts/{theirs}", headers=bob))
     r = client.post("/api/rent", json={"wallet": WALLET, "tier": "M2", "duration_hours": 1, "tx_signature": "a-1",
                                        "amount": 0.001}, headers=alice)
     assert_problem(r, 403, "forbidden")

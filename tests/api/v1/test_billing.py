@@ -300,6 +300,12 @@ def test_a_customer_key_sees_and_pays_only_its_own(client, bb, key):
     assert_problem(client.post(f"/v1/invoices/{inv['id']}/void", headers=me), 403, "forbidden")
     nobody = key(bb, "customer", None, BILLING)
     assert client.get("/v1/invoices", headers=nobody).json()["data"] == []
+    # A provider or device key carrying the customer's id is another principal: it lists nothing.
+    for kind in ("provider", "device"):
+        other = key(bb, kind, "tenant-123", BILLING)
+        for path, params in [("/v1/subscriptions", {}), ("/v1/subscriptions", {"customer_id": "tenant-123"}),
+                             ("/v1/invoices", {}), ("/v1/invoices", {"subscription_id": sid})]:
+            assert client.get(path, params=params, headers=other).json()["data"] == [], (kind, path, params)
 
 
 def test_another_tenant_gets_404_for_everything(client, bb, other):

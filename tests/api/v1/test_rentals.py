@@ -272,6 +272,11 @@ def test_a_customer_only_sees_and_acts_on_its_own_rentals(client, market, other_
     assert_problem(client.post("/v1/rentals", json=prepaid(proof="tx-ro"), headers=ro), 403, "forbidden")
     assert_problem(client.get(f"/v1/rentals/{mine}", headers=market.r), 404, "contract_not_found")
     assert client.get("/v1/rentals", headers=market.r).json() == {"data": [], "next_cursor": None}
+    # A provider or device key carrying the customer's id is another principal: it lists nothing.
+    for kind in ("provider", "device"):
+        other = key(market, kind, "W1")
+        for params in ({}, {"customer": "W1"}):
+            assert client.get("/v1/rentals", params=params, headers=other).json()["data"] == [], (kind, params)
     # The theirs rental is untouched.
     assert client.get(f"/v1/rentals/{theirs}", headers=market.w).json()["status"] == "ACTIVE"
 
