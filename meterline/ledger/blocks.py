@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import Connection, insert, select, text
 from sqlalchemy.orm import Session
 
+from meterline.db import advisory
 from meterline.db.engine import Database
 from meterline.db.scoping import scoped
 from meterline.errors import Conflict, NotFound
@@ -31,9 +32,6 @@ from meterline.ledger.chain import GENESIS_HASH
 from meterline.ledger.models import Block, Transfer
 from meterline.ledger.service import LedgerError, ledger_service
 from meterline.ledger.signing import Signer, verify_signature
-
-# Advisory-lock namespace for sealing ("MLBK"); the second key is the tenant's hashtext.
-_SEAL_LOCK_CLASS = 0x4D4C424B  # fits a signed int4
 
 
 class BlockNotFound(LedgerError, NotFound):
@@ -89,10 +87,7 @@ class BlockService:
         if pg:
             # Serialises sealers of this tenant until our transaction ends; posting is not
             # blocked. The next read (READ COMMITTED) sees any block the previous holder made.
-            conn.execute(
-                text("SELECT pg_advisory_xact_lock(CAST(:cls AS integer), hashtext(:t))"),
-                {"cls": _SEAL_LOCK_CLASS, "t": tenant_id},
-            )
+            advisory.xact_lock(conn, advisory.SEAL, tenant_id)
         prev = conn.execute(
             select(Block.height, Block.last_seq, Block.block_hash, Block.timestamp)
             .where(Block.tenant_id == tenant_id)

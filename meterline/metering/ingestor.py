@@ -7,6 +7,8 @@ then resolves each caller's future — an acknowledged event is a committed one.
 SQLite this replaces N writers polling for the lock with one that never waits; on
 both backends one fsync pays for many requests. If a combined transaction fails,
 each batch is retried alone so one poisoned request cannot fail its neighbours.
+On PostgreSQL the ingestors of several API processes take turns per tenant (an
+advisory lock), so their groups never deadlock on each other's rollup rows.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection
 
+from meterline.db import advisory
 from meterline.db.engine import Database
 from meterline.db.group_commit import CommitterStopped, GroupCommitter
 from meterline.metering import ingest
@@ -63,6 +66,13 @@ class UsageIngestor(GroupCommitter[_Item, IngestResult]):
         return len(item.events)
 
     def apply(self, conn: Connection, items: list[_Item]) -> list[IngestResult | Exception]:
+        if not self.db.is_sqlite:
+            # One ingesting transaction per tenant at a time, across API processes. Each batch
+            # locks its event ids and rollup rows in sorted order, but a group of several
+            # batches does not, and two processes' groups deadlocked on them (a 500 once the
+            # retries met the other group again). Taken in tenant order, these locks cannot.
+            for tenant_id in sorted({i.tenant_id for i in items}):
+                advisory.xact_lock(conn, advisory.USAGE, tenant_id)
         return [ingest.apply(conn, i.tenant_id, i.licensee, i.device, i.events, i.window) for i in items]
 
 

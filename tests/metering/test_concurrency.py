@@ -117,3 +117,37 @@ def test_failed_group_commit_retries_each_batch_alone(db, clock, tenant_id, monk
         r = metering_service.ingest(conn, tenant_id, "lic", "x", [UsageEventIn("p1", "cam", "frames_processed", 1, t0)],
                                     clock.now_ns())
     assert r.accepted == 1  # the failed batch left its id unclaimed
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not PG_URL, reason="METERLINE_TEST_POSTGRES_URL not set")
+def test_ingestors_of_several_processes_never_deadlock(postgres_url, clock, tenant_id):
+    """Each API process has its own ingestor. Their group commits hold several batches, each
+    locking its ids and rollup rows in its own sorted order; two groups then deadlocked, and
+    a batch that met the other group again on its retry answered 500."""
+    ingestors = [UsageIngestor(Database(postgres_url)).start() for _ in range(3)]
+    db = ingestors[0].db
+    try:
+        t0 = _setup(db, tenant_id, clock)
+        window = Window(clock.now_ns(), 7 * 24 * 3600, 300)
+
+        accepted = [0] * 12
+
+        def client(w: int) -> None:
+            rng = random.Random(w)
+            ing = ingestors[w % len(ingestors)]
+            futures = []
+            for _ in range(40):
+                ids = rng.sample(range(2000), rng.randint(3, 200))
+                events = [UsageEventIn(f"e{i}", f"cam-{i % 2}", "frames_processed", 1, t0 - (i % 3) * HOUR_NS)
+                          for i in ids]
+                futures.append(ing.submit(tenant_id, "lic", f"dev-{w}", events, window))
+            accepted[w] = sum(f.result(timeout=120).accepted for f in futures)  # raises what a caller got
+
+        run_concurrently(client, 12)
+        ids, raw, rolled = _totals(db, tenant_id)
+        assert sum(accepted) == ids == raw == rolled
+    finally:
+        for ing in ingestors:
+            ing.stop()
+            ing.db.dispose()
