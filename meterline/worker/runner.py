@@ -66,7 +66,9 @@ class Worker:
             self._thread.join(timeout)
             if self._thread.is_alive():
                 log.warning("worker did not stop within %.0fs", timeout)
+                return  # its job still holds its lock; the process's exit releases it
             self._thread = None
+        self.scheduler.close()
 
     @property
     def running(self) -> bool:

@@ -2,16 +2,24 @@
 
 Claiming due jobs is one short transaction per tick, for all of them: lock each
 job's row (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so a worker never waits
-behind another's claim; SQLite has one writer, taken with ``BEGIN IMMEDIATE``),
-re-check that it is due, move ``next_run_at`` one interval ahead, commit. Only
-then do the jobs run, outside that transaction: a job opens its own (the ledger
-batcher, a sealing connection), and on SQLite holding the claim open would
-deadlock against them. A worker that dies mid-tick loses those runs; the next
-interval picks them up, so jobs are written as idempotent sweeps.
+behind another's claim; SQLite has one writer, taken with ``BEGIN IMMEDIATE``)
+and re-check that it is due, then commit. Only then do the jobs run, outside
+that transaction: a job opens its own (the ledger batcher, a sealing
+connection), and on SQLite holding the claim open would deadlock against them.
 
-The outcomes (last_run_at, run_count, last_error) are recorded in a second short
-transaction, again one per tick. An exception in a job is logged and stored; it
-never escapes.
+While a job runs, its claim must hold, and it must not outlive its worker. On
+PostgreSQL a worker takes a session advisory lock per job it claims
+(`db/advisory.py`), on a connection of its own, and keeps it until the outcome
+is recorded: another worker skips a job whose lock is held — a run longer than
+its interval is never started twice — and a worker that dies releases its locks
+with its connection, so the next tick of any worker runs the job at once
+(``next_run_at`` moves on only when a run is recorded). On SQLite (one worker)
+the claim itself moves ``next_run_at`` one interval ahead. Jobs are written as
+idempotent sweeps either way.
+
+The outcomes (last_run_at, run_count, last_error, the next run) are recorded in
+a second short transaction, again one per tick. An exception in a job is logged
+and stored; it never escapes.
 
 Why one claim and one record per tick, and why on SQLite they skip the fsync:
 `meterline serve --dev` runs this worker next to the sample and ledger writers,
@@ -38,6 +46,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, text
 
 from meterline.clock import Clock
+from meterline.db import advisory
 from meterline.db.engine import WRITE, Database
 
 log = logging.getLogger(__name__)
@@ -63,6 +72,35 @@ class Scheduler:
         self.clock = clock
         self.jobs = list(jobs)
         self._registered = False
+        self._leases: Connection | None = None  # PostgreSQL: holds the locks of the jobs we run
+        self._held: set[str] = set()
+
+    def _lease_connection(self) -> Connection | None:
+        """PostgreSQL: the connection whose session holds this worker's job locks (module doc)."""
+        if self.db.is_sqlite:
+            return None
+        if self._leases is None or self._leases.closed or self._leases.invalidated:
+            self._held.clear()  # a new session holds none of the old one's locks
+            self._leases = self.db.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        return self._leases
+
+    def _release(self, names: Sequence[str]) -> None:
+        leases = self._leases
+        for name in names:
+            if name in self._held:
+                self._held.discard(name)
+                if leases is not None and not leases.closed:
+                    try:
+                        advisory.unlock(leases, advisory.JOB, name)
+                    except Exception:  # the session is gone, and its locks with it
+                        log.warning("could not release the lock of job %s", name, exc_info=True)
+
+    def close(self) -> None:
+        """Release every job lock (closing the session releases them all)."""
+        self._held.clear()
+        if self._leases is not None:
+            self._leases.close()
+            self._leases = None
 
     @contextmanager
     def _bookkeeping(self) -> Iterator[Connection]:
@@ -115,16 +153,29 @@ class Scheduler:
         worker, in one transaction. Returns {name: claim time (ns)} of those claimed."""
         now = self.clock.now_ns()
         claimed: dict[str, int] = {}
-        with self._bookkeeping() as conn:
-            for job in jobs:
-                row = self._lock(conn, job.name)
-                if row is None or (not force and row > now):
-                    continue
-                conn.execute(
-                    text("UPDATE scheduled_jobs SET next_run_at = :next WHERE name = :n"),
-                    {"next": now + int(job.interval_s * 1_000_000_000), "n": job.name},
-                )
-                claimed[job.name] = now
+        leases = self._lease_connection()
+        locked: list[str] = []
+        try:
+            with self._bookkeeping() as conn:
+                for job in jobs:
+                    if leases is not None:
+                        if job.name in self._held or not advisory.try_lock(leases, advisory.JOB, job.name):
+                            continue  # running here already, or in another worker
+                        self._held.add(job.name)
+                        locked.append(job.name)
+                    row = self._lock(conn, job.name)
+                    if row is None or (not force and row > now):
+                        continue
+                    if leases is None:  # SQLite: the claim itself moves the schedule on
+                        conn.execute(
+                            text("UPDATE scheduled_jobs SET next_run_at = :next WHERE name = :n"),
+                            {"next": now + int(job.interval_s * 1_000_000_000), "n": job.name},
+                        )
+                    claimed[job.name] = now
+        except BaseException:
+            self._release(locked)
+            raise
+        self._release([n for n in locked if n not in claimed])
         return claimed
 
     @staticmethod
@@ -143,32 +194,36 @@ class Scheduler:
     def _run_claimed(self, jobs: Sequence[Job], claimed: dict[str, int]) -> dict[str, int]:
         """Run the claimed ones of `jobs` in order, then record every outcome in one transaction."""
         done: dict[str, int] = {}
-        outcomes: list[tuple[str, int, str | None]] = []
-        for job in jobs:
-            started = claimed.get(job.name)
-            if started is None:
-                continue
-            error: str | None = None
-            try:
-                done[job.name] = int(job.run())
-            except Exception as exc:
-                log.exception("job %s failed", job.name)
-                error = f"{type(exc).__name__}: {exc}"[:_MAX_ERROR]
-            outcomes.append((job.name, started, error))
-        self._record(outcomes)
+        outcomes: list[tuple[str, int, int, str | None]] = []
+        try:
+            for job in jobs:
+                started = claimed.get(job.name)
+                if started is None:
+                    continue
+                error: str | None = None
+                try:
+                    done[job.name] = int(job.run())
+                except Exception as exc:
+                    log.exception("job %s failed", job.name)
+                    error = f"{type(exc).__name__}: {exc}"[:_MAX_ERROR]
+                outcomes.append((job.name, started, started + int(job.interval_s * 1_000_000_000), error))
+            self._record(outcomes)
+        finally:
+            self._release(list(claimed))
         return done
 
-    def _record(self, outcomes: list[tuple[str, int, str | None]]) -> None:
+    def _record(self, outcomes: list[tuple[str, int, int, str | None]]) -> None:
         if not outcomes:
             return
         try:
             with self._bookkeeping() as conn:
                 conn.execute(
                     text("UPDATE scheduled_jobs SET last_run_at = :at, last_error = :err, "
-                         "run_count = run_count + 1 WHERE name = :n"),
-                    [{"at": started, "err": error, "n": name} for name, started, error in outcomes],
+                         "run_count = run_count + 1, next_run_at = :next WHERE name = :n"),
+                    [{"at": started, "next": nxt, "err": error, "n": name} for name, started, nxt, error in outcomes],
                 )
         except Exception:
+            # Unrecorded, the job stays due: it runs again next tick (jobs are idempotent sweeps).
             log.exception("could not record the outcome of jobs %s", ", ".join(o[0] for o in outcomes))
 
     def run_due(self, *, force: bool = False) -> dict[str, int]:

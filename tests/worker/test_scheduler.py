@@ -140,6 +140,63 @@ def test_two_workers_run_a_due_job_once(postgres_url):
 
 
 @pytest.mark.postgres
+def test_a_job_whose_worker_died_mid_run_runs_at_the_next_tick_of_another(postgres_url):
+    """The claim used to move the schedule an interval ahead: a worker killed mid-run (an hourly
+    prune) left the job undone, and unclaimable, for the whole interval."""
+    clock = FrozenClock()
+    name = _name()
+    counter = Counter()
+    dbs = [Database(postgres_url), Database(postgres_url)]
+    try:
+        dying, alive = (Scheduler(d, clock, [Job(name, 3600, counter)]) for d in dbs)
+        dying.ensure_registered()
+        assert dying.claim_many(dying.jobs) == {name: clock.now_ns()}  # … and it dies before recording
+        assert alive.run_due() == {}  # while it lives, its claim holds
+        assert dying._leases is not None
+        dying._leases.invalidate()  # the process is gone: PostgreSQL ends its session, and its locks
+        assert alive.run_due() == {name: 7}  # at once, not an hour later
+        row = _row(dbs[0], name)
+        assert (row["run_count"], row["next_run_at"]) == (1, clock.now_ns() + 3600 * 10**9)
+    finally:
+        for d in dbs:
+            d.dispose()
+
+
+@pytest.mark.postgres
+def test_a_run_longer_than_its_interval_is_never_started_twice(postgres_url):
+    clock = FrozenClock()
+    name = _name()
+    release, started = threading.Event(), threading.Event()
+    runs: list[str] = []
+
+    def slow() -> int:
+        runs.append("slow")
+        started.set()
+        release.wait(30)
+        return 1
+
+    dbs = [Database(postgres_url), Database(postgres_url)]
+    try:
+        first = Scheduler(dbs[0], clock, [Job(name, 1, slow)])
+        second = Scheduler(dbs[1], clock, [Job(name, 1, Counter())])
+        first.ensure_registered()
+        running = threading.Thread(target=first.run_due)
+        running.start()
+        assert started.wait(30)
+        clock.advance(5)  # five intervals later, still running
+        assert second.run_due() == {}
+        release.set()
+        running.join(30)
+        assert runs == ["slow"] and _row(dbs[0], name)["run_count"] == 1
+        clock.advance(1)
+        assert second.run_due() == {name: 7}  # once it is recorded, the next run is anyone's
+    finally:
+        release.set()
+        for d in dbs:
+            d.dispose()
+
+
+@pytest.mark.postgres
 def test_a_locked_job_is_skipped_not_waited_for(postgres_url):
     """While another worker holds the job's row (mid-claim), SKIP LOCKED passes it by at once."""
     clock = FrozenClock()
