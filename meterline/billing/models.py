@@ -86,6 +86,10 @@ class SubscriptionItem(Base):
     unit_price_minor: Mapped[int] = mapped_column(BigInteger)  # per unit per month
     quantity: Mapped[int] = mapped_column(Integer)
     period_quantity: Mapped[int] = mapped_column(Integer)
+    # What the current period charges from now to its end: the period's quantity, then the
+    # quantity of each prorated change. A change without proration leaves it (it counts from
+    # the next period), so a later prorated change credits only time that was charged.
+    billed_quantity: Mapped[int] = mapped_column(Integer, server_default="0")
     status: Mapped[str] = mapped_column(String(16))
     # The order items were added in (their order on invoices), independent of id or clock.
     position: Mapped[int] = mapped_column(Integer)

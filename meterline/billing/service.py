@@ -2,8 +2,10 @@
 arrears, and Stripe-style proration lines when an item changes mid-period.
 
 A period's invoice bills each item at the quantity it had when the period began
-(`period_quantity`); every change since then adds proration lines — a credit for
-the rest of the period at the old quantity and a charge at the new one
+(`period_quantity`); every prorated change since then adds proration lines — a
+credit for the rest of the period at the quantity the period was charging
+(`billed_quantity`: a change without proration counts from the next period and
+leaves it as it was) and a charge at the new one
 (`billing.proration` holds the rule) — which wait as pending lines for the next
 invoice. Whatever happens in between, the lines of a period sum to what each
 quantity cost for the seconds it was in force.
@@ -207,7 +209,10 @@ class BillingService:
             raise InvalidBillingRequest("a per-tenant item's quantity is always 1; remove the item instead")
         self._check_line(quantity, item.unit_price_minor)
         at = self._now(sub, clock)
-        lines = self._prorate(session, sub, item, item.quantity, quantity, at) if prorate else []
+        lines: list[InvoiceLine] = []
+        if prorate and quantity != item.quantity:  # (the same quantity again changes nothing)
+            lines = self._prorate(session, sub, item, item.billed_quantity, quantity, at)
+            item.billed_quantity = quantity
         item.quantity = quantity
         item.updated_at = at
         session.flush()
@@ -220,7 +225,10 @@ class BillingService:
         sub = self._changeable(session, tenant_id, subscription_id, clock)
         item = self._item(session, sub, item_id)
         at = self._now(sub, clock)
-        lines = self._prorate(session, sub, item, item.quantity, 0, at) if prorate else []
+        lines: list[InvoiceLine] = []
+        if prorate:
+            lines = self._prorate(session, sub, item, item.billed_quantity, 0, at)
+            item.billed_quantity = 0
         item.quantity = 0
         item.status = "removed"
         item.removed_at = item.updated_at = at
@@ -245,7 +253,8 @@ class BillingService:
         item = SubscriptionItem(
             tenant_id=sub.tenant_id, id=new_id("si"), subscription_id=sub.id, plan_id=plan_id, pack_id=pack_id,
             name=name, basis=basis, unit_price_minor=price, quantity=quantity,
-            period_quantity=quantity if from_start else 0, status="active", position=len(every), created_at=at,
+            period_quantity=quantity if from_start else 0,
+            billed_quantity=quantity if from_start or prorate else 0, status="active", position=len(every), created_at=at,
             updated_at=at, removed_at=None,
         )
         session.add(item)
@@ -428,8 +437,9 @@ class BillingService:
             session.execute(
                 update(SubscriptionItem)
                 .where(SubscriptionItem.tenant_id == sub.tenant_id, SubscriptionItem.subscription_id == sub.id,
-                       SubscriptionItem.period_quantity != SubscriptionItem.quantity)
-                .values(period_quantity=SubscriptionItem.quantity)
+                       (SubscriptionItem.period_quantity != SubscriptionItem.quantity)
+                       | (SubscriptionItem.billed_quantity != SubscriptionItem.quantity))
+                .values(period_quantity=SubscriptionItem.quantity, billed_quantity=SubscriptionItem.quantity)
                 .execution_options(synchronize_session="fetch")
             )
         sub.updated_at = now

@@ -195,6 +195,31 @@ def test_changes_without_proration_count_from_the_next_period(db, tenant, clock)
         assert billing_service.update_item(s, tenant, sid, item.id, quantity=20, clock=clock).prorations == []
 
 
+def test_a_prorated_change_after_one_without_credits_only_what_the_period_charged(db, tenant, clock):
+    """A change without proration counts from the next period. A prorated change after it
+    credited the rest of the period at the new quantity — time never charged: 100 cameras
+    added without proration and then removed credited 3,000.00 against nothing."""
+    sid = subscribe(db, tenant, clock, [CUSTOM])  # 10 × 10.00 a month, from 1 Nov
+    clock.set(at(2025, 11, 16))  # half of a 30-day month left
+    with db.session() as s:
+        cams = billing_service.add_item(s, tenant, sid, ItemSpec(name="Cams", basis="camera", unit_price_minor=6000,
+                                                                 quantity=100), clock, prorate=False).item
+        assert billing_service.remove_item(s, tenant, sid, cams.id, clock).prorations == []  # never charged
+        support = billing_service.items(s, tenant, sid)[0]
+        billing_service.update_item(s, tenant, sid, support.id, quantity=1000, clock=clock, prorate=False)
+        change = billing_service.update_item(s, tenant, sid, support.id, quantity=1, clock=clock)
+        # The period charges 10 until now: credit the rest of 10, charge the rest of 1.
+        assert [(ln.quantity, ln.amount_minor) for ln in change.prorations] == [(10, -5_000), (1, 500)]
+        assert sorted(lines(billing_service.preview(s, tenant, sid, clock.now_ns()))) == [
+            ("proration", 1, 500), ("proration", 10, -5_000), ("subscription", 10, 10_000)]
+    clock.set(DEC_1)
+    with db.session() as s:
+        [november] = billing_service.close_due(s, tenant, sid, clock)
+        assert november.total_minor == 5_500  # half a month of 10, half of 1
+        [support] = billing_service.items(s, tenant, sid)
+        assert (support.period_quantity, support.billed_quantity) == (1, 1)
+
+
 def test_an_item_added_and_removed_in_one_second_costs_nothing(db, tenant, clock):
     sid = subscribe(db, tenant, clock, [CUSTOM])
     clock.set(at(2025, 11, 7, 13, 17, 5))
