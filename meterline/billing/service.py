@@ -178,7 +178,7 @@ class BillingService:
         """Cancel at the end of the current period: that period is still invoiced in full
         (with its prorations), then the subscription stops. Cancelling twice is a no-op."""
         sub = self.lock(session, tenant_id, subscription_id)
-        self._catch_up(session, sub, clock)
+        self._catch_up(session, sub, clock, limit=None)
         if sub.status == "canceled":
             return sub
         sub.cancel_at_period_end = True
@@ -348,7 +348,7 @@ class BillingService:
         """Invoice the current period now, as a draft, instead of waiting for its end. Changes
         after this are prorated onto the next period's invoice."""
         sub = self.lock(session, tenant_id, subscription_id)
-        self._catch_up(session, sub, clock)
+        self._catch_up(session, sub, clock, limit=None)
         if sub.status == "canceled":
             raise SubscriptionCanceled(f"subscription {sub.id} is canceled")
         existing = invoice_service.for_period(session, tenant_id, sub.id, sub.current_period_start)
@@ -407,12 +407,17 @@ class BillingService:
                 .order_by(Subscription.current_period_end).limit(limit))
         return [(t, s) for t, s in session.execute(stmt)]
 
-    def _catch_up(self, session: Session, sub: Subscription, clock: Clock) -> list[Invoice]:
+    def _catch_up(self, session: Session, sub: Subscription, clock: Clock, *,
+                  limit: int | None = MAX_CATCH_UP) -> list[Invoice]:
+        """Close the periods that ended: at most `limit` (a worker pass), or all of them (None:
+        a request, whose change or cancel must land in the period that is current now)."""
         closed: list[Invoice] = []
-        for _ in range(MAX_CATCH_UP):
-            if sub.status != "active" or sub.current_period_end > clock.now_ns():
+        passes = 0
+        while sub.status == "active" and sub.current_period_end <= clock.now_ns():
+            if limit is not None and passes >= limit:
                 break
             closed.extend(self._close_period(session, sub, clock))
+            passes += 1
         return closed
 
     def _close_period(self, session: Session, sub: Subscription, clock: Clock) -> list[Invoice]:
@@ -456,7 +461,7 @@ class BillingService:
         """Locked, brought up to date (a period that ended is closed first, so a change always
         falls inside the current period), and not canceled."""
         sub = self.lock(session, tenant_id, subscription_id)
-        self._catch_up(session, sub, clock)
+        self._catch_up(session, sub, clock, limit=None)
         if sub.status == "canceled":
             raise SubscriptionCanceled(f"subscription {sub.id} is canceled")
         return sub

@@ -390,6 +390,26 @@ def test_cancel_at_period_end(db, tenant, clock):
                 op()
 
 
+def test_a_change_or_cancel_after_more_than_two_years_without_the_worker_lands_in_todays_period(
+        db, tenant, clock):
+    """A request caught up at most 24 periods: the 25th still-ended period made every change
+    a 500 (outside its period), and a cancel stopped billing at that stale period's end."""
+    sid = subscribe(db, tenant, clock, [CUSTOM])  # from 1 Nov 2025
+    clock.set(at(2027, 12, 15))  # 25 periods later, no worker
+    with db.session() as s:
+        item = billing_service.items(s, tenant, sid)[0]
+        change = billing_service.update_item(s, tenant, sid, item.id, quantity=11, clock=clock)
+        assert change.subscription.current_period_start == at(2027, 12, 1)
+        assert [ln.amount_minor > 0 for ln in change.prorations] == [False, True]
+        sub = billing_service.cancel(s, tenant, sid, clock)
+        assert sub.current_period_end == at(2028, 1, 1) and sub.cancel_at_period_end
+    clock.set(at(2028, 1, 1))
+    with db.session() as s:
+        billing_service.close_due(s, tenant, sid, clock)
+        sub = billing_service.get_subscription(s, tenant, sid)
+        assert (sub.status, sub.canceled_at) == ("canceled", at(2028, 1, 1))  # December 2027 was billed
+
+
 def test_a_change_after_the_period_ended_closes_that_period_first(db, tenant, clock):
     sid = subscribe(db, tenant, clock, [CUSTOM])
     clock.set(at(2025, 12, 16, 12))  # half of December; the worker has not run since November
