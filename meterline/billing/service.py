@@ -330,15 +330,18 @@ class BillingService:
             return []
         start, end = sub.current_period_start, sub.current_period_end
         p = prorate(item.unit_price_minor, old, new, start // NS, end // NS, at // NS)
+        # Pending lines are listed oldest first; changes in one second keep the order they were
+        # made in (the credit, then the charge, of each), numbered after the lines waiting.
+        n = len(invoice_service.pending_lines(session, sub.tenant_id, sub.id))
         lines = []
         if old:
             lines.append(invoice_service.pending_line(
                 sub, item.id, f"Unused time on {old} × {item.name} after {when(at)}", old, item.unit_price_minor,
-                -p.credit_minor, at, end, at, 0))
+                -p.credit_minor, at, end, at, n))
         if new:
             lines.append(invoice_service.pending_line(
                 sub, item.id, f"Remaining time on {new} × {item.name} after {when(at)}", new,
-                item.unit_price_minor, p.charge_minor, at, end, at, 1))
+                item.unit_price_minor, p.charge_minor, at, end, at, n + 1))
         session.add_all(lines)
         session.flush()
         return lines

@@ -220,6 +220,18 @@ def test_a_prorated_change_after_one_without_credits_only_what_the_period_charge
         assert (support.period_quantity, support.billed_quantity) == (1, 1)
 
 
+def test_pending_lines_of_changes_in_one_second_keep_the_order_they_were_made_in(db, tenant, clock):
+    sid = subscribe(db, tenant, clock, [CUSTOM])
+    clock.set(at(2025, 11, 16))
+    with db.session() as s:
+        item = billing_service.items(s, tenant, sid)[0]
+        for q in (12, 13, 11):
+            billing_service.update_item(s, tenant, sid, item.id, quantity=q, clock=clock)
+        pending = invoice_service.pending_lines(s, tenant, sid)
+        assert [(ln.quantity, ln.amount_minor > 0) for ln in pending] == [
+            (10, False), (12, True), (12, False), (13, True), (13, False), (11, True)]
+
+
 def test_an_item_added_and_removed_in_one_second_costs_nothing(db, tenant, clock):
     sid = subscribe(db, tenant, clock, [CUSTOM])
     clock.set(at(2025, 11, 7, 13, 17, 5))
