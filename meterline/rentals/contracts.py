@@ -143,6 +143,11 @@ class ContractService:
         hold = price
         if proof is not None:
             paid = price if paid_minor is None else paid_minor
+            if paid < price:  # as `rent`: a payment that names its amount must cover the price
+                raise InsufficientPayment(
+                    f"the payment of {paid} minor units does not cover the extension's price of {price}",
+                    price_minor=price,
+                )
             wallet_service.deposit(
                 session, tenant_id, owner_type=rental.customer_type, owner_id=rental.customer_id,
                 asset=rental.asset, amount_minor=paid, rail=rail.name, proof=proof, clock=clock,

@@ -324,9 +324,11 @@ def test_extend_without_funds_on_a_real_rail_is_402(db, tenant, clock, monkeypat
         contract_service.extend(s, tenant, rid, added_s=HOUR, proof=None, paid_minor=None, clock=clock)
     assert (err.value.status, err.value.code) == (402, "insufficient_funds")
     assert rental_row(db, tenant, rid).held_minor == 1_000_000
-    # A proof that pays less than the extension is just as short.
-    with pytest.raises(InsufficientFunds), db.session() as s:
+    # A payment that names an amount below the extension's price is refused as `rent` refuses
+    # one: nothing is deposited, nothing is taken from the wallet or simulated to make it up.
+    with pytest.raises(InsufficientPayment) as short, db.session() as s:
         contract_service.extend(s, tenant, rid, added_s=HOUR, proof=f"sig2-{tenant}", paid_minor=10, clock=clock)
+    assert (short.value.status, short.value.code) == (402, "insufficient_payment")
     with db.session() as s:
         contract_service.extend(s, tenant, rid, added_s=HOUR, proof=f"sig3-{tenant}", paid_minor=None, clock=clock)
     assert rental_row(db, tenant, rid).held_minor == 2_000_000

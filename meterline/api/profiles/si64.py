@@ -87,6 +87,7 @@ from meterline.rentals.service import (
     RentalState,
     parse_hours,
     rental_service,
+    term_price,
 )
 
 Ts = TypeVarTuple("Ts")
@@ -447,7 +448,10 @@ def extend(
         return _answer(ExtendResponse(
             contract_id=r.id, extended_hours=_hours(added_s), additional_cost_sol=to_major(
                 result.added_minor if result.cost_minor is None else result.cost_minor, scale),
-            new_total_cost=to_major(r.held_minor, scale), new_expiration=r.expires_at // NS,
+            # The whole term's cost at the locked rate: an overpayment is held (and refunded at
+            # settlement), so what is held can be more.
+            new_total_cost=to_major(term_price((r.rate_num, r.rate_den, r.rounding), r.duration_s or 0), scale),
+            new_expiration=r.expires_at // NS,
             duration_hours=_hours(r.duration_s or 0), status=r.status,
         ))
 

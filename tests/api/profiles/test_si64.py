@@ -241,6 +241,18 @@ def test_extend_with_a_payment_proof(client: TestClient, t: ApiTenant, clock: Fr
     assert_problem(again, 409, "payment_proof_reused")
 
 
+def test_an_extension_paid_short_is_402_and_the_total_is_the_terms_cost(client: TestClient, t: ApiTenant):
+    """As `/api/rent`: an `amount` below the price is refused (it was made up by a simulated
+    deposit). And an overpayment is held, but `new_total_cost` is what the term costs."""
+    cid = rent_id(client, t, amount=0.002)  # 1 h costs 0.001; 0.002 is held
+    r = client.post(f"/api/contracts/{cid}/extend", json={"additional_hours": 1, "tx_signature": "short-1",
+                                                          "amount": 0.0005}, headers=t.w)
+    assert_problem(r, 402, "insufficient_payment")
+    ext = body(client.post(f"/api/contracts/{cid}/extend", json={"additional_hours": 0.5}, headers=t.w))
+    assert (ext["additional_cost_sol"], ext["new_total_cost"], ext["duration_hours"]) == (
+        D("0.0005"), D("0.0015"), D("1.5"))
+
+
 # -- errors ---------------------------------------------------------------------------------------
 
 
