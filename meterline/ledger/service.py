@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, and_, func, or_, select, tuple_
+from sqlalchemy import Select, Table, and_, event, func, or_, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -20,6 +20,7 @@ from meterline.clock import Clock
 from meterline.db import upsert
 from meterline.db.scoping import scoped
 from meterline.errors import Conflict, MeterlineError, NotFound
+from meterline.ledger import metrics
 from meterline.ledger.engine import engine
 from meterline.ledger.models import (
     Account,
@@ -114,6 +115,24 @@ def new_id(prefix: str) -> str:
     import time
 
     return f"{prefix}_{time.time_ns():x}{secrets.token_hex(6)}"
+
+
+# Results of posts made inside a session's transaction, counted in /metrics once it commits
+# (the batcher counts its own after its commit): deposits, settlements, payouts and the rest
+# were missing from `meterline_transfers_total`, and a rolled-back post must not be counted.
+_UNCOUNTED = "meterline.uncounted_transfer_results"
+
+
+@event.listens_for(Session, "after_commit")
+def _count_committed(session: Session) -> None:
+    results = session.info.pop(_UNCOUNTED, None)
+    if results:
+        metrics.count_results(results)
+
+
+@event.listens_for(Session, "after_rollback")
+def _drop_uncommitted(session: Session) -> None:
+    session.info.pop(_UNCOUNTED, None)
 
 
 class AssetCache:
@@ -275,6 +294,7 @@ class LedgerService:
         for obj in list(session.identity_map.values()):
             if isinstance(obj, Account | Hold):
                 session.expire(obj)
+        session.info.setdefault(_UNCOUNTED, []).extend(seg.results)
         return seg.results
 
     def lock_writes(self, session: Session, tenant_id: str) -> None:
