@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import event, text
@@ -139,31 +140,34 @@ def test_two_workers_run_a_due_job_once(postgres_url):
             d.dispose()
 
 
+@pytest.fixture
+def two_workers_dbs(postgres_url: str) -> Iterator[list[Database]]:
+    """Two workers' databases: separate pools, as two processes have."""
+    dbs = [Database(postgres_url), Database(postgres_url)]
+    yield dbs
+    for d in dbs:
+        d.dispose()
+
+
 @pytest.mark.postgres
-def test_a_job_whose_worker_died_mid_run_runs_at_the_next_tick_of_another(postgres_url):
+def test_a_job_whose_worker_died_mid_run_runs_at_the_next_tick_of_another(two_workers_dbs):
     """The claim used to move the schedule an interval ahead: a worker killed mid-run (an hourly
     prune) left the job undone, and unclaimable, for the whole interval."""
     clock = FrozenClock()
     name = _name()
-    counter = Counter()
-    dbs = [Database(postgres_url), Database(postgres_url)]
-    try:
-        dying, alive = (Scheduler(d, clock, [Job(name, 3600, counter)]) for d in dbs)
-        dying.ensure_registered()
-        assert dying.claim_many(dying.jobs) == {name: clock.now_ns()}  # … and it dies before recording
-        assert alive.run_due() == {}  # while it lives, its claim holds
-        assert dying._leases is not None
-        dying._leases.invalidate()  # the process is gone: PostgreSQL ends its session, and its locks
-        assert alive.run_due() == {name: 7}  # at once, not an hour later
-        row = _row(dbs[0], name)
-        assert (row["run_count"], row["next_run_at"]) == (1, clock.now_ns() + 3600 * 10**9)
-    finally:
-        for d in dbs:
-            d.dispose()
+    dying, alive = (Scheduler(d, clock, [Job(name, 3600, Counter())]) for d in two_workers_dbs)
+    dying.ensure_registered()
+    assert dying.claim_many(dying.jobs) == {name: clock.now_ns()}  # … and it dies before recording
+    assert alive.run_due() == {}  # while it lives, its claim holds
+    assert dying._leases is not None
+    dying._leases.invalidate()  # the process is gone: PostgreSQL ends its session, and its locks
+    assert alive.run_due() == {name: 7}  # at once, not an hour later
+    row = _row(two_workers_dbs[0], name)
+    assert (row["run_count"], row["next_run_at"]) == (1, clock.now_ns() + 3600 * 10**9)
 
 
 @pytest.mark.postgres
-def test_a_run_longer_than_its_interval_is_never_started_twice(postgres_url):
+def test_a_run_longer_than_its_interval_is_never_started_twice(two_workers_dbs):
     clock = FrozenClock()
     name = _name()
     release, started = threading.Event(), threading.Event()
@@ -175,25 +179,21 @@ def test_a_run_longer_than_its_interval_is_never_started_twice(postgres_url):
         release.wait(30)
         return 1
 
-    dbs = [Database(postgres_url), Database(postgres_url)]
+    first = Scheduler(two_workers_dbs[0], clock, [Job(name, 1, slow)])
+    second = Scheduler(two_workers_dbs[1], clock, [Job(name, 1, Counter())])
+    first.ensure_registered()
+    running = threading.Thread(target=first.run_due)
+    running.start()
     try:
-        first = Scheduler(dbs[0], clock, [Job(name, 1, slow)])
-        second = Scheduler(dbs[1], clock, [Job(name, 1, Counter())])
-        first.ensure_registered()
-        running = threading.Thread(target=first.run_due)
-        running.start()
         assert started.wait(30)
         clock.advance(5)  # five intervals later, still running
         assert second.run_due() == {}
-        release.set()
-        running.join(30)
-        assert runs == ["slow"] and _row(dbs[0], name)["run_count"] == 1
-        clock.advance(1)
-        assert second.run_due() == {name: 7}  # once it is recorded, the next run is anyone's
     finally:
         release.set()
-        for d in dbs:
-            d.dispose()
+        running.join(30)
+    assert runs == ["slow"] and _row(two_workers_dbs[0], name)["run_count"] == 1
+    clock.advance(1)
+    assert second.run_due() == {name: 7}  # once it is recorded, the next run is anyone's
 
 
 @pytest.mark.postgres
