@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -324,9 +325,16 @@ class InvoiceService:
         return {k: sorted(v, key=lambda ln: (ln.position, ln.id)) for k, v in out.items()}
 
     def pending_lines(self, session: Session, tenant_id: str, subscription_id: str) -> list[InvoiceLine]:
-        stmt = scoped(select(InvoiceLine), InvoiceLine, tenant_id).where(
+        return _pending_order(list(session.scalars(self._pending(select(InvoiceLine), tenant_id, subscription_id))))
+
+    def pending_count(self, session: Session, tenant_id: str, subscription_id: str) -> int:
+        stmt = self._pending(select(func.count()).select_from(InvoiceLine), tenant_id, subscription_id)
+        return int(session.scalar(stmt) or 0)
+
+    @staticmethod
+    def _pending(stmt: Select[Any], tenant_id: str, subscription_id: str) -> Select[Any]:
+        return scoped(stmt, InvoiceLine, tenant_id).where(
             InvoiceLine.subscription_id == subscription_id, InvoiceLine.invoice_id.is_(None))
-        return _pending_order(list(session.scalars(stmt)))
 
     def for_period(self, session: Session, tenant_id: str, subscription_id: str, start: int) -> Invoice | None:
         stmt = scoped(select(Invoice), Invoice, tenant_id).where(

@@ -332,7 +332,7 @@ class BillingService:
         p = prorate(item.unit_price_minor, old, new, start // NS, end // NS, at // NS)
         # Pending lines are listed oldest first; changes in one second keep the order they were
         # made in (the credit, then the charge, of each), numbered after the lines waiting.
-        n = len(invoice_service.pending_lines(session, sub.tenant_id, sub.id))
+        n = invoice_service.pending_count(session, sub.tenant_id, sub.id)
         lines = []
         if old:
             lines.append(invoice_service.pending_line(
