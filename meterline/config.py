@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -64,6 +64,33 @@ class Settings(BaseSettings):
     usage_lateness_s: int = 7 * 24 * 3600
     usage_future_skew_s: int = 300
     usage_retention_days: int = 90
+    # Events (docs/events.md): the worker fans the outbox out to webhook endpoints and, with
+    # METERLINE_NATS_URL set, publishes it to JetStream (Dante's documented subjects).
+    events_interval_s: float = Field(default=1.0, gt=0)
+    event_retention_days: int = Field(default=30, ge=1)
+    nats_stream: str = Field(default="METERLINE_EVENTS", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    nats_usage_subject: str = "dante.billing.usage"
+    nats_payments_subject: str = "dante.billing.payments"
+    # Seconds to wait after each failed delivery attempt; after the last, the delivery fails.
+    webhook_retry_schedule: str = "5,300,1800,7200,18000,36000,36000"
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=60)
+    # Plain-http webhook URLs. None: allowed in dev mode only (https everywhere else).
+    webhook_allow_http: bool | None = None
+    # Each running rental's usage so far, as a `rental.usage` event this often (0: never).
+    usage_event_interval_s: int = Field(default=60, ge=0)
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _schedule(cls, text: str) -> str:
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        if not all(p.isascii() and p.isdigit() and len(p) <= 9 for p in parts):
+            raise ValueError("must be comma-separated whole seconds, e.g. 5,300,1800")
+        return ",".join(parts)
+
+    @property
+    def webhook_retry_waits(self) -> tuple[int, ...]:
+        """The waits after attempts 1, 2, …; a delivery fails after len + 1 attempts."""
+        return tuple(int(p) for p in self.webhook_retry_schedule.split(",") if p)
 
     @model_validator(mode="after")
     def _normalise(self) -> Settings:
@@ -73,6 +100,10 @@ class Settings(BaseSettings):
         elif url.startswith("postgresql://") or url.startswith("postgres://"):
             self.database_url = "postgresql+psycopg://" + url.split("://", 1)[1]
         return self
+
+    @property
+    def webhook_http_allowed(self) -> bool:
+        return self.dev if self.webhook_allow_http is None else self.webhook_allow_http
 
     @property
     def is_sqlite(self) -> bool:

@@ -4,6 +4,7 @@ from meterline.billing import models as billing_models  # noqa: F401
 from meterline.catalog import models as catalog_models  # noqa: F401
 from meterline.db import idempotency  # noqa: F401
 from meterline.db.base import metadata
+from meterline.events import models as events_models  # noqa: F401
 from meterline.identity import models as identity_models  # noqa: F401
 from meterline.ledger import models as ledger_models  # noqa: F401
 from meterline.licensing import models as licensing_models  # noqa: F401

@@ -27,6 +27,7 @@ from meterline.clock import Clock
 from meterline.config import Settings, get_settings
 from meterline.db.scoping import scoped
 from meterline.errors import Conflict, Forbidden, MeterlineError, NotFound
+from meterline.events.outbox import amount, emit
 from meterline.ledger.service import Page, keyset_page, ledger_service, new_id
 from meterline.ledger.types import TransferFlags, TransferIn
 from meterline.money import parse_amount
@@ -156,6 +157,7 @@ class PayoutService:
         )
         session.add(row)
         session.flush()
+        _event(session, row, "payout.requested", now)
         return row
 
     @staticmethod
@@ -211,6 +213,7 @@ class PayoutService:
         row.last_error = f"rejected by {approver_id}" + (f": {reason}" if reason else "")
         row.updated_at = clock.now_ns()
         session.flush()
+        _event(session, row, "payout.rejected", row.updated_at)
         return row
 
     # -- execution ------------------------------------------------------------------
@@ -255,6 +258,7 @@ class PayoutService:
         row.last_error = None
         row.updated_at = clock.now_ns()
         session.flush()
+        _event(session, row, "payout.paid", row.updated_at)
         return row
 
     def _attempt_failed(
@@ -266,6 +270,7 @@ class PayoutService:
             self._void_hold(session, tenant_id, row, "payout_failed", clock)
             row.status = PayoutStatus.FAILED
             row.next_attempt_at = None
+            _event(session, row, "payout.failed", now)
         else:
             row.status = PayoutStatus.APPROVED
             row.next_attempt_at = now + backoff_s(row.attempts) * _NS
@@ -327,3 +332,12 @@ class PayoutService:
 
 
 payout_service = PayoutService()
+
+
+def _event(session: Session, row: PayoutRequest, type_: str, now_ns: int) -> None:
+    scale = ledger_service.get_asset(session, row.tenant_id, row.asset).scale
+    emit(session, row.tenant_id, type_, {
+        "payout_id": row.id, "provider_id": row.provider_id, "status": row.status, "asset": row.asset,
+        "amount": amount(row.amount_minor, scale), "rail": row.rail, "destination": row.destination,
+        "tx_signature": row.tx_signature, "attempts": row.attempts, "last_error": row.last_error,
+    }, now_ns=now_ns)

@@ -31,6 +31,7 @@ from meterline.ledger.types import TransferFlags, TransferIn, TransferResult
 from meterline.payments.rails import SIMULATION_MODE, known_rail
 from meterline.pricing.engine import Quote, billable_seconds, split_fee
 from meterline.rentals import accrual
+from meterline.rentals import events as rental_events
 from meterline.rentals.models import Rental, RentalHold, RentalSample
 from meterline.wallets.service import wallet_service
 
@@ -370,6 +371,7 @@ class RentalService:
         session.flush()
         self._accounts_of(session, rental, now)
         self._place_hold(session, rental, initial_hold_minor, "initial", clock)
+        rental_events.started(session, rental, now)
         return rental
 
     @staticmethod
@@ -435,6 +437,7 @@ class RentalService:
         rental.expires_at += added_seconds * accrual.NS
         rental.duration_s += added_seconds
         session.flush()
+        rental_events.extended(session, rental, added_seconds, added_minor, clock.now_ns())
         return ExtendResult(rental, added_seconds, added_minor)
 
     def record_sample(self, session: Session, tenant_id: str, rental_id: str, values: dict[str, Any],
@@ -614,6 +617,7 @@ class RentalService:
         rental.fee_minor = fee_minor
         rental.refund_tx = refund_tx
         session.flush()
+        rental_events.settled(session, rental, now)
         return Settlement(rental, used, refund, provider_minor, fee_minor, refund_tx)
 
     def final_cost(self, rental: Rental, quote: Quote) -> int:

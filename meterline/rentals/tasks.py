@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import logging
 
+from sqlalchemy import literal, select, tuple_
+
 from meterline.clock import Clock
 from meterline.db.engine import Database
+from meterline.rentals import events as rental_events
+from meterline.rentals.models import Rental
 from meterline.rentals.service import ACTIVE, RentalAlreadySettled, rental_service
 
 log = logging.getLogger(__name__)
 
 SETTLE_EXPIRED = "rentals.settle_expired"
 RENEW_COVER = "rentals.renew_cover"
+EMIT_USAGE = "rentals.emit_usage"
 
 _MAX_ROUNDS = 100
 
@@ -78,3 +83,28 @@ def renew_cover(db: Database, clock: Clock, *, page: int = 1000) -> int:
             break
         after = batch[-1]
     return changed
+
+
+def emit_usage(db: Database, clock: Clock, every_s: int, *, page: int = 500) -> int:
+    """A `rental.usage` event for every running rental (Dante's real-time usage updates on
+    NATS, and webhooks): its cost so far and the cover left. One event per rental per
+    period of `every_s` seconds — the id names the period, so a pass repeated within it
+    (a crash, a second worker) adds nothing. Returns how many rentals it reported."""
+    now = clock.now_ns()
+    bucket = now // (every_s * 1_000_000_000)
+    reported = 0
+    after: tuple[str, str] | None = None
+    while True:
+        with db.session() as session:
+            stmt = select(Rental).where(Rental.status == ACTIVE)
+            if after is not None:
+                stmt = stmt.where(tuple_(Rental.tenant_id, Rental.id) > tuple_(literal(after[0]), literal(after[1])))
+            rows = list(session.scalars(stmt.order_by(Rental.tenant_id, Rental.id).limit(page)))
+            for rental in rows:
+                acc = rental_service.accrual(rental, now)
+                rental_events.usage(session, rental, elapsed_s=acc.elapsed_s, cost_minor=acc.cost_minor,
+                                    now_ns=now, bucket=bucket)
+            reported += len(rows)
+        if len(rows) < page:
+            return reported
+        after = (rows[-1].tenant_id, rows[-1].id)

@@ -30,6 +30,7 @@ from meterline.errors import (
     MeterlineError,
     NotFound,
 )
+from meterline.events.outbox import amount, emit
 from meterline.ledger.models import Account, Hold, Transfer
 from meterline.ledger.service import AccountCreate, Page, ledger_service
 from meterline.ledger.types import (
@@ -296,6 +297,8 @@ class WalletService:
         raise_for_result(result, "deposit")
         payment_service.mark_processed(session, tenant_id, rail_.name, paid.external_id,
                                        transfer_id=transfer_id, now_ns=now)
+        _event(session, tenant_id, "wallet.deposited", wallet, paid.amount_minor, now, transfer_id=transfer_id,
+               rail=rail_.name, simulated=paid.simulated)
         return Deposit(transfer_id, wallet.id, owner_type, owner_id, asset, paid.amount_minor, rail_.name,
                        proof, paid.simulated)
 
@@ -371,8 +374,20 @@ class WalletService:
             reference=idempotency_id, metadata={**meta, "tx_signature": result.tx_signature},
         )], clock)
         raise_for_result(posted, "withdrawal")
+        _event(session, tenant_id, "wallet.withdrawn", wallet, amount_minor, now, transfer_id=sent_id,
+               rail=rail_.name, simulated=result.simulated, destination=destination,
+               tx_signature=result.tx_signature, idempotency_id=idempotency_id)
         return Withdrawal(idempotency_id, hold_id, sent_id, wallet.id, owner_type, owner_id, asset, amount_minor,
                           rail_.name, destination, result.tx_signature, result.simulated)
+
+def _event(session: Session, tenant_id: str, type_: str, wallet: Account, amount_minor: int, now_ns: int,
+           **fields: Any) -> None:
+    scale = ledger_service.get_asset(session, tenant_id, wallet.asset).scale
+    emit(session, tenant_id, type_, {
+        "wallet": wallet.id, "owner_type": wallet.owner_type, "owner_id": wallet.owner_id, "asset": wallet.asset,
+        "amount": amount(amount_minor, scale), **fields,
+    }, now_ns=now_ns)
+
 
 def account_balance(row: Account, scale: int) -> WalletBalance:
     posted = row.credits_posted - row.debits_posted

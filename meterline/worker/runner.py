@@ -16,7 +16,7 @@ from meterline.db.engine import Database
 from meterline.ledger.batcher import LedgerBatcher
 from meterline.ledger.signing import Signer
 from meterline.worker.scheduler import Job, Scheduler
-from meterline.worker.tasks import JobContext, default_jobs
+from meterline.worker.tasks import JobContext, default_jobs, make_dispatcher
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,8 @@ class Worker:
         signer: Signer,
         jobs: list[Job] | None = None,
     ) -> None:
-        self.context = JobContext(db=db, clock=clock, batcher=batcher, settings=settings, signer=signer)
+        self.context = JobContext(db=db, clock=clock, batcher=batcher, settings=settings, signer=signer,
+                                  events=make_dispatcher(db, clock, settings))
         self.scheduler = Scheduler(db, clock, jobs if jobs is not None else default_jobs(self.context))
         intervals = [j.interval_s for j in self.scheduler.jobs] or [1.0]
         # Wake often enough to catch the most frequent job; due-ness is judged by the clock.
@@ -69,6 +70,7 @@ class Worker:
                 return  # its job still holds its lock; the process's exit releases it
             self._thread = None
         self.scheduler.close()
+        self.context.events.close()
 
     @property
     def running(self) -> bool:

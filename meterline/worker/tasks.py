@@ -18,6 +18,9 @@ from meterline.billing import tasks as billing_tasks
 from meterline.clock import Clock
 from meterline.config import Settings
 from meterline.db.engine import Database
+from meterline.events.dispatch import Dispatcher
+from meterline.events.nats_publisher import NatsPublisher
+from meterline.events.outbox import PAYMENTS, USAGE
 from meterline.ledger.batcher import LedgerBatcher
 from meterline.ledger.blocks import block_service
 from meterline.ledger.service import ledger_service
@@ -41,6 +44,9 @@ LICENSING_SWEEP_S = 15.0
 LICENSING_PRUNE_S = 3600.0
 # Periods end on the second but a minute's delay in invoicing is invisible; retries wait days.
 BILLING_INTERVAL_S = 30.0
+DISPATCH_EVENTS = "events.dispatch"
+PRUNE_EVENTS = "events.prune"
+EVENTS_PRUNE_S = 3600.0
 
 _MAX_TRANSFER_ID = 128
 # Outcomes meaning the hold was resolved by someone else first: nothing left to do.
@@ -59,6 +65,16 @@ class JobContext:
     batcher: LedgerBatcher
     settings: Settings
     signer: Signer
+    events: Dispatcher
+
+
+def make_dispatcher(db: Database, clock: Clock, settings: Settings) -> Dispatcher:
+    """The outbox dispatcher the settings describe (NATS only with METERLINE_NATS_URL)."""
+    nats = NatsPublisher(settings.nats_url, stream=settings.nats_stream) if settings.nats_url else None
+    return Dispatcher(
+        db, clock, retry_schedule=settings.webhook_retry_waits, timeout_s=settings.webhook_timeout_s,
+        subjects={USAGE: settings.nats_usage_subject, PAYMENTS: settings.nats_payments_subject}, nats=nats,
+    )
 
 
 def expiry_transfer_id(pending_id: str) -> str:
@@ -118,7 +134,7 @@ def seal_blocks(ctx: JobContext) -> int:
 
 
 def default_jobs(ctx: JobContext) -> list[Job]:
-    return [
+    jobs = [
         Job(EXPIRE_HOLDS, ctx.settings.sweep_interval_s, lambda: expire_holds(ctx)),
         Job(SEAL_BLOCKS, ctx.settings.seal_interval_s, lambda: seal_blocks(ctx)),
         Job(rental_tasks.SETTLE_EXPIRED, ctx.settings.sweep_interval_s,
@@ -136,4 +152,11 @@ def default_jobs(ctx: JobContext) -> list[Job]:
         Job(billing_tasks.CLOSE_PERIODS, BILLING_INTERVAL_S, lambda: billing_tasks.close_periods(ctx.db, ctx.clock)),
         Job(billing_tasks.COLLECT_PAYMENTS, BILLING_INTERVAL_S,
             lambda: billing_tasks.collect_payments(ctx.db, ctx.clock)),
+        Job(DISPATCH_EVENTS, ctx.settings.events_interval_s, ctx.events.run),
+        Job(PRUNE_EVENTS, EVENTS_PRUNE_S, lambda: ctx.events.prune(ctx.settings.event_retention_days)),
     ]
+    if ctx.settings.usage_event_interval_s > 0:
+        every = ctx.settings.usage_event_interval_s
+        jobs.append(Job(rental_tasks.EMIT_USAGE, float(every),
+                        lambda: rental_tasks.emit_usage(ctx.db, ctx.clock, every)))
+    return jobs

@@ -17,7 +17,7 @@ from meterline.billing.service import ItemSpec, billing_service
 from meterline.clock import FrozenClock
 from meterline.db.engine import Database
 from meterline.ledger.verify import verify_ledger
-from meterline.worker.tasks import JobContext, default_jobs
+from meterline.worker.tasks import JobContext, default_jobs, make_dispatcher
 from tests.factories import make_deposit, make_licensing_catalogue, make_subscription
 from tests.threads import run_concurrently
 
@@ -178,6 +178,7 @@ def test_collection_gives_up_after_the_last_retry(db, tenant, sub, clock):
 def test_the_worker_runs_the_billing_jobs(db, clock):
     from meterline.config import Settings
 
-    ctx = JobContext(db=db, clock=clock, batcher=None, settings=Settings(), signer=None)  # type: ignore[arg-type]
+    ctx = JobContext(db=db, clock=clock, batcher=None, settings=Settings(), signer=None,  # type: ignore[arg-type]
+                     events=make_dispatcher(db, clock, Settings()))
     names = {job.name for job in default_jobs(ctx)}
     assert {tasks.CLOSE_PERIODS, tasks.COLLECT_PAYMENTS} <= names

@@ -44,7 +44,8 @@ def test_prune_job(db, clock, tenant_id):
 
 def test_job_is_scheduled(db, clock):
     from meterline.config import Settings
-    from meterline.worker.tasks import JobContext, default_jobs
+    from meterline.worker.tasks import JobContext, default_jobs, make_dispatcher
 
-    ctx = JobContext(db=db, clock=clock, batcher=None, settings=Settings(), signer=None)  # type: ignore[arg-type]
+    ctx = JobContext(db=db, clock=clock, batcher=None, settings=Settings(), signer=None,  # type: ignore[arg-type]
+                     events=make_dispatcher(db, clock, Settings()))
     assert metering_tasks.PRUNE in {job.name for job in default_jobs(ctx)}

@@ -288,3 +288,32 @@ def test_request_rolled_back_with_its_transaction(db, tenant_id, clock):
     with db.session() as s:
         assert payout_service.get(s, tenant_id, po.id).status == "paid"
         assert acc(s, tenant_id, EARN) == (0, 500, 0, 500)
+
+
+# -- events -------------------------------------------------------------------------
+
+
+def payout_events(session, tenant_id) -> list[tuple[str, dict]]:
+    from meterline.events.models import Event
+
+    return [(e.type, e.data) for e in session.scalars(select(Event).where(
+        Event.tenant_id == tenant_id, Event.type.like("payout.%")).order_by(Event.seq))]
+
+
+def test_a_payout_reports_its_request_and_its_outcome(session, tenant, clock):
+    paid = request(session, tenant, clock, 250_000_000)
+    payout_service.execute(session, tenant, paid.id, None, clock)
+    rejected = request(session, tenant, clock, 1_000_000)
+    payout_service.reject(session, tenant, rejected.id, "op-1", clock, reason="not today")
+    failing = request(session, tenant, clock, 2_000_000)
+    rail = FlakyRail(failures=MAX_ATTEMPTS)
+    for _ in range(MAX_ATTEMPTS):
+        payout_service.execute(session, tenant, failing.id, rail, clock)
+    got = payout_events(session, tenant)
+    assert [(t, d["payout_id"], d["status"]) for t, d in got] == [
+        ("payout.requested", paid.id, "approved"), ("payout.paid", paid.id, "paid"),
+        ("payout.requested", rejected.id, "approved"), ("payout.rejected", rejected.id, "rejected"),
+        ("payout.requested", failing.id, "approved"), ("payout.failed", failing.id, "failed"),
+    ]
+    assert got[1][1]["amount"] == "250.000000" and got[1][1]["tx_signature"] == paid.tx_signature
+    assert got[5][1]["attempts"] == MAX_ATTEMPTS and "RPC node timed out" in got[5][1]["last_error"]

@@ -16,10 +16,12 @@ from sqlalchemy import delete, func, select
 from meterline.clock import FrozenClock
 from meterline.config import Settings
 from meterline.db.engine import Database
+from meterline.events.models import Event
 from meterline.ledger.batcher import LedgerBatcher
 from meterline.ledger.models import Transfer
 from meterline.ledger.signing import Signer
 from meterline.ledger.verify import verify_ledger
+from meterline.money import format_amount, parse_amount
 from meterline.payouts import tasks as payout_tasks
 from meterline.rentals import tasks as rental_tasks
 from meterline.rentals.contracts import contract_service
@@ -28,7 +30,7 @@ from meterline.rentals.service import ACTIVE, SETTLED, rental_service
 from meterline.rentals.sessions import session_service
 from meterline.wallets.service import wallet_service
 from meterline.worker.runner import Worker
-from meterline.worker.tasks import JobContext, default_jobs
+from meterline.worker.tasks import JobContext, default_jobs, make_dispatcher
 from tests.factories import make_demo_tenant
 
 NS = 1_000_000_000
@@ -52,7 +54,8 @@ def batcher(db: Database, clock: FrozenClock) -> Iterator[LedgerBatcher]:
 @pytest.fixture
 def ctx(db: Database, clock: FrozenClock, batcher: LedgerBatcher) -> JobContext:
     settings = Settings(database_url=db.url, sweep_interval_s=2.0)
-    return JobContext(db=db, clock=clock, batcher=batcher, settings=settings, signer=Signer.generate())
+    return JobContext(db=db, clock=clock, batcher=batcher, settings=settings, signer=Signer.generate(),
+                      events=make_dispatcher(db, clock, settings))
 
 
 def rent(db: Database, tenant: str, clock: FrozenClock, seconds: int = HOUR) -> str:
@@ -209,3 +212,46 @@ def test_a_broken_rental_does_not_stall_the_sweep(db, tenant, clock):
     assert all(get(db, tenant, f"CTR-BAD{i:05d}").status == ACTIVE for i in range(5))
     with db.session() as s:  # leave nothing broken behind for other tests' sweeps
         s.execute(delete(Rental).where(Rental.tenant_id == tenant, Rental.id.like("CTR-BAD%")))
+
+
+# -- events ---------------------------------------------------------------------------------
+
+
+def rental_events(db: Database, tenant: str) -> list[tuple[str, dict]]:
+    with db.session(write=False) as s:
+        return [(e.type, e.data) for e in s.scalars(select(Event).where(Event.tenant_id == tenant)
+                                                     .order_by(Event.seq)) if e.type.startswith("rental.")]
+
+
+def test_a_session_reports_its_start_usage_and_settlement(db, tenant, clock):
+    rid = start_session(db, tenant, clock, funds=10_000_000, user="ev-user")
+    clock.advance(90)
+    assert rental_tasks.emit_usage(db, clock, 60) >= 1
+    assert rental_tasks.emit_usage(db, clock, 60) >= 1  # the same period again: no second event
+    clock.advance(60)
+    rental_tasks.emit_usage(db, clock, 60)
+    with db.session() as s:
+        settlement = session_service.end(s, tenant, rid, clock)
+    got = rental_events(db, tenant)
+    assert [t for t, _ in got] == ["rental.started", "rental.usage", "rental.usage", "rental.settled"]
+    started, use1, use2, settled = (d for _, d in got)
+    assert started["rental_id"] == rid and started["style"] == "payg" and started["customer_id"] == "ev-user"
+    assert (use1["elapsed_seconds"], use2["elapsed_seconds"]) == (90, 150)
+    # Every amount is an exact decimal string of the ledger's figures.
+    r = get(db, tenant, rid)
+    assert settled["used"] == format_amount(settlement.used_minor, r.scale)
+    assert (settled["end_reason"], settled["status"]) == ("ended", SETTLED)
+    assert parse_amount(use2["held"], r.scale) - parse_amount(use2["cost"], r.scale) == parse_amount(
+        use2["cover_left"], r.scale, allow_zero=True)
+
+
+def test_an_expired_contract_reports_its_settlement(db, tenant, clock):
+    rid = rent(db, tenant, clock, seconds=60)
+    clock.advance(61)
+    rental_tasks.settle_expired(db, clock)
+    [(_, started), (_, settled)] = [e for e in rental_events(db, tenant) if e[1]["rental_id"] == rid]
+    assert started["expires_at"] and settled["end_reason"] == "expired"
+    r = get(db, tenant, rid)
+    assert (settled["used"], settled["refund"]) == (format_amount(r.used_minor or 0, r.scale),
+                                                    format_amount(r.refund_minor or 0, r.scale))
+    assert settled["provider_share"] == format_amount(r.provider_minor or 0, r.scale)

@@ -23,6 +23,7 @@ from meterline.worker.tasks import (
     JobContext,
     expire_holds,
     expiry_transfer_id,
+    make_dispatcher,
     seal_blocks,
 )
 from tests.factories import make_account, make_tenant, make_wallet
@@ -44,7 +45,8 @@ def signer() -> Signer:
 @pytest.fixture
 def ctx(db: Database, clock: FrozenClock, batcher: LedgerBatcher, signer: Signer) -> JobContext:
     settings = Settings(database_url=db.url, block_max_transfers=4)
-    return JobContext(db=db, clock=clock, batcher=batcher, settings=settings, signer=signer)
+    return JobContext(db=db, clock=clock, batcher=batcher, settings=settings, signer=signer,
+                      events=make_dispatcher(db, clock, settings))
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from meterline.api.v1 import (
     rentals,
     transfers,
     wallets,
+    webhooks,
 )
 
 router = APIRouter(prefix="/v1")
@@ -32,6 +33,7 @@ router.include_router(payouts.router)
 router.include_router(meters.router)
 router.include_router(licenses.router)
 router.include_router(billing.router)
+router.include_router(webhooks.router)
 
 # Hot routes dispatched ahead of the router (meterline.api.fastpath); each is also declared above.
 FAST_ROUTES = [*transfers.FAST_ROUTES]

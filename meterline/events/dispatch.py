@@ -1,0 +1,230 @@
+"""The worker's side of the outbox: fan out, deliver webhooks, publish to NATS, prune.
+
+Each pass reads what is pending, does the network calls outside any transaction, and
+records the outcomes in a short one — a slow endpoint never holds a lock or the SQLite
+writer. A crash between a send and its record sends again: delivery is at least once,
+and receivers deduplicate by event id (Standard Webhooks' `webhook-id`; JetStream drops
+the repeat itself through `Nats-Msg-Id`).
+
+Retries follow `METERLINE_WEBHOOK_RETRY_SCHEDULE` (seconds to wait after each failed
+attempt: Standard Webhooks' recommended 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h — eight
+attempts over about a day and a half). After the last one the delivery is `failed`: the
+dead letter, kept and listed until an operator retries it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import cast
+
+import httpx
+from sqlalchemy import Table, and_, delete, select, update
+
+from meterline.clock import Clock
+from meterline.db import upsert
+from meterline.db.engine import Database
+from meterline.events import signing
+from meterline.events.models import Event, WebhookDelivery, WebhookEndpoint
+from meterline.events.nats_publisher import Message, NatsPublisher
+from meterline.events.outbox import EVENT_TYPES, PAYMENTS, USAGE, envelope
+from meterline.events.webhooks import new_id
+
+log = logging.getLogger(__name__)
+
+_NS = 1_000_000_000
+FAN_OUT_BATCH = 500
+DELIVERY_BATCH = 200
+PUBLISH_BATCH = 500
+PRUNE_BATCH = 5000
+_MAX_ERROR = 500
+_MAX_RESPONSE_EXCERPT = 200
+
+
+def body_of(event: Event) -> bytes:
+    """The exact bytes signed and sent: compact, keys sorted, the same on every attempt."""
+    return json.dumps(envelope(event), separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    ok: bool
+    status: int | None
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Due:
+    tenant_id: str
+    delivery_id: str
+    attempts: int
+    url: str
+    secret: str
+    event: Event
+
+
+class Dispatcher:
+    def __init__(self, db: Database, clock: Clock, *, retry_schedule: Sequence[int], timeout_s: float,
+                 subjects: dict[str, str], nats: NatsPublisher | None = None,
+                 transport: httpx.BaseTransport | None = None, concurrency: int = 8) -> None:
+        self.db, self.clock = db, clock
+        self.retry_schedule = tuple(retry_schedule)
+        self.subjects = subjects  # channel (usage, payments) → NATS subject
+        self.nats = nats
+        self._http = httpx.Client(timeout=timeout_s, transport=transport, follow_redirects=False,
+                                  headers={"user-agent": "meterline-webhooks/1"})
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="meterline-webhook")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self._http.close()
+        if self.nats is not None:
+            self.nats.close()
+
+    def run(self) -> int:
+        """One pass of everything; returns how many items it moved on."""
+        return self.fan_out() + self.deliver() + self.publish()
+
+    # -- fan-out ---------------------------------------------------------------------
+    def fan_out(self) -> int:
+        """One delivery row per (event, enabled endpoint subscribed to its type)."""
+        now = self.clock.now_ns()
+        with self.db.session(write=True) as s:
+            stmt = select(Event).where(Event.webhooks_pending.is_(True)).order_by(Event.seq).limit(FAN_OUT_BATCH)
+            if s.get_bind().dialect.name == "postgresql":
+                stmt = stmt.with_for_update(skip_locked=True)
+            events = list(s.scalars(stmt))
+            if not events:
+                return 0
+            endpoints: dict[str, list[WebhookEndpoint]] = {}
+            for ep in s.scalars(select(WebhookEndpoint).where(
+                    WebhookEndpoint.tenant_id.in_({e.tenant_id for e in events}), WebhookEndpoint.enabled.is_(True))):
+                endpoints.setdefault(ep.tenant_id, []).append(ep)
+            rows = [
+                {"tenant_id": e.tenant_id, "id": new_id("whd_"), "endpoint_id": ep.id, "event_id": e.id,
+                 "event_seq": e.seq, "status": "pending", "attempts": 0, "next_attempt_at": now,
+                 "created_at": now, "updated_at": now}
+                for e in events for ep in endpoints.get(e.tenant_id, ())
+                if not ep.event_types or e.type in ep.event_types
+            ]
+            if rows:
+                s.execute(upsert.insert(s, cast(Table, WebhookDelivery.__table__)).values(rows).on_conflict_do_nothing(
+                    index_elements=["tenant_id", "endpoint_id", "event_id"]))
+            s.execute(update(Event).where(Event.seq.in_([e.seq for e in events])).values(webhooks_pending=False))
+            return len(events)
+
+    # -- webhooks --------------------------------------------------------------------
+    def deliver(self) -> int:
+        now = self.clock.now_ns()
+        with self.db.session(write=False) as s:
+            rows = s.execute(
+                select(WebhookDelivery, WebhookEndpoint.url, WebhookEndpoint.secret, Event)
+                .join(WebhookEndpoint, and_(WebhookEndpoint.tenant_id == WebhookDelivery.tenant_id,
+                                            WebhookEndpoint.id == WebhookDelivery.endpoint_id))
+                .join(Event, Event.seq == WebhookDelivery.event_seq)
+                .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now,
+                       WebhookEndpoint.enabled.is_(True))
+                .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.event_seq)
+                .limit(DELIVERY_BATCH)
+            ).all()
+            due = [_Due(d.tenant_id, d.id, d.attempts, url, secret, ev) for d, url, secret, ev in rows]
+            for item in due:
+                s.expunge(item.event)
+        if not due:
+            return 0
+        outcomes = list(self._pool.map(self._send, due))
+        self._record(due, outcomes)
+        return len(due)
+
+    def _send(self, item: _Due) -> Outcome:
+        body = body_of(item.event)
+        headers = signing.headers(item.secret, item.event.id, self.clock.now_ns() // _NS, body)
+        try:
+            resp = self._http.post(item.url, content=body, headers=headers)
+        except httpx.TimeoutException:
+            return Outcome(False, None, "timeout")
+        except httpx.HTTPError as exc:
+            return Outcome(False, None, f"{type(exc).__name__}: {exc}"[:_MAX_ERROR])
+        if 200 <= resp.status_code < 300:
+            return Outcome(True, resp.status_code, None)
+        excerpt = resp.text[:_MAX_RESPONSE_EXCERPT]
+        return Outcome(False, resp.status_code, f"HTTP {resp.status_code}: {excerpt}"[:_MAX_ERROR])
+
+    def next_attempt(self, attempts: int, now_ns: int) -> int | None:
+        """When to try again after `attempts` failed attempts; None: give up (failed)."""
+        if attempts > len(self.retry_schedule):
+            return None
+        return now_ns + self.retry_schedule[attempts - 1] * _NS
+
+    def _record(self, due: Iterable[_Due], outcomes: Iterable[Outcome]) -> None:
+        now = self.clock.now_ns()
+        with self.db.session(write=True) as s:
+            for item, out in zip(due, outcomes, strict=True):
+                attempts = item.attempts + 1
+                values: dict[str, object] = {"attempts": attempts, "last_status": out.status,
+                                             "last_error": out.error, "updated_at": now}
+                if out.ok:
+                    values.update(status="delivered", next_attempt_at=None, delivered_at=now)
+                else:
+                    nxt = self.next_attempt(attempts, now)
+                    values.update(status="pending" if nxt is not None else "failed", next_attempt_at=nxt)
+                    log.info("webhook %s to %s failed (attempt %d): %s", item.delivery_id, item.url, attempts,
+                             out.error)
+                # Only the attempt we made: a retry or deletion in between wins.
+                s.execute(update(WebhookDelivery).where(
+                    WebhookDelivery.tenant_id == item.tenant_id, WebhookDelivery.id == item.delivery_id,
+                    WebhookDelivery.status == "pending", WebhookDelivery.attempts == item.attempts,
+                ).values(**values))
+
+    # -- NATS ------------------------------------------------------------------------
+    def subject_of(self, event_type: str) -> str | None:
+        channel = EVENT_TYPES.get(event_type)
+        return self.subjects.get(channel) if channel in (USAGE, PAYMENTS) else None
+
+    def publish(self) -> int:
+        with self.db.session(write=False) as s:
+            events = list(s.scalars(select(Event).where(Event.nats_pending.is_(True))
+                                    .order_by(Event.seq).limit(PUBLISH_BATCH)))
+            for e in events:
+                s.expunge(e)
+        if not events:
+            return 0
+        done: list[int] = []
+        if self.nats is None:
+            done = [e.seq for e in events]  # no NATS configured: nothing to publish, ever
+        else:
+            out = [(e, self.subject_of(e.type)) for e in events]
+            done = [e.seq for e, subject in out if subject is None]
+            sendable = [(e, subject) for e, subject in out if subject is not None]
+            acked = self.nats.publish([Message(subject, e.id, body_of(e)) for e, subject in sendable])
+            done += [e.seq for (e, _), ok in zip(sendable, acked, strict=True) if ok]
+        if done:
+            with self.db.session(write=True) as s:
+                s.execute(update(Event).where(Event.seq.in_(done)).values(nats_pending=False))
+        return len(done)
+
+    # -- retention ---------------------------------------------------------------------
+    def prune(self, retention_days: int) -> int:
+        """Forget events (and finished deliveries) older than the retention, once dispatched."""
+        cutoff = self.clock.now_ns() - retention_days * 86_400 * _NS
+        removed = 0
+        with self.db.session(write=True) as s:
+            done = s.execute(delete(WebhookDelivery).where(WebhookDelivery.status != "pending",
+                                                           WebhookDelivery.updated_at < cutoff))
+            removed += done.rowcount or 0  # type: ignore[attr-defined]
+            old = select(Event.seq).where(Event.created_at < cutoff, Event.webhooks_pending.is_(False),
+                                          Event.nats_pending.is_(False)).limit(PRUNE_BATCH)
+            seqs = list(s.scalars(old))
+            if seqs:
+                # (An event a pending delivery still needs stays: the delivery joins it.)
+                needed = set(s.scalars(select(WebhookDelivery.event_seq).where(
+                    WebhookDelivery.event_seq.in_(seqs), WebhookDelivery.status == "pending")))
+                gone = [q for q in seqs if q not in needed]
+                if gone:
+                    s.execute(delete(Event).where(Event.seq.in_(gone)))
+                removed += len(gone)
+        return removed
+
