@@ -10,6 +10,12 @@ customer's wallet to the tenant's `platform_revenue` account, whose id is
 derived from the invoice (`inv:<id>:payment`), so no retry can pay twice. A
 wallet that does not cover the amount due pays nothing: the invoice stays open
 with the reason in `last_payment_error` and a next attempt scheduled.
+
+A credit larger than an invoice's charges is carried to the subscription's next
+invoice — except on the last invoice of a canceled subscription, which has no next
+one: there the credit is refunded to the same wallet, the reverse of a payment
+(platform_revenue → wallet, `sub:<id>:credit_refund`, one per subscription), up to
+what the subscription's invoices were paid.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ NS = 1_000_000_000
 # the invoice stays open for someone to pay by hand (the customer tops up and calls pay).
 RETRY_AFTER_S = (86_400, 3 * 86_400, 5 * 86_400, 7 * 86_400)
 PAYMENT_CODE = "invoice_payment"
+CREDIT_REFUND_CODE = "invoice_credit_refund"
 
 # -- errors -------------------------------------------------------------------------
 
@@ -81,6 +88,17 @@ class PaymentOutcome:
 
 
 @dataclass(frozen=True, slots=True)
+class Composed:
+    """An invoice as composed: its own lines, the credit carried to the next invoice (or
+    None), its total, and the part of a credit refunded (final invoices only)."""
+
+    lines: list[InvoiceLine]
+    carry: InvoiceLine | None
+    total_minor: int
+    refund_minor: int
+
+
+@dataclass(frozen=True, slots=True)
 class Charge:
     """One recurring charge of a period: an item's name, quantity and unit price."""
 
@@ -92,6 +110,12 @@ class Charge:
 
 def payment_transfer_id(invoice_id: str) -> str:
     return f"inv:{invoice_id}:payment"
+
+
+def credit_refund_transfer_id(subscription_id: str) -> str:
+    """A canceled subscription's leftover credit is refunded once: the id is the subscription's,
+    not the final invoice's (whose id a retried close would draw afresh)."""
+    return f"sub:{subscription_id}:credit_refund"
 
 
 def when(ns: int) -> str:
@@ -107,15 +131,19 @@ class InvoiceService:
     # -- composing ------------------------------------------------------------------
     def compose(
         self, sub: Subscription, invoice_id: str | None, start: int, end: int, charges: list[Charge],
-        pending: list[InvoiceLine], now_ns: int,
-    ) -> tuple[list[InvoiceLine], InvoiceLine | None, int]:
-        """The new lines of an invoice (recurring charges, and a balancing line when credits
-        exceed charges), the pending credit to carry forward (or None), and the total.
+        pending: list[InvoiceLine], now_ns: int, *, refundable_minor: int | None = None,
+    ) -> Composed:
+        """The new lines of an invoice (recurring charges, and balancing lines when credits
+        exceed charges), the pending credit to carry forward (or None), the total and the part
+        of the credit to refund.
 
         Pure: nothing is added to a session, so a preview can use it as it is. A negative
-        total is never billed or paid out: it is brought to zero here and the same amount
-        waits, as a pending credit, for the subscription's next invoice (Stripe's customer
-        balance, kept per subscription).
+        total is never billed: it is brought to zero here. While the subscription goes on
+        (`refundable_minor` None) the same amount waits, as a pending credit, for its next
+        invoice (Stripe's customer balance, kept per subscription). On the final invoice of a
+        canceled subscription there is no next invoice: the credit is refunded to the wallet,
+        up to `refundable_minor` (what the subscription's invoices were paid); what exceeds it
+        offsets charges never paid, is not cash, and stays pending as a record.
         """
         new: list[InvoiceLine] = [
             self._line(sub, invoice_id, c.item_id, "subscription", c.name, c.quantity, c.unit_price_minor,
@@ -124,16 +152,33 @@ class InvoiceService:
         ]
         total = sum(ln.amount_minor for ln in pending) + sum(ln.amount_minor for ln in new)
         carry = None
+        refund = 0
         if total < 0:
-            new.append(self._line(sub, invoice_id, None, "balance", "Credit carried forward to the next invoice",
-                                  1, -total, -total, start, end, now_ns, len(new)))
-            carry = self._line(sub, None, None, "balance",
-                               f"Credit carried forward from invoice {invoice_id or '(upcoming)'}",
-                               1, total, total, start, end, now_ns, 0)
+            credit = -total
+            kept = credit
+            if refundable_minor is not None:
+                refund = min(credit, max(refundable_minor, 0))
+                kept = credit - refund
+                if refund:
+                    new.append(self._line(
+                        sub, invoice_id, None, "balance",
+                        f"Credit refunded to the wallet (transfer {credit_refund_transfer_id(sub.id)})",
+                        1, refund, refund, start, end, now_ns, len(new)))
+            if kept:
+                final = refundable_minor is not None
+                new.append(self._line(
+                    sub, invoice_id, None, "balance",
+                    "Credit not refunded: more than this subscription's invoices were paid" if final
+                    else "Credit carried forward to the next invoice", 1, kept, kept, start, end, now_ns, len(new)))
+                carry = self._line(
+                    sub, None, None, "balance",
+                    (f"Credit from invoice {invoice_id or '(upcoming)'} not refunded (it offsets unpaid "
+                     "charges)") if final else f"Credit carried forward from invoice {invoice_id or '(upcoming)'}",
+                    1, -kept, -kept, start, end, now_ns, 0)
             total = 0
         if total > MAX_AMOUNT:
             raise AmountOverflow("the invoice total does not fit in 64 bits of minor units")
-        return new, carry, total
+        return Composed(new, carry, total, refund)
 
     def create(
         self, session: Session, sub: Subscription, start: int, end: int, charges: list[Charge], now_ns: int,
@@ -141,6 +186,25 @@ class InvoiceService:
         """A draft invoice for [start, end): the charges plus every pending line of the
         subscription. The caller holds the subscription's lock; the unique (subscription,
         period start) index turns a concurrent second invoice into `InvoiceExists`."""
+        return self._create(session, sub, start, end, charges, now_ns, None)[0]
+
+    def create_final(
+        self, session: Session, sub: Subscription, start: int, end: int, charges: list[Charge], clock: Clock,
+        *, refundable_minor: int,
+    ) -> Invoice:
+        """The last invoice of a subscription that is being canceled (as `create`). A credit
+        left on it is refunded to the customer's wallet, up to `refundable_minor`, in the same
+        transaction: one ledger transfer platform_revenue → wallet, the reverse of a payment,
+        whose id is the subscription's (`sub:<id>:credit_refund`), so no retry refunds twice."""
+        inv, refund = self._create(session, sub, start, end, charges, clock.now_ns(), refundable_minor)
+        if refund:
+            self._refund_credit(session, sub, inv, refund, clock)
+        return inv
+
+    def _create(
+        self, session: Session, sub: Subscription, start: int, end: int, charges: list[Charge], now_ns: int,
+        refundable_minor: int | None,
+    ) -> tuple[Invoice, int]:
         inv = Invoice(
             tenant_id=sub.tenant_id, id=new_id("in"), subscription_id=sub.id, customer_type=sub.customer_type,
             customer_id=sub.customer_id, currency=sub.currency, number=None, status="draft", period_start=start,
@@ -148,8 +212,8 @@ class InvoiceService:
             updated_at=now_ns,
         )
         pending = self.pending_lines(session, sub.tenant_id, sub.id)
-        new, carry, total = self.compose(sub, inv.id, start, end, charges, pending, now_ns)
-        inv.total_minor = total
+        composed = self.compose(sub, inv.id, start, end, charges, pending, now_ns, refundable_minor=refundable_minor)
+        inv.total_minor = composed.total_minor
         try:
             with session.begin_nested():
                 session.add(inv)
@@ -157,15 +221,37 @@ class InvoiceService:
         except IntegrityError:
             raise InvoiceExists(f"subscription {sub.id} already has an invoice for this period") from None
         # An invoice's order is fixed here: what was pending (oldest first), then its own lines.
-        for position, ln in enumerate([*pending, *new]):
+        for position, ln in enumerate([*pending, *composed.lines]):
             ln.position = position
         for ln in pending:  # every pending line is written under the subscription's lock too
             ln.invoice_id = inv.id
-        session.add_all(new)
-        if carry is not None:
-            session.add(carry)
+        session.add_all(composed.lines)
+        if composed.carry is not None:
+            session.add(composed.carry)
         session.flush()
-        return inv
+        return inv, composed.refund_minor
+
+    @staticmethod
+    def _refund_credit(session: Session, sub: Subscription, inv: Invoice, amount_minor: int, clock: Clock) -> None:
+        # Every field is the subscription's, none the invoice's: a close retried after this
+        # transfer committed (it commits with the invoice, but should they ever part) finds it
+        # `exists` instead of refunding again — or, for another amount, fails loudly.
+        now = clock.now_ns()
+        tenant = sub.tenant_id
+        wallet = wallet_service.wallet_account(session, tenant, owner_type=sub.customer_type,
+                                               owner_id=sub.customer_id, asset=sub.currency, now_ns=now)
+        revenue = wallet_service.system_account(session, tenant, "platform_revenue", sub.currency, now)
+        [result] = ledger_service.post(session, tenant, [TransferIn(
+            credit_refund_transfer_id(sub.id), revenue.id, wallet.id, amount_minor, sub.currency,
+            code=CREDIT_REFUND_CODE, reference=sub.id, metadata={"subscription_id": sub.id},
+        )], clock)
+        raise_for_result(result, "credit refund")
+
+    def refundable(self, session: Session, tenant_id: str, subscription_id: str) -> int:
+        """What a subscription's invoices were paid: the most its leftover credit may refund."""
+        stmt = scoped(select(func.coalesce(func.sum(Invoice.amount_paid_minor), 0)), Invoice, tenant_id).where(
+            Invoice.subscription_id == subscription_id, Invoice.status == "paid")
+        return int(session.scalar(stmt) or 0)
 
     @staticmethod
     def _line(

@@ -13,7 +13,9 @@ quantity cost for the seconds it was in force.
 Closing a period (the worker, or any change that finds its period over) is one
 transaction: get-or-create the period's invoice (unique per subscription and
 period start), finalize it, try the wallet, advance to the next period. A crash
-leaves all of it or none; a retry finds the invoice instead of making another.
+leaves all of it or none; a retry finds the invoice instead of making another. The
+close that ends a canceled subscription makes its last invoice final: a credit left
+on it is refunded to the wallet in the same transaction (`invoice_service.create_final`).
 
 Catalogue items take their name, basis and price from the licensing catalogue
 (`licensing_service`), and a camera or device quantity left out defaults to the
@@ -368,6 +370,8 @@ class BillingService:
         if sub.status == "canceled":
             raise SubscriptionCanceled(f"subscription {sub.id} is canceled; no invoice is coming")
         invoiced = invoice_service.for_period(session, tenant_id, sub.id, sub.current_period_start) is not None
+        # The subscription's last invoice refunds a leftover credit instead of carrying it.
+        refundable = invoice_service.refundable(session, tenant_id, sub.id) if sub.cancel_at_period_end else None
         if not invoiced:
             start, end = sub.current_period_start, sub.current_period_end
             charges = self._charges(session, sub, current=True)
@@ -384,8 +388,10 @@ class BillingService:
             period_start=start, period_end=end, total_minor=0, amount_paid_minor=0, payment_attempts=0,
             created_at=now_ns, updated_at=now_ns,
         )
-        new, _, inv.total_minor = invoice_service.compose(sub, None, start, end, charges, pending, now_ns)
-        return InvoiceDocument(inv, [*pending, *new])
+        composed = invoice_service.compose(sub, None, start, end, charges, pending, now_ns,
+                                           refundable_minor=refundable)
+        inv.total_minor = composed.total_minor
+        return InvoiceDocument(inv, [*pending, *composed.lines])
 
     def _charges(self, session: Session, sub: Subscription, *, current: bool) -> list[Charge]:
         """Recurring charges: the current period's at starting quantities (removed items
@@ -428,16 +434,31 @@ class BillingService:
         wallet once, then open the next period — or, when cancelling, bill what is left and stop."""
         now = clock.now_ns()
         early = invoice_service.for_period(session, sub.tenant_id, sub.id, sub.current_period_start)
-        # An invoice made early is locked before it is finalized here: a `finalize` call racing
-        # this close must not have its number overwritten.
-        invoices = [invoice_service.lock(session, sub.tenant_id, early.id) if early is not None
-                    else self._period_invoice(session, sub, now)]
         end = sub.current_period_end
+        invoices: list[Invoice] = []
+        if early is not None:
+            # An invoice made early is locked before it is finalized here: a `finalize` call
+            # racing this close must not have its number overwritten. It is collected before a
+            # last invoice is made, so what it is paid counts towards a refund.
+            invoices.append(self._collect(session, invoice_service.lock(session, sub.tenant_id, early.id), clock))
         if sub.cancel_at_period_end:
-            if invoice_service.pending_lines(session, sub.tenant_id, sub.id):
-                invoices.append(invoice_service.create(session, sub, end, end, [], now))
+            # The last invoice of a canceled subscription is final: there is no next invoice to
+            # carry a credit to, so a credit left over is refunded to the wallet, as far as the
+            # subscription's invoices were paid (`create_final`).
+            refundable = invoice_service.refundable(session, sub.tenant_id, sub.id)
+            if early is None:
+                invoices.append(invoice_service.create_final(
+                    session, sub, sub.current_period_start, end, self._charges(session, sub, current=True), clock,
+                    refundable_minor=refundable))
+            elif invoice_service.pending_lines(session, sub.tenant_id, sub.id):
+                # Changes after the early invoice (and a credit it carried): billed, or
+                # refunded, on a last invoice at the period's end.
+                invoices.append(invoice_service.create_final(session, sub, end, end, [], clock,
+                                                             refundable_minor=refundable))
             sub.status, sub.canceled_at = "canceled", end
         else:
+            if early is None:
+                invoices.append(self._period_invoice(session, sub, now))
             sub.period_index += 1
             sub.current_period_start, sub.current_period_end = period_bounds_ns(sub.billing_anchor,
                                                                                 sub.period_index)
@@ -452,12 +473,18 @@ class BillingService:
             )
         sub.updated_at = now
         session.flush()
-        for inv in invoices:
-            if inv.status == "draft":
-                invoice_service.finalize_locked(session, inv, now)
-            if inv.status == "open":
-                invoice_service.attempt_payment(session, inv, clock)
+        for inv in invoices[1 if early is not None else 0:]:
+            self._collect(session, inv, clock)
         return invoices
+
+    @staticmethod
+    def _collect(session: Session, inv: Invoice, clock: Clock) -> Invoice:
+        """Finalize a draft and try the wallet once."""
+        if inv.status == "draft":
+            invoice_service.finalize_locked(session, inv, clock.now_ns())
+        if inv.status == "open":
+            invoice_service.attempt_payment(session, inv, clock)
+        return inv
 
     # -- helpers --------------------------------------------------------------------
     def _changeable(self, session: Session, tenant_id: str, subscription_id: str, clock: Clock) -> Subscription:

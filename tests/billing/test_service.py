@@ -13,6 +13,7 @@ from meterline.billing.invoices import (
     InvalidInvoiceState,
     InvoiceExists,
     InvoiceNotFound,
+    credit_refund_transfer_id,
     invoice_service,
     payment_transfer_id,
 )
@@ -400,6 +401,128 @@ def test_cancel_at_period_end(db, tenant, clock):
                    lambda: billing_service.preview(s, tenant, sid, clock.now_ns())):
             with pytest.raises(SubscriptionCanceled):
                 op()
+
+
+def _paid_early_then_removed(db, tenant, clock) -> str:  # type: ignore[no-untyped-def]
+    """CUSTOM ($100.00 a month) from 1 Nov, November invoiced early and paid from the wallet, the
+    item removed on 16 Nov (−50.00 waiting for the next invoice), then canceled."""
+    sid = subscribe(db, tenant, clock, [CUSTOM])
+    deposit(db, tenant, clock, 10_000)
+    with db.session() as s:
+        inv = billing_service.create_invoice(s, tenant, sid, clock).invoice
+        invoice_service.finalize(s, tenant, inv.id, clock.now_ns())
+        assert invoice_service.pay(s, tenant, inv.id, clock).paid
+    clock.set(at(2025, 11, 16))
+    with db.session() as s:
+        item = billing_service.items(s, tenant, sid)[0]
+        billing_service.remove_item(s, tenant, sid, item.id, clock)
+        billing_service.cancel(s, tenant, sid, clock)
+    return sid
+
+
+def revenue(db: Database, tenant: str) -> int:
+    with db.session(write=False) as s:
+        acc = wallet_service.system_account(s, tenant, "platform_revenue", "USD", 0)
+        return acc.credits_posted - acc.debits_posted
+
+
+def test_a_credit_left_at_cancellation_is_refunded_to_the_wallet(db, tenant, clock):
+    """The bug: the leftover −50.00 went on a (1 Dec, 1 Dec) invoice, which carried it forward
+    again as a pending line of a subscription that never invoices again — the customer lost it."""
+    sid = _paid_early_then_removed(db, tenant, clock)
+    assert (wallet(db, tenant), revenue(db, tenant)) == (0, 10_000)
+    with db.session(write=False) as s:
+        upcoming = billing_service.preview(s, tenant, sid, clock.now_ns())
+    assert lines(upcoming) == [("proration", 10, -5_000), ("balance", 1, 5_000)]
+    clock.set(DEC_1 + 5 * NS)
+    with db.session() as s:
+        [november, final] = billing_service.close_due(s, tenant, sid, clock)
+        doc = invoice_service.document(s, final)
+        assert invoice_service.pending_lines(s, tenant, sid) == []
+        refund = ledger_service.get_transfer(s, tenant, credit_refund_transfer_id(sid))
+    assert (november.period_start, november.status) == (NOV_1, "paid")
+    assert (final.period_start, final.period_end, final.status, final.total_minor) == (DEC_1, DEC_1, "paid", 0)
+    assert lines(doc) == lines(upcoming)
+    assert doc.lines[-1].description == f"Credit refunded to the wallet (transfer sub:{sid}:credit_refund)"
+    assert (refund.amount, refund.code, refund.reference) == (5_000, "invoice_credit_refund", sid)
+    assert refund.debit_account_id == "sys:platform_revenue:USD"  # back from where the payment went
+    assert (wallet(db, tenant), revenue(db, tenant)) == (5_000, 5_000)
+    assert verify_ledger(db, tenant).ok
+
+
+def test_a_credit_carried_from_an_earlier_period_is_refunded_at_cancellation(db, tenant, clock):
+    sid = subscribe(db, tenant, clock, [CUSTOM])
+    deposit(db, tenant, clock, 10_000)
+    with db.session() as s:
+        inv = billing_service.create_invoice(s, tenant, sid, clock).invoice
+        invoice_service.finalize(s, tenant, inv.id, clock.now_ns())
+        assert invoice_service.pay(s, tenant, inv.id, clock).paid
+    clock.set(at(2025, 11, 16))
+    with db.session() as s:
+        item = billing_service.items(s, tenant, sid)[0]
+        billing_service.remove_item(s, tenant, sid, item.id, clock)  # −50.00
+        billing_service.add_item(s, tenant, sid, ItemSpec(name="Tiny", basis="tenant", unit_price_minor=1000), clock)
+    clock.set(JAN_1)
+    with db.session() as s:
+        billing_service.close_due(s, tenant, sid, clock)  # December: −35.00 carried forward
+        assert [ln.amount_minor for ln in invoice_service.pending_lines(s, tenant, sid)] == [-3_500]
+    clock.set(at(2026, 1, 10))
+    with db.session() as s:
+        billing_service.cancel(s, tenant, sid, clock)
+    clock.set(at(2026, 2, 1))
+    with db.session() as s:
+        [january] = billing_service.close_due(s, tenant, sid, clock)  # the last period: +10.00 − 35.00
+        doc = invoice_service.document(s, january)
+        assert invoice_service.pending_lines(s, tenant, sid) == []
+        assert billing_service.get_subscription(s, tenant, sid).status == "canceled"
+    assert lines(doc) == [("balance", 1, -3_500), ("subscription", 1, 1_000), ("balance", 1, 2_500)]
+    assert (january.total_minor, january.status) == (0, "paid")
+    assert wallet(db, tenant) == 2_500 and revenue(db, tenant) == 10_000 - 2_500
+    assert verify_ledger(db, tenant).ok
+
+
+def test_an_early_invoice_collected_at_the_close_counts_towards_the_refund(db, tenant, clock):
+    """The close finalizes and collects an early draft before the last invoice is made, so
+    what it is paid then is refundable at once."""
+    sid = subscribe(db, tenant, clock, [CUSTOM])
+    deposit(db, tenant, clock, 10_000)
+    with db.session() as s:
+        billing_service.create_invoice(s, tenant, sid, clock)  # a draft, left for the worker
+    clock.set(at(2025, 11, 16))
+    with db.session() as s:
+        item = billing_service.items(s, tenant, sid)[0]
+        billing_service.remove_item(s, tenant, sid, item.id, clock)
+        billing_service.cancel(s, tenant, sid, clock)
+    clock.set(DEC_1)
+    with db.session() as s:
+        november, final = billing_service.close_due(s, tenant, sid, clock)
+        assert invoice_service.pending_lines(s, tenant, sid) == []
+    assert [(i.number, i.status, i.total_minor) for i in (november, final)] == [
+        ("INV-000001", "paid", 10_000), ("INV-000002", "paid", 0)]
+    assert wallet(db, tenant) == 5_000 and verify_ledger(db, tenant).ok
+
+
+def test_a_credit_is_refunded_only_as_far_as_the_subscription_was_paid(db, tenant, clock):
+    """Credits that offset an invoice still unpaid are not cash: refunding them would pay out
+    money never received. What was not paid for stays recorded as the subscription's credit."""
+    sid = subscribe(db, tenant, clock, [CUSTOM])
+    with db.session() as s:
+        inv = billing_service.create_invoice(s, tenant, sid, clock).invoice
+        invoice_service.finalize(s, tenant, inv.id, clock.now_ns())  # open: the wallet is empty
+    clock.set(at(2025, 11, 16))
+    with db.session() as s:
+        item = billing_service.items(s, tenant, sid)[0]
+        billing_service.remove_item(s, tenant, sid, item.id, clock)
+        billing_service.cancel(s, tenant, sid, clock)
+    clock.set(DEC_1)
+    with db.session() as s:
+        _, final = billing_service.close_due(s, tenant, sid, clock)
+        doc = invoice_service.document(s, final)
+        kept = invoice_service.pending_lines(s, tenant, sid)
+    assert lines(doc) == [("proration", 10, -5_000), ("balance", 1, 5_000)]
+    assert doc.lines[-1].description.startswith("Credit not refunded")
+    assert [(ln.kind, ln.amount_minor) for ln in kept] == [("balance", -5_000)]
+    assert wallet(db, tenant) == 0 and verify_ledger(db, tenant).ok
 
 
 def test_a_change_or_cancel_after_more_than_two_years_without_the_worker_lands_in_todays_period(

@@ -11,12 +11,20 @@ import pytest
 from sqlalchemy import update
 
 from meterline.billing import tasks
-from meterline.billing.invoices import InvoiceService, invoice_service
+from meterline.billing.invoices import (
+    CREDIT_REFUND_CODE,
+    InvoiceService,
+    credit_refund_transfer_id,
+    invoice_service,
+)
 from meterline.billing.models import Invoice, Subscription
 from meterline.billing.service import ItemSpec, billing_service
 from meterline.clock import FrozenClock
 from meterline.db.engine import Database
+from meterline.ledger.service import ledger_service
+from meterline.ledger.types import TransferIn
 from meterline.ledger.verify import verify_ledger
+from meterline.wallets.service import wallet_service
 from meterline.worker.tasks import JobContext, default_jobs, make_dispatcher
 from tests.factories import make_deposit, make_licensing_catalogue, make_subscription
 from tests.threads import run_concurrently
@@ -116,6 +124,65 @@ def test_a_crash_mid_close_leaves_nothing_and_the_retry_invoices_once(db, tenant
     close(db, clock)
     [inv] = invoices(db, tenant)
     assert (inv.status, inv.number) == ("paid", "INV-000001")  # the crashed attempt's number was given back
+
+
+def _cancel_with_a_credit(db: Database, tenant: str, sid: str, clock: FrozenClock) -> None:
+    """November ($100.00) invoiced early and paid, the item removed on 16 Nov (−50.00), canceled."""
+    fund(db, tenant, clock, 10_000)
+    with db.session() as s:
+        inv = billing_service.create_invoice(s, tenant, sid, clock).invoice
+        invoice_service.finalize(s, tenant, inv.id, clock.now_ns())
+        assert invoice_service.pay(s, tenant, inv.id, clock).paid
+    clock.set(at(2025, 11, 16))
+    with db.session() as s:
+        item = billing_service.items(s, tenant, sid)[0]
+        billing_service.remove_item(s, tenant, sid, item.id, clock)
+        billing_service.cancel(s, tenant, sid, clock)
+
+
+def wallet(db: Database, tenant: str) -> int:
+    with db.session(write=False) as s:
+        return wallet_service.balance(s, tenant, "licensee", "tenant-123", "USD").available
+
+
+def test_a_crash_after_the_credit_refund_leaves_nothing_and_the_retry_refunds_once(
+        db, tenant, sub, clock, monkeypatch):
+    _cancel_with_a_credit(db, tenant, sub, clock)
+    clock.set(DEC_1)
+    real = InvoiceService.finalize_locked
+
+    def crash(self, session, inv, now_ns):  # after the last invoice and its refund are written
+        raise RuntimeError("power cut")
+
+    monkeypatch.setattr(InvoiceService, "finalize_locked", crash)
+    close(db, clock)
+    assert wallet(db, tenant) == 0 and len(invoices(db, tenant)) == 1
+    assert subscription(db, tenant, sub).status == "active"
+    monkeypatch.setattr(InvoiceService, "finalize_locked", real)
+    close(db, clock)
+    close(db, clock)
+    assert wallet(db, tenant) == 5_000 and len(invoices(db, tenant)) == 2
+    assert subscription(db, tenant, sub).status == "canceled"
+    assert verify_ledger(db, tenant).ok
+
+
+def test_a_refund_already_in_the_ledger_is_not_made_again(db, tenant, sub, clock):
+    """Should the refund ever commit apart from the close (restored backup, a close replayed by
+    hand), its id — the subscription's, not the invoice's — makes the retry find it."""
+    _cancel_with_a_credit(db, tenant, sub, clock)
+    clock.set(DEC_1)
+    with db.session() as s:
+        wallet_service.wallet_account(s, tenant, owner_type="licensee", owner_id="tenant-123", asset="USD",
+                                      now_ns=clock.now_ns())
+        [done] = ledger_service.post(s, tenant, [TransferIn(
+            credit_refund_transfer_id(sub), "sys:platform_revenue:USD", "wal:licensee:tenant-123:USD", 5_000, "USD",
+            code=CREDIT_REFUND_CODE, reference=sub, metadata={"subscription_id": sub})], clock)
+        assert done.result == "ok"
+    assert wallet(db, tenant) == 5_000
+    close(db, clock)
+    assert wallet(db, tenant) == 5_000  # not 10,000
+    assert subscription(db, tenant, sub).status == "canceled"
+    assert verify_ledger(db, tenant).ok
 
 
 def test_an_invoiced_period_that_did_not_advance_is_not_invoiced_again(db, tenant, sub, clock):

@@ -225,6 +225,37 @@ def test_remove_an_item_and_cancel(client, bb, clock):
     assert r.status_code == 200 and r.json()["cancel_at_period_end"] is True, r.text
 
 
+def test_a_credit_left_when_a_canceled_subscription_ends_comes_back_to_the_wallet(client, bb, db, clock):
+    """November paid early, Advanced Analytics removed half way (−1000.00), canceled: the last
+    invoice refunds the credit to the wallet instead of carrying it to an invoice never made."""
+    sub = subscribe(client, bb)
+    sid, analytics = sub["id"], sub["items"][1]["id"]
+    client.post(f"{WALLET}/deposits", json={"amount": "8000", "proof": "wire-3"}, headers=bb.w)
+    paid = client.post(f"/v1/invoices/{invoice(client, bb, sid)['id']}/pay", headers=bb.w)
+    assert paid.json()["status"] == "paid", paid.text
+    clock.set(at(2025, 11, 16))
+    assert client.delete(f"/v1/subscriptions/{sid}/items/{analytics}", headers=bb.w).status_code == 200
+    assert client.post(f"/v1/subscriptions/{sid}/cancel", headers=bb.w).status_code == 200
+    upcoming = client.get(f"/v1/subscriptions/{sid}/upcoming-invoice", headers=bb.w).json()
+    assert [(ln["kind"], ln["amount"]) for ln in upcoming["lines"]] == [("proration", "-1000.00"),
+                                                                        ("balance", "1000.00")]
+    clock.set(at(2025, 12, 1))
+    tasks.close_periods(db, clock, limit=1000)
+    rows = client.get("/v1/invoices", params={"subscription_id": sid}, headers=bb.w).json()["data"]
+    final = next(i for i in rows if i["period_start"] == i["period_end"])
+    assert (final["status"], final["total"]) == ("paid", "0.00")
+    assert [(ln["kind"], ln["amount"], ln["description"]) for ln in final["lines"]] == [
+        ("proration", "-1000.00", "Unused time on 100 × Advanced Analytics Pack after 2025-11-16 00:00:00 UTC"),
+        ("balance", "1000.00", f"Credit refunded to the wallet (transfer sub:{sid}:credit_refund)")]
+    assert client.get(WALLET, headers=bb.w).json()["available"] == "1000.00"
+    [refund] = [t for t in client.get(f"{WALLET}/transactions", headers=bb.w).json()["data"]
+                if t["transfer_id"] == f"sub:{sid}:credit_refund"]
+    assert (refund["amount"], refund["code"], refund["reference"]) == ("1000.00", "invoice_credit_refund", sid)
+    assert client.get(f"/v1/subscriptions/{sid}", headers=bb.w).json()["status"] == "canceled"
+    assert_problem(client.get(f"/v1/subscriptions/{sid}/upcoming-invoice", headers=bb.w), 409,
+                   "subscription_canceled")
+
+
 def test_idempotency_keys_replay_and_conflict(client, bb):
     h = {**bb.w, "Idempotency-Key": "sub-1"}
     first = client.post("/v1/subscriptions", json=SUBSCRIPTION, headers=h)
