@@ -47,9 +47,9 @@ def make_wallet(session: Session, tenant_id: str, clock: Clock, *, id: str, asse
 
 
 def make_key(session: Session, tenant_id: str, clock: Clock, *, kind: str = "admin",
-             scopes: list[str] | None = None) -> CreatedKey:
+             scopes: list[str] | None = None, principal_id: str | None = None) -> CreatedKey:
     return identity_service.create_key(session, tenant_id=tenant_id, kind=kind, scopes=scopes,
-                                       now_ns=clock.now_ns())
+                                       principal_id=principal_id, now_ns=clock.now_ns())
 
 
 def make_deposit(

@@ -47,6 +47,12 @@ class Answer(NamedTuple):
     growth_pack: str | None = None
 
 
+# What a licensee without a license is answered, given without reading or activating anything
+# of the one named: a customer key asking about another customer's license
+# (`api/v1/principals.speaks_for`) must not learn that it exists, nor use up its slots.
+NOT_LICENSED = Answer(False, LicenseCode.LICENSE_NOT_FOUND, None)
+
+
 class LicensingRuntime:
     def __init__(self, db: Database, settings: Settings, *, cache: LicenseCache | None = None,
                  audit: AuditBuffer | None = None) -> None:
@@ -113,6 +119,28 @@ class LicensingRuntime:
             self.cache.note_camera(key, version, camera_id, code == LicenseCode.OK)
         return Answer(code == LicenseCode.OK, code, snap)
 
+    # -- a licensee the caller may not name (NOT_LICENSED) -----------------------------------
+    def unlicensed_entitlement_cached(self, tenant_id: str, feature: str, now_ns: int) -> Answer | None:
+        """As `entitlement_cached` for a licensee without a license (the pack is still named)."""
+        features = self.cache.features(tenant_id, now_ns)
+        if features is None:
+            return None
+        return Answer(False, LicenseCode.LICENSE_NOT_FOUND, None, features.get(feature))
+
+    def unlicensed_entitlement(self, tenant_id: str, feature: str, now_ns: int) -> Answer:
+        return Answer(False, LicenseCode.LICENSE_NOT_FOUND, None, self._features(tenant_id, now_ns).get(feature))
+
+    # -- is there a license at all (usage reports) ------------------------------------------
+    def licensed_cached(self, tenant_id: str, licensee_id: str, now_ns: int) -> bool | None:
+        """Whether the licensee has a license (of any status), from the cache; None on a miss.
+        No I/O. A licensee without one is cached too, until a license is issued to it."""
+        entry = self.cache.get((tenant_id, licensee_id), now_ns)
+        return None if entry is None else entry.snapshot is not None
+
+    def licensed(self, tenant_id: str, licensee_id: str, now_ns: int) -> bool:
+        """`licensed_cached`, filling the cache (Redis, then the database) on a miss."""
+        return self._entry((tenant_id, licensee_id), now_ns)[1].snapshot is not None
+
     # -- entitlements ---------------------------------------------------------------------
     def entitlement_cached(self, tenant_id: str, licensee_id: str, camera_id: str | None, feature: str,
                            now_ns: int) -> Answer | None:
@@ -124,12 +152,7 @@ class LicensingRuntime:
 
     def entitlement(self, tenant_id: str, licensee_id: str, camera_id: str | None, feature: str,
                     now_ns: int) -> Answer:
-        features = self.cache.features(tenant_id, now_ns)
-        if features is None:
-            fversion = self.cache.version((tenant_id, ""))
-            with self.db.session(write=False) as session:
-                features = licensing_service.feature_map(session, tenant_id)
-            self.cache.put_features(tenant_id, fversion, features, now_ns)
+        features = self._features(tenant_id, now_ns)
         key = (tenant_id, licensee_id)
         version, entry = self._entry(key, now_ns)
         answer = self._entitlement(entry, features, camera_id, feature, now_ns, known_only=True)
@@ -161,6 +184,16 @@ class LicensingRuntime:
                                       feature, answer.allowed, answer.code))
 
     # -- helpers --------------------------------------------------------------------------
+    def _features(self, tenant_id: str, now_ns: int) -> dict[str, str]:
+        """The tenant's feature → pack map, loading it on a miss."""
+        features = self.cache.features(tenant_id, now_ns)
+        if features is None:
+            fversion = self.cache.version((tenant_id, ""))
+            with self.db.session(write=False) as session:
+                features = licensing_service.feature_map(session, tenant_id)
+            self.cache.put_features(tenant_id, fversion, features, now_ns)
+        return features
+
     def _entry(self, key: Key, now_ns: int) -> tuple[int, LicenseEntry]:
         """The live entry, loading it (Redis, then the database) on a miss."""
         version = self.cache.version(key)

@@ -50,6 +50,12 @@ class LicenseNotFound(LicensingError, NotFound):
     title = "No such license"
 
 
+def license_missing(licensee_id: str) -> LicenseNotFound:
+    """The one "no license" error: what a missing licensee and one the caller may not see
+    both raise, word for word, so the answer doesn't tell them apart."""
+    return LicenseNotFound(f"no license for {licensee_id}")
+
+
 class PlanNotFound(LicensingError, NotFound):
     code = "plan_not_found"
     title = "No such license plan"
@@ -357,12 +363,15 @@ class LicensingService:
             stmt = stmt.with_for_update().execution_options(populate_existing=True)
         row = session.scalars(stmt).first()
         if row is None:
-            raise LicenseNotFound(f"no license for {licensee_id}")
+            raise license_missing(licensee_id)
         return row
 
-    def list_licenses(self, session: Session, tenant_id: str, *, after: str | None = None,
-                      limit: int = 100) -> list[License]:
+    def list_licenses(self, session: Session, tenant_id: str, *, after: str | None = None, limit: int = 100,
+                      licensee_id: str | None = None) -> list[License]:
+        """In licensee order; with `licensee_id`, only that licensee's (a customer's own)."""
         stmt = scoped(select(License), License, tenant_id)
+        if licensee_id is not None:
+            stmt = stmt.where(License.licensee_id == licensee_id)
         if after is not None:
             stmt = stmt.where(License.licensee_id > after)
         return list(session.scalars(stmt.order_by(License.licensee_id).limit(limit)))
@@ -642,23 +651,26 @@ class LicensingService:
             stmt = stmt.where(LicenseAuditEntry.licensee_id == licensee_id)
         return list(session.scalars(stmt.order_by(LicenseAuditEntry.id.desc()).limit(limit)))
 
-    def stats(self, session: Session, tenant_id: str) -> dict[str, int]:
-        def count(stmt: Any) -> int:
+    def stats(self, session: Session, tenant_id: str, licensee_id: str | None = None) -> dict[str, int]:
+        """The tenant's licensing counts; with `licensee_id`, that one licensee's (a customer's)."""
+
+        def count(stmt: Any, model: Any) -> int:
+            stmt = scoped(stmt, model, tenant_id)
+            if licensee_id is not None:
+                stmt = stmt.where(model.licensee_id == licensee_id)
             return int(session.scalar(stmt) or 0)
 
+        devices = select(func.count()).select_from(LicenseDevice)
+        validations = select(func.count()).select_from(LicenseAuditEntry).where(
+            LicenseAuditEntry.action == "validate")
         return {
-            "licenses": count(scoped(select(func.count()).select_from(License), License, tenant_id)),
-            "cameras_active": count(scoped(select(func.coalesce(func.sum(License.cameras_active), 0)),
-                                           License, tenant_id)),
-            "devices_alive": count(scoped(select(func.count()).select_from(LicenseDevice), LicenseDevice,
-                                          tenant_id).where(LicenseDevice.state == "alive")),
-            "devices_dead": count(scoped(select(func.count()).select_from(LicenseDevice), LicenseDevice,
-                                         tenant_id).where(LicenseDevice.state == "dead")),
-            "validations": count(scoped(select(func.count()).select_from(LicenseAuditEntry), LicenseAuditEntry,
-                                        tenant_id).where(LicenseAuditEntry.action == "validate")),
-            "validations_refused": count(
-                scoped(select(func.count()).select_from(LicenseAuditEntry), LicenseAuditEntry, tenant_id)
-                .where(LicenseAuditEntry.action == "validate", LicenseAuditEntry.allowed.is_(False))),
+            "licenses": count(select(func.count()).select_from(License), License),
+            "cameras_active": count(select(func.coalesce(func.sum(License.cameras_active), 0)), License),
+            "devices_alive": count(devices.where(LicenseDevice.state == "alive"), LicenseDevice),
+            "devices_dead": count(devices.where(LicenseDevice.state == "dead"), LicenseDevice),
+            "validations": count(validations, LicenseAuditEntry),
+            "validations_refused": count(validations.where(LicenseAuditEntry.allowed.is_(False)),
+                                         LicenseAuditEntry),
         }
 
     # -- demo -----------------------------------------------------------------------------

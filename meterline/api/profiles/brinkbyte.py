@@ -10,7 +10,11 @@
 The body's ``tenant_id`` is BrinkByte's customer — a *licensee* inside the
 caller's Meterline tenant (the API key's tenant, or the dev default tenant).
 One Meterline tenant never sees another's licensees: every lookup is keyed by
-the caller's tenant first.
+the caller's tenant first. Inside a tenant, a `customer` key speaks only for
+itself (its principal id is its licensee id): naming another licensee is answered
+exactly as a licensee without a license (`license_not_found`), and nothing of that
+licensee is activated, registered or counted. Staff and device keys name any
+licensee of their tenant (`api/v1/principals.speaks_for`).
 
 Validation answers are 200s with ``is_valid`` and, when not valid, a reason
 ``code`` and ``detail``; only malformed bodies (422), a missing key (401) or
@@ -35,10 +39,11 @@ from meterline.api.deps import ReadSession, RuntimeDep, require, require_async
 from meterline.api.fastpath import FastRoute
 from meterline.api.runtime import Runtime
 from meterline.api.v1.common import errors
+from meterline.api.v1.principals import owner_filter, speaks_for
 from meterline.clock import to_rfc3339
 from meterline.errors import PayloadTooLarge
 from meterline.identity.service import Principal
-from meterline.licensing.runtime import Answer, LicensingRuntime
+from meterline.licensing.runtime import NOT_LICENSED, Answer, LicensingRuntime
 from meterline.licensing.schemas import (
     EntitlementRequest,
     EntitlementResponse,
@@ -227,7 +232,9 @@ async def _validate(request: Request, principal: Principal, raw: bytes) -> Respo
     lic = _lic(runtime)
     now = runtime.clock.now_ns()
     tenant = principal.tenant_id
-    answer = lic.validate_cached(tenant, licensee, camera, now)
+    answer: Answer | None = NOT_LICENSED  # another customer's licensee: as if it had no license
+    if speaks_for(principal, licensee):
+        answer = lic.validate_cached(tenant, licensee, camera, now)
     if answer is None:
         answer = await run_in_threadpool(lic.validate, tenant, licensee, camera, device, now)
     lic.record(tenant, _who(principal), "validate", licensee, answer, now, camera_id=camera, device_id=device)
@@ -251,9 +258,14 @@ async def _entitlement(request: Request, principal: Principal, raw: bytes) -> Re
     lic = _lic(runtime)
     now = runtime.clock.now_ns()
     tenant = principal.tenant_id
-    answer = lic.entitlement_cached(tenant, licensee, camera, feature, now)
-    if answer is None:
-        answer = await run_in_threadpool(lic.entitlement, tenant, licensee, camera, feature, now)
+    if not speaks_for(principal, licensee):  # another customer's licensee: as if it had no license
+        answer = lic.unlicensed_entitlement_cached(tenant, feature, now)
+        if answer is None:
+            answer = await run_in_threadpool(lic.unlicensed_entitlement, tenant, feature, now)
+    else:
+        answer = lic.entitlement_cached(tenant, licensee, camera, feature, now)
+        if answer is None:
+            answer = await run_in_threadpool(lic.entitlement, tenant, licensee, camera, feature, now)
     lic.record(tenant, _who(principal), "entitlement", licensee, answer, now, camera_id=camera, feature=feature)
     return _BODIES.entitlement_response(answer, feature)
 
@@ -273,14 +285,17 @@ def heartbeat(
     lic = _lic(runtime)
     now = runtime.clock.now_ns()
     cameras = body.cameras if isinstance(body.cameras, int) else body.cameras[:10_000]
-    with runtime.db.session() as session:
-        lic.bind(session)
-        result = licensing_service.heartbeat(
-            session, principal.tenant_id, body.tenant_id, body.device_id, software_version=body.version,
-            cameras=cameras, now_ns=now)  # type: ignore[arg-type]
-        device_status = result.device.state if result.device is not None and result.code != \
-            LicenseCode.DEVICE_LIMIT_EXCEEDED else None
-    answer = Answer(result.code == LicenseCode.OK, result.code, result.snapshot)
+    if not speaks_for(principal, body.tenant_id):
+        answer, device_status = NOT_LICENSED, None  # registers nothing under another customer's license
+    else:
+        with runtime.db.session() as session:
+            lic.bind(session)
+            result = licensing_service.heartbeat(
+                session, principal.tenant_id, body.tenant_id, body.device_id, software_version=body.version,
+                cameras=cameras, now_ns=now)  # type: ignore[arg-type]
+            device_status = result.device.state if result.device is not None and result.code != \
+                LicenseCode.DEVICE_LIMIT_EXCEEDED else None
+        answer = Answer(result.code == LicenseCode.OK, result.code, result.snapshot)
     lic.record(principal.tenant_id, _who(principal), "heartbeat", body.tenant_id, answer, now,
                device_id=body.device_id)
     return _json({"status": "ok", "server_time": to_rfc3339(now), "device_id": body.device_id,
@@ -290,9 +305,11 @@ def heartbeat(
 @router.get("/stats", summary="Licensing statistics for the caller's tenant")
 def stats(runtime: RuntimeDep, session: ReadSession,
           principal: Principal = Depends(require("licenses:read"))) -> dict[str, Any]:
-    """Counts from the database plus this process's cache and audit-queue figures."""
+    """Counts from the database plus this process's cache and audit-queue figures. Staff
+    keys count the whole tenant; a customer key only its own license (anyone else: zeros)."""
     lic = _lic(runtime)
-    figures: dict[str, Any] = dict(licensing_service.stats(session, principal.tenant_id))
+    figures: dict[str, Any] = dict(licensing_service.stats(session, principal.tenant_id,
+                                                           owner_filter(principal)))
     figures["cache"] = {"hits": lic.cache.hits, "misses": lic.cache.misses, "shared": lic.cache.shared}
     figures["audit"] = {"queued": lic.audit.pending(), "dropped": lic.audit.dropped}
     figures["server_time"] = to_rfc3339(runtime.clock.now_ns())

@@ -12,6 +12,17 @@ Meterline tenant (the API key's, or the dev default tenant). Events are stored u
 the Meterline tenant + that licensee, with the camera as the subject and the device as
 the reporter; they never cross Meterline tenants. Same engine, same codes as the
 native `POST /v1/usage/events`. (Licensing routes live in `brinkbyte.py`.)
+
+Usage is reported by licensed devices (seeds/002), so the licensee must hold a
+license: when it has none (a typo'd `tenant_id` — usage that would bill nobody) every
+event is rejected with `license_not_found` and nothing is stored; a customer key naming
+another licensee is answered the same way. The lookup is the license cache's (one per
+batch, no I/O when warm). Any license counts, whatever its status or dates: a device
+buffers usage while offline and syncs it later (the seed's batch sync), so usage made
+under a valid license may arrive after a suspension or expiry — whether to bill it is
+billing's call, not a reason to lose it. Cameras and devices are not checked against
+activations and registrations either: usage from a camera refused at the allowance is
+evidence worth keeping.
 """
 
 from __future__ import annotations
@@ -21,13 +32,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 from meterline.api.body import openapi_body
-from meterline.api.deps import require_async
+from meterline.api.deps import get_runtime, require_async
 from meterline.api.fastpath import FastRoute, authorized
 from meterline.api.v1.common import errors
 from meterline.api.v1.meters import UsageBatchOut, ingest_request
+from meterline.api.v1.principals import speaks_for
 from meterline.identity.service import Principal
+from meterline.licensing.service import CODE_DETAIL, LicenseCode
 
 router = APIRouter(tags=["profile: brinkbyte"])
 
@@ -59,10 +73,31 @@ class BrinkByteUsageBatch(BaseModel):
 async def usage_batch(request: Request, principal: UsageWriteAsync) -> Response:
     """Each event is accepted, a duplicate (`event_id` seen before: deduplicated forever) or
     rejected by itself with a `code` (`unknown_meter`, `invalid_quantity`, `too_late`,
-    `in_future`, `invalid_timestamp`, `invalid_event`, …); its neighbours still count."""
+    `in_future`, `invalid_timestamp`, `invalid_event`, …); its neighbours still count.
+    A `tenant_id` without a license rejects every event with `license_not_found`."""
     out = await ingest_request(request, principal, licensee_key="tenant_id", device_key="device_id",
-                               subject_key="camera_id")
+                               subject_key="camera_id", check_licensee=_licensed)
     return JSONResponse(out.model_dump())
+
+
+_NO_LICENSE = (LicenseCode.LICENSE_NOT_FOUND, CODE_DETAIL[LicenseCode.LICENSE_NOT_FOUND])
+
+
+async def _licensed(request: Request, principal: Principal, licensee: str) -> tuple[str, str] | None:
+    """None when the batch's licensee holds a license the caller may report for; otherwise
+    the per-event refusal. Warm, a cache lookup on the event loop; cold, one load (Redis or
+    the database) in the threadpool, which caches the answer — a licensee without a license
+    too, until one is issued (issuing bumps the licensee's cache version)."""
+    if not speaks_for(principal, licensee):
+        return _NO_LICENSE
+    runtime = get_runtime(request)
+    lic = runtime.licensing
+    assert lic is not None
+    tenant, now = principal.tenant_id, runtime.clock.now_ns()
+    licensed = lic.licensed_cached(tenant, licensee, now)
+    if licensed is None:
+        licensed = await run_in_threadpool(lic.licensed, tenant, licensee, now)
+    return None if licensed else _NO_LICENSE
 
 
 FAST_ROUTES = [FastRoute("POST", "/api/v1/usage/batch", authorized(_usage_write, usage_batch))]

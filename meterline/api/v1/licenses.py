@@ -4,6 +4,14 @@ validation / entitlement / heartbeat calls of the BrinkByte profile under resour
 Reads need `licenses:read`, changes `licenses:write`, and the device-facing calls
 `licenses:validate`. A licensee id (BrinkByte's "tenant-123") lives inside the
 caller's tenant; another tenant's licensee is a 404 like any missing one.
+
+Scopes say what a key may do, `principals` whose licenses: staff (admin, operator)
+keys act on every license of the tenant; a `customer` key only on the license whose
+licensee id is its principal id — another customer's answers 404 `license_not_found`,
+word for word like a missing one, and is never read or changed (a customer issuing a
+license in another's name is 403). Provider and device keys own no license; device
+keys still make the device-facing calls for any licensee (`principals.speaks_for`).
+
 Every change is published to the license cache when its transaction commits.
 """
 
@@ -18,10 +26,12 @@ from starlette.concurrency import run_in_threadpool
 from meterline.api.body import Parsed, json_body, openapi_body
 from meterline.api.deps import ReadSession, RuntimeDep, WriteSession, require
 from meterline.api.v1.common import errors
+from meterline.api.v1.principals import list_filter, owns, require_self, speaks_for
 from meterline.billing.license_sync import follow_license
 from meterline.clock import in_range, to_rfc3339
 from meterline.identity.service import Principal
 from meterline.licensing.models import License, LicenseCamera, LicenseDevice
+from meterline.licensing.runtime import NOT_LICENSED, Answer
 from meterline.licensing.schemas import (
     ID,
     CameraOut,
@@ -33,7 +43,12 @@ from meterline.licensing.schemas import (
     PackOut,
     PlanOut,
 )
-from meterline.licensing.service import CODE_DETAIL, InvalidLicenseRequest, licensing_service
+from meterline.licensing.service import (
+    CODE_DETAIL,
+    InvalidLicenseRequest,
+    license_missing,
+    licensing_service,
+)
 
 router = APIRouter(tags=["licenses"])
 
@@ -44,7 +59,16 @@ LicenseePath = Annotated[str, Path(min_length=1, max_length=128, pattern=ID)]
 CameraPath = Annotated[str, Path(min_length=1, max_length=128, pattern=ID)]
 FeaturePath = Annotated[str, Path(min_length=1, max_length=64, pattern=ID)]
 
-_NOT_FOUND = {404: "`license_not_found` (also another tenant's licensee)"}
+_NOT_FOUND = {404: "`license_not_found` (also another tenant's licensee, or another customer's)"}
+
+
+def _licensee(principal: Principal, licensee_id: str) -> str:
+    """The licensee this caller may read or change: staff any, a customer only itself.
+    Checked before anything is read, so another customer's license is a 404 exactly like
+    a missing one (same code, same detail) whether or not it exists."""
+    if not owns(principal, licensee_id):
+        raise license_missing(licensee_id)
+    return licensee_id
 
 
 def _ns(dt: datetime | None) -> int | None:
@@ -99,11 +123,13 @@ def list_packs(principal: LicRead, session: ReadSession) -> list[PackOut]:
 # -- licenses ----------------------------------------------------------------------------------
 @router.post("/licenses", status_code=201, response_model=LicenseOut, summary="Issue a license",
              openapi_extra=openapi_body(LicenseCreate),
-             responses=errors({404: "`plan_not_found`, `growth_pack_not_found`", 409: "`license_exists`",
+             responses=errors({403: "`forbidden`: a customer key issuing a license in another's name",
+                               404: "`plan_not_found`, `growth_pack_not_found`", 409: "`license_exists`",
                                422: "`validation_error`, `invalid_license_request`"}))
 def create_license(runtime: RuntimeDep, principal: LicWrite, session: WriteSession,
                    parsed: Parsed[LicenseCreate] = Depends(json_body(LicenseCreate))) -> LicenseOut:
     b = parsed.value
+    require_self(principal, b.tenant_id, "licensee id (tenant_id)")
     assert runtime.licensing is not None
     runtime.licensing.bind(session)
     row = licensing_service.create_license(
@@ -117,7 +143,12 @@ def create_license(runtime: RuntimeDep, principal: LicWrite, session: WriteSessi
 def list_licenses(principal: LicRead, session: ReadSession,
                   after: Annotated[str | None, Query(max_length=128, pattern=ID)] = None,
                   limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> LicenseList:
-    rows = licensing_service.list_licenses(session, principal.tenant_id, after=after, limit=limit)
+    """Staff see every license of the tenant; a customer key only its own."""
+    licensee, visible = list_filter(principal, None)
+    if not visible:
+        return LicenseList(data=[], next_cursor=None)
+    rows = licensing_service.list_licenses(session, principal.tenant_id, after=after, limit=limit,
+                                           licensee_id=licensee)
     return LicenseList(data=[license_out(r) for r in rows],
                        next_cursor=rows[-1].licensee_id if len(rows) == limit else None)
 
@@ -125,7 +156,8 @@ def list_licenses(principal: LicRead, session: ReadSession,
 @router.get("/licenses/{licensee_id}", response_model=LicenseOut, summary="A license",
             responses=errors(_NOT_FOUND))
 def get_license(licensee_id: LicenseePath, principal: LicRead, session: ReadSession) -> LicenseOut:
-    return license_out(licensing_service.get_license(session, principal.tenant_id, licensee_id))
+    return license_out(licensing_service.get_license(session, principal.tenant_id,
+                                                     _licensee(principal, licensee_id)))
 
 
 @router.patch("/licenses/{licensee_id}", response_model=LicenseOut,
@@ -136,6 +168,7 @@ def get_license(licensee_id: LicenseePath, principal: LicRead, session: ReadSess
 def update_license(licensee_id: LicenseePath, runtime: RuntimeDep, principal: LicWrite, session: WriteSession,
                    parsed: Parsed[LicenseUpdate] = Depends(json_body(LicenseUpdate))) -> LicenseOut:
     b = parsed.value
+    _licensee(principal, licensee_id)
     assert runtime.licensing is not None
     runtime.licensing.bind(session)
     row = licensing_service.update_license(
@@ -149,13 +182,15 @@ def update_license(licensee_id: LicenseePath, runtime: RuntimeDep, principal: Li
 @router.get("/licenses/{licensee_id}/cameras", response_model=list[CameraOut], summary="Activated cameras",
             responses=errors(_NOT_FOUND))
 def list_cameras(licensee_id: LicenseePath, principal: LicRead, session: ReadSession) -> list[CameraOut]:
-    return [_camera(c) for c in licensing_service.list_cameras(session, principal.tenant_id, licensee_id)]
+    return [_camera(c) for c in licensing_service.list_cameras(session, principal.tenant_id,
+                                                                _licensee(principal, licensee_id))]
 
 
 @router.delete("/licenses/{licensee_id}/cameras/{camera_id}", status_code=204,
                summary="Release a camera's slot", responses=errors({404: "`license_not_found`, `camera_not_activated`"}))
 def release_camera(licensee_id: LicenseePath, camera_id: CameraPath, runtime: RuntimeDep, principal: LicWrite,
                    session: WriteSession) -> Response:
+    _licensee(principal, licensee_id)
     assert runtime.licensing is not None
     runtime.licensing.bind(session)
     licensing_service.release_camera(session, principal.tenant_id, licensee_id, camera_id)
@@ -165,7 +200,8 @@ def release_camera(licensee_id: LicenseePath, camera_id: CameraPath, runtime: Ru
 @router.get("/licenses/{licensee_id}/devices", response_model=list[DeviceOut], summary="Registered devices",
             responses=errors(_NOT_FOUND))
 def list_devices(licensee_id: LicenseePath, principal: LicRead, session: ReadSession) -> list[DeviceOut]:
-    return [_device(d) for d in licensing_service.list_devices(session, principal.tenant_id, licensee_id)]
+    return [_device(d) for d in licensing_service.list_devices(session, principal.tenant_id,
+                                                                _licensee(principal, licensee_id))]
 
 
 # -- the device-facing calls as resources ------------------------------------------------------
@@ -174,11 +210,14 @@ def list_devices(licensee_id: LicenseePath, principal: LicRead, session: ReadSes
 async def validate_camera(licensee_id: LicenseePath, camera_id: CameraPath, runtime: RuntimeDep,
                           principal: LicValidate,
                           device_id: Annotated[str | None, Query(max_length=128, pattern=ID)] = None) -> dict[str, Any]:
-    """The profile's `POST /api/v1/licenses/validate`, as a resource. Same answer and codes."""
+    """The profile's `POST /api/v1/licenses/validate`, as a resource. Same answer and codes
+    (a customer key naming another customer's licensee: `license_not_found`)."""
     lic = runtime.licensing
     assert lic is not None
     now = runtime.clock.now_ns()
-    answer = lic.validate_cached(principal.tenant_id, licensee_id, camera_id, now)
+    answer: Answer | None = NOT_LICENSED  # another customer's licensee: no camera of theirs is activated
+    if speaks_for(principal, licensee_id):
+        answer = lic.validate_cached(principal.tenant_id, licensee_id, camera_id, now)
     if answer is None:
         answer = await run_in_threadpool(lic.validate, principal.tenant_id, licensee_id, camera_id, device_id, now)
     lic.record(principal.tenant_id, principal.key_id or "dev", "validate", licensee_id, answer, now,
@@ -198,9 +237,15 @@ async def get_entitlement(licensee_id: LicenseePath, feature: FeaturePath, runti
     lic = runtime.licensing
     assert lic is not None
     now = runtime.clock.now_ns()
-    answer = lic.entitlement_cached(principal.tenant_id, licensee_id, camera_id, feature, now)
-    if answer is None:
-        answer = await run_in_threadpool(lic.entitlement, principal.tenant_id, licensee_id, camera_id, feature, now)
+    tenant = principal.tenant_id
+    if not speaks_for(principal, licensee_id):
+        answer = lic.unlicensed_entitlement_cached(tenant, feature, now)
+        if answer is None:
+            answer = await run_in_threadpool(lic.unlicensed_entitlement, tenant, feature, now)
+    else:
+        answer = lic.entitlement_cached(tenant, licensee_id, camera_id, feature, now)
+        if answer is None:
+            answer = await run_in_threadpool(lic.entitlement, tenant, licensee_id, camera_id, feature, now)
     lic.record(principal.tenant_id, principal.key_id or "dev", "entitlement", licensee_id, answer, now,
                camera_id=camera_id, feature=feature)
     return {"allowed": answer.allowed, "feature": feature, "growth_pack": answer.growth_pack, "code": answer.code}

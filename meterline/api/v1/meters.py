@@ -9,6 +9,7 @@ Usage reads come from the hourly rollups, never from raw events.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -217,9 +218,24 @@ def _text_field(data: dict[str, Any], key: str, *, required: bool) -> str:
     return value
 
 
+# A batch-wide refusal of its licensee, e.g. one without a license: (code, detail) for every
+# event, or None to ingest the batch. Called once per batch, after the envelope is checked.
+LicenseeCheck = Callable[[Request, Principal, str], Awaitable[tuple[str, str] | None]]
+
+
+def _refused(events: list[UsageEventIn], code: str, detail: str) -> UsageBatchOut:
+    """Every event rejected with the same code (its id echoed when it is a usable one)."""
+    return UsageBatchOut(accepted=0, duplicates=0, rejected=[
+        RejectedOut(index=i, event_id=ev.event_id if type(ev.event_id) is str and 0 < len(ev.event_id) <= 128
+                    else None, code=code, detail=detail)
+        for i, ev in enumerate(events)])
+
+
 async def ingest_request(request: Request, principal: Principal, *, licensee_key: str | None,
-                         device_key: str, subject_key: str) -> UsageBatchOut:
-    """Read a usage batch, hand it to the group-commit ingestor, count the outcomes."""
+                         device_key: str, subject_key: str,
+                         check_licensee: LicenseeCheck | None = None) -> UsageBatchOut:
+    """Read a usage batch, hand it to the group-commit ingestor, count the outcomes.
+    With `check_licensee`, a refused licensee rejects every event and nothing is ingested."""
     runtime = get_runtime(request)
     data, _ = await read_json(request, max_bytes=runtime.settings.max_body_bytes)
     if not isinstance(data, dict):
@@ -234,6 +250,10 @@ async def ingest_request(request: Request, principal: Principal, *, licensee_key
     if len(items) > MAX_BATCH:
         raise UsageBatchTooLarge(f"a batch holds at most {MAX_BATCH} events")
     events = events_from_json(items, subject_key)
+    if check_licensee is not None:
+        refusal = await check_licensee(request, principal, licensee)
+        if refusal is not None:
+            return _refused(events, *refusal)
     s = runtime.settings
     window = Window(runtime.clock.now_ns(), s.usage_lateness_s, s.usage_future_skew_s)
     try:

@@ -1,4 +1,5 @@
-"""Who sees what inside a tenant, for the marketplace routers (rentals, wallets, payouts, rates).
+"""Who sees what inside a tenant, for the marketplace routers (rentals, wallets, payouts, rates)
+and the licensing ones (licenses, their cameras and devices, validation, usage reports).
 
 Scopes (`ledger:read`, `ledger:write`, `admin`) say what a key may *do*; this
 module says whose rows it may do it to:
@@ -8,7 +9,8 @@ module says whose rows it may do it to:
 - anyone else sees only rows that are theirs: a `customer` principal the rentals,
   wallets, subscriptions and invoices whose customer/owner id is its principal id;
   a `provider` principal the payouts and rates of the providers whose `owner_id` is
-  its id.
+  its id; a `customer` principal also the license whose licensee id is its principal
+  id (BrinkByte's "tenant-123" is a customer of the platform).
 
 Someone else's row answers 404, exactly like a missing one, so its existence
 doesn't leak (STYLE "Auth and tenancy").
@@ -68,6 +70,17 @@ def owns(principal: Principal, owner_id: str | None) -> bool:
     """Staff own everything; a customer only what carries its principal id."""
     allowed = owner_filter(principal)
     return allowed is None or allowed == owner_id
+
+
+def speaks_for(principal: Principal, licensee_id: str) -> bool:
+    """Whether a device-facing licensing call (validate, entitlement check, heartbeat, usage
+    report — the licensee named in the body or path) may name this licensee. Staff, and
+    `device` keys — the platform's edge fleet, which no key binds to one licensee — may name
+    any licensee of their tenant; a customer only itself; anyone else (a provider key) none.
+    Every other licensee answers as one without a license, so its existence doesn't leak."""
+    if principal.is_staff or principal.kind == "device":
+        return True
+    return principal.kind == "customer" and principal.id == licensee_id
 
 
 def require_self(principal: Principal, customer_id: str, what: str) -> None:

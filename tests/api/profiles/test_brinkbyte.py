@@ -280,3 +280,84 @@ def test_a_remembered_body_still_needs_a_key_and_its_own_tenant(
         assert client.post(VALIDATE, json=SEED_BODY, headers=other.a).json()["code"] == "license_not_found"
         r = client.post(VALIDATE, json=SEED_BODY, headers=t.a)
         assert r.headers["content-length"] == str(len(r.content)) and r.headers["content-type"] == "application/json"
+
+
+# -- customers inside a tenant: a customer key speaks only for itself -------------------------
+
+
+@pytest.fixture
+def customer_keys(db: Database, clock: FrozenClock, t: ApiTenant) -> dict[str, dict[str, str]]:
+    """Licenses for cust-a and cust-b (5 cameras, 2 devices), and each one's customer key with
+    every licensing scope explicitly given."""
+    from tests.factories import make_license
+
+    keys = {}
+    with db.session() as s:
+        for who in ("cust-a", "cust-b"):
+            make_license(s, t.id, clock, licensee_id=who)
+            keys[who] = ApiTenant.auth(make_key(s, t.id, clock, kind="customer", principal_id=who, scopes=[
+                "licenses:read", "licenses:write", "licenses:validate"]).secret)
+    return keys
+
+
+def test_a_customer_validates_only_its_own_cameras(client: TestClient, t: ApiTenant,
+                                                   customer_keys: dict[str, dict[str, str]]) -> None:
+    from tests.api.test_fastpath import router_disabled
+
+    a = customer_keys["cust-a"]
+    # B's entry is warm in the cache, with cam-1 activated: neither may leak to A
+    assert client.post(VALIDATE, json={"tenant_id": "cust-b", "camera_id": "cam-1"}, headers=t.a).json()["is_valid"]
+    unknown = client.post(VALIDATE, json={"tenant_id": "nobody", "camera_id": "cam-1"}, headers=a).json()
+    assert unknown["code"] == "license_not_found" and unknown["license_mode"] is None
+    for cam in ("cam-1", "cam-2"):
+        body = {"tenant_id": "cust-b", "camera_id": cam, "device_id": "dev-a"}
+        assert client.post(VALIDATE, json=body, headers=a).json() == unknown
+        with router_disabled(client):  # the fast path decides the same
+            assert client.post(VALIDATE, json=body, headers=a).json() == unknown
+    cams = client.get("/v1/licenses/cust-b/cameras", headers=t.a).json()
+    assert [c["camera_id"] for c in cams] == ["cam-1"]  # cam-2 took none of B's slots
+    assert client.post(VALIDATE, json={"tenant_id": "cust-a", "camera_id": "cam-2"}, headers=a).json()["is_valid"]
+
+
+def test_a_customer_checks_only_its_own_entitlements(client: TestClient, t: ApiTenant,
+                                                     customer_keys: dict[str, dict[str, str]]) -> None:
+    from tests.api.test_fastpath import router_disabled
+
+    a = customer_keys["cust-a"]
+    assert client.post(CHECK, json={"tenant_id": "cust-b", "feature": "heatmaps"}, headers=t.a).json()["allowed"]
+    unknown = client.post(CHECK, json={"tenant_id": "nobody", "feature": "heatmaps"}, headers=a).json()
+    assert unknown == {"allowed": False, "feature": "heatmaps", "growth_pack": "advanced_analytics",
+                       "code": "license_not_found"}
+    for body in ({"tenant_id": "cust-b", "feature": "heatmaps"},
+                 {"tenant_id": "cust-b", "feature": "heatmaps", "camera_id": "cam-1"}):
+        assert client.post(CHECK, json=body, headers=a).json() == unknown
+        with router_disabled(client):
+            assert client.post(CHECK, json=body, headers=a).json() == unknown
+    assert client.post(CHECK, json={"tenant_id": "cust-a", "feature": "heatmaps"}, headers=a).json()["allowed"]
+
+
+def test_a_customer_heartbeats_only_its_own_devices(client: TestClient, t: ApiTenant,
+                                                    customer_keys: dict[str, dict[str, str]]) -> None:
+    a = customer_keys["cust-a"]
+    hb = {"device_id": "dev-1", "tenant_id": "cust-b", "version": "1.0", "cameras": ["cam-1"]}
+    got = client.post(HEARTBEAT, json=hb, headers=a).json()
+    unknown = client.post(HEARTBEAT, json={**hb, "tenant_id": "nobody"}, headers=a).json()
+    assert got["device_status"] is None and got["license"] == unknown["license"]
+    assert got["license"]["code"] == "license_not_found"
+    assert client.get("/v1/licenses/cust-b/devices", headers=t.a).json() == []  # no slot of B's taken
+    own = client.post(HEARTBEAT, json={**hb, "tenant_id": "cust-a"}, headers=a).json()
+    assert own["device_status"] == "alive" and own["license"]["is_valid"]
+    staff = client.post(HEARTBEAT, json=hb, headers=t.a).json()
+    assert staff["device_status"] == "alive"
+
+
+def test_a_customers_stats_count_only_its_own_license(client: TestClient, t: ApiTenant,
+                                                      customer_keys: dict[str, dict[str, str]]) -> None:
+    client.post(VALIDATE, json={"tenant_id": "cust-b", "camera_id": "cam-1"}, headers=t.a)
+    client.post(VALIDATE, json={"tenant_id": "tenant-123", "camera_id": "cam-1"}, headers=t.a)
+    mine = client.get("/stats", headers=customer_keys["cust-a"]).json()
+    assert (mine["licenses"], mine["cameras_active"]) == (1, 0)
+    theirs = client.get("/stats", headers=customer_keys["cust-b"]).json()
+    assert (theirs["licenses"], theirs["cameras_active"]) == (1, 1)
+    everyone = client.get("/stats", headers=t.a).json()
+    assert (everyone["licenses"], everyone["cameras_active"]) == (3, 2)
