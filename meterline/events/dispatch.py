@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import cast
 
 import httpx
+from prometheus_client import Counter
 from sqlalchemy import Table, and_, delete, select, update
 
 from meterline.clock import Clock
@@ -34,6 +35,12 @@ from meterline.events.outbox import EVENT_TYPES, PAYMENTS, USAGE, envelope
 from meterline.events.webhooks import new_id
 
 log = logging.getLogger(__name__)
+
+# In the process running the worker (`serve --dev`, or `meterline worker` for its own logs).
+WEBHOOK_ATTEMPTS = Counter("meterline_webhook_attempts_total", "Webhook delivery attempts, by outcome",
+                           ["outcome"])  # delivered | retrying | failed
+NATS_MESSAGES = Counter("meterline_nats_messages_total", "Events published to NATS, by result",
+                        ["result"])  # acked | unacked
 
 _NS = 1_000_000_000
 FAN_OUT_BATCH = 500
@@ -168,9 +175,11 @@ class Dispatcher:
                                              "last_error": out.error, "updated_at": now}
                 if out.ok:
                     values.update(status="delivered", next_attempt_at=None, delivered_at=now)
+                    WEBHOOK_ATTEMPTS.labels("delivered").inc()
                 else:
                     nxt = self.next_attempt(attempts, now)
                     values.update(status="pending" if nxt is not None else "failed", next_attempt_at=nxt)
+                    WEBHOOK_ATTEMPTS.labels("retrying" if nxt is not None else "failed").inc()
                     log.info("webhook %s to %s failed (attempt %d): %s", item.delivery_id, item.url, attempts,
                              out.error)
                 # Only the attempt we made: a retry or deletion in between wins.
@@ -200,6 +209,8 @@ class Dispatcher:
             done = [e.seq for e, subject in out if subject is None]
             sendable = [(e, subject) for e, subject in out if subject is not None]
             acked = self.nats.publish([Message(subject, e.id, body_of(e)) for e, subject in sendable])
+            NATS_MESSAGES.labels("acked").inc(sum(acked))
+            NATS_MESSAGES.labels("unacked").inc(len(acked) - sum(acked))
             done += [e.seq for (e, _), ok in zip(sendable, acked, strict=True) if ok]
         if done:
             with self.db.session(write=True) as s:
