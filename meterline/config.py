@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     nats_stream: str = Field(default="METERLINE_EVENTS", pattern=r"^[A-Za-z0-9_-]{1,64}$")
     nats_usage_subject: str = "dante.billing.usage"
     nats_payments_subject: str = "dante.billing.payments"
+    # Usage from NATS: the worker consumes this subject (e.g. "meterline.usage.>") through the
+    # durable consumer named below (docs/metering.md). Unset: no consumer.
+    nats_ingest_subject: str | None = None
+    nats_ingest_durable: str = Field(default="meterline-usage-ingest", pattern=r"^[A-Za-z0-9_-]{1,64}$")
     # Seconds to wait after each failed delivery attempt; after the last, the delivery fails.
     webhook_retry_schedule: str = "5,300,1800,7200,18000,36000,36000"
     webhook_timeout_s: float = Field(default=10.0, gt=0, le=60)

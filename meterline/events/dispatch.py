@@ -30,7 +30,7 @@ from meterline.db import upsert
 from meterline.db.engine import Database
 from meterline.events import signing
 from meterline.events.models import Event, WebhookDelivery, WebhookEndpoint
-from meterline.events.nats_publisher import Message, NatsPublisher
+from meterline.events.nats_client import Message, NatsClient
 from meterline.events.outbox import EVENT_TYPES, PAYMENTS, USAGE, envelope
 from meterline.events.webhooks import new_id
 
@@ -75,7 +75,7 @@ class _Due:
 
 class Dispatcher:
     def __init__(self, db: Database, clock: Clock, *, retry_schedule: Sequence[int], timeout_s: float,
-                 subjects: dict[str, str], nats: NatsPublisher | None = None,
+                 subjects: dict[str, str], nats: NatsClient | None = None,
                  transport: httpx.BaseTransport | None = None, concurrency: int = 8) -> None:
         self.db, self.clock = db, clock
         self.retry_schedule = tuple(retry_schedule)

@@ -19,7 +19,7 @@ from meterline.clock import Clock
 from meterline.config import Settings
 from meterline.db.engine import Database
 from meterline.events.dispatch import Dispatcher
-from meterline.events.nats_publisher import NatsPublisher
+from meterline.events.nats_client import NatsClient
 from meterline.events.outbox import PAYMENTS, USAGE
 from meterline.ledger.batcher import LedgerBatcher
 from meterline.ledger.blocks import block_service
@@ -29,6 +29,7 @@ from meterline.ledger.types import CODE_EXPIRED, TransferFlags, TransferIn
 from meterline.licensing import tasks as licensing_tasks
 from meterline.licensing.runtime import shared_runtime
 from meterline.metering import tasks as metering_tasks
+from meterline.metering.nats_ingest import INGEST_NATS, ingest_from_nats
 from meterline.payouts import tasks as payout_tasks
 from meterline.rentals import tasks as rental_tasks
 from meterline.worker.scheduler import Job
@@ -70,7 +71,7 @@ class JobContext:
 
 def make_dispatcher(db: Database, clock: Clock, settings: Settings) -> Dispatcher:
     """The outbox dispatcher the settings describe (NATS only with METERLINE_NATS_URL)."""
-    nats = NatsPublisher(settings.nats_url, stream=settings.nats_stream) if settings.nats_url else None
+    nats = NatsClient(settings.nats_url, stream=settings.nats_stream) if settings.nats_url else None
     return Dispatcher(
         db, clock, retry_schedule=settings.webhook_retry_waits, timeout_s=settings.webhook_timeout_s,
         subjects={USAGE: settings.nats_usage_subject, PAYMENTS: settings.nats_payments_subject}, nats=nats,
@@ -155,6 +156,11 @@ def default_jobs(ctx: JobContext) -> list[Job]:
         Job(DISPATCH_EVENTS, ctx.settings.events_interval_s, ctx.events.run),
         Job(PRUNE_EVENTS, EVENTS_PRUNE_S, lambda: ctx.events.prune(ctx.settings.event_retention_days)),
     ]
+    nats, subject = ctx.events.nats, ctx.settings.nats_ingest_subject
+    if nats is not None and subject:
+        jobs.append(Job(INGEST_NATS, ctx.settings.events_interval_s, lambda: ingest_from_nats(
+            ctx.db, ctx.clock, nats, subject=subject, durable=ctx.settings.nats_ingest_durable,
+            lateness_s=ctx.settings.usage_lateness_s, future_skew_s=ctx.settings.usage_future_skew_s)))
     if ctx.settings.usage_event_interval_s > 0:
         every = ctx.settings.usage_event_interval_s
         jobs.append(Job(rental_tasks.EMIT_USAGE, float(every),

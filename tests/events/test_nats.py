@@ -15,7 +15,7 @@ from meterline.clock import FrozenClock
 from meterline.db.engine import Database
 from meterline.events.dispatch import Dispatcher
 from meterline.events.models import Event
-from meterline.events.nats_publisher import Message, NatsPublisher
+from meterline.events.nats_client import Message, NatsClient
 from meterline.events.outbox import PAYMENTS, USAGE, emit
 from tests.conftest import NATS_URL
 
@@ -74,7 +74,7 @@ def publish_all(d: Dispatcher, db: Database, tenant: str) -> None:
 
 def test_events_reach_their_subjects_once_each(db, clock: FrozenClock, tenant_id, stream: Stream):
     d = Dispatcher(db, clock, retry_schedule=(), timeout_s=2.0, subjects=stream.subjects,
-                   nats=NatsPublisher(NATS_URL, stream=stream.name, timeout_s=2.0))
+                   nats=NatsClient(NATS_URL, stream=stream.name, timeout_s=2.0))
     try:
         with db.session() as s:
             usage = emit(s, tenant_id, "rental.usage", {"cost": "0.25"}, now_ns=clock.now_ns())
@@ -97,7 +97,7 @@ def test_events_reach_their_subjects_once_each(db, clock: FrozenClock, tenant_id
 
 def test_an_unreachable_nats_leaves_events_pending(db, clock: FrozenClock, tenant_id, stream: Stream):
     d = Dispatcher(db, clock, retry_schedule=(), timeout_s=0.5, subjects=stream.subjects,
-                   nats=NatsPublisher("nats://127.0.0.1:1", stream=stream.name, timeout_s=0.5))
+                   nats=NatsClient("nats://127.0.0.1:1", stream=stream.name, timeout_s=0.5))
     try:
         with db.session() as s:
             emit(s, tenant_id, "wallet.deposited", {"amount": "1.00"}, now_ns=clock.now_ns())
@@ -113,7 +113,7 @@ def test_an_existing_stream_is_widened_not_replaced(stream: Stream):
         await nc.jetstream().add_stream(name=stream.name, subjects=[f"{stream.subjects[USAGE]}.other"])
         await nc.close()
     asyncio.run(make())
-    pub = NatsPublisher(NATS_URL, stream=stream.name, timeout_s=2.0)
+    pub = NatsClient(NATS_URL, stream=stream.name, timeout_s=2.0)
     try:
         assert pub.publish([Message(stream.subjects[PAYMENTS], "evt_x", b"{}")]) == [True]
     finally:

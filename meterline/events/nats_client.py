@@ -1,4 +1,5 @@
-"""Publishing events to NATS JetStream, for the worker (a blocking facade over nats-py).
+"""NATS JetStream for the worker: publishing the outbox, consuming usage (a blocking facade
+over nats-py).
 
 nats-py is asyncio; the worker's jobs are plain functions. The publisher owns one
 event loop on a daemon thread and one connection, opened on first use and reopened
@@ -20,8 +21,10 @@ from typing import Any, TypeVar
 
 import nats
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
+from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.errors import FetchTimeoutError, NotFoundError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -34,7 +37,16 @@ class Message:
     payload: bytes
 
 
-class NatsPublisher:
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A message fetched from a durable consumer; settle it with `NatsClient.settle`."""
+
+    subject: str
+    data: bytes
+    msg: Msg
+
+
+class NatsClient:
     def __init__(self, url: str, *, stream: str, timeout_s: float = 5.0) -> None:
         self.url, self.stream, self.timeout_s = url, stream, timeout_s
         self._loop = asyncio.new_event_loop()
@@ -43,6 +55,7 @@ class NatsPublisher:
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._covered: set[str] = set()
+        self._subs: dict[tuple[str, str], JetStreamContext.PullSubscription] = {}
 
     def _run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
@@ -64,7 +77,7 @@ class NatsPublisher:
             self._nc = await nats.connect(self.url, connect_timeout=self.timeout_s, max_reconnect_attempts=2,
                                           allow_reconnect=True, name="meterline-worker")
             self._js = self._nc.jetstream(timeout=self.timeout_s)
-            self._covered = set()
+            self._covered, self._subs = set(), {}
         return self._js
 
     async def _ensure_streams(self, js: JetStreamContext, subjects: set[str]) -> None:
@@ -97,6 +110,49 @@ class NatsPublisher:
         if failed:
             log.warning("NATS: %d of %d messages not acknowledged: %s", len(failed), len(messages), failed[0])
         return [r is True for r in results]
+
+    # -- consuming -------------------------------------------------------------------
+    def fetch(self, subject: str, durable: str, *, batch: int = 100, wait_s: float = 0.2) -> list[Inbound]:
+        """Up to `batch` messages of `subject` for the durable consumer `durable` (created on
+        first use, explicit acks): several workers sharing the name share the work. [] when
+        there is nothing, or NATS cannot be reached (logged; tried again next pass)."""
+        try:
+            return self._run(self._fetch(subject, durable, batch, wait_s), self.timeout_s * 2 + wait_s)
+        except Exception as exc:
+            log.warning("NATS fetch from %s failed: %s", subject, exc)
+            self._run(self._drop(), self.timeout_s)
+            return []
+
+    async def _fetch(self, subject: str, durable: str, batch: int, wait_s: float) -> list[Inbound]:
+        js = await self._connection()
+        sub = self._subs.get((subject, durable))
+        if sub is None:
+            await self._ensure_streams(js, {subject})
+            sub = await js.pull_subscribe(subject, durable=durable, config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT, ack_wait=max(30.0, self.timeout_s * 6)))
+            self._subs[(subject, durable)] = sub
+        try:
+            msgs = await sub.fetch(batch, timeout=wait_s)
+        except (TimeoutError, FetchTimeoutError):
+            return []
+        return [Inbound(m.subject, m.data, m) for m in msgs]
+
+    def settle(self, *, ack: Sequence[Inbound] = (), retry: Sequence[Inbound] = (),
+               drop: Sequence[Inbound] = (), retry_delay_s: float = 5.0) -> None:
+        """Ack what was stored; nak what should come again (after `retry_delay_s`); terminate
+        what can never be stored (a malformed message must not come back forever). A lost
+        ack only means a redelivery: the usage dedup takes it as a duplicate."""
+        async def go() -> None:
+            for m in ack:
+                await m.msg.ack()
+            for m in retry:
+                await m.msg.nak(delay=retry_delay_s)
+            for m in drop:
+                await m.msg.term()
+        try:
+            self._run(go(), self.timeout_s * 2)
+        except Exception as exc:
+            log.warning("NATS ack failed (the messages will be redelivered): %s", exc)
 
     async def _drop(self) -> None:
         nc, self._nc, self._js = self._nc, None, None
