@@ -1,9 +1,15 @@
 """The worker's side of the outbox: fan out, deliver webhooks, publish to NATS, prune.
 
-Each pass reads what is pending, does the network calls outside any transaction, and
-records the outcomes in a short one — a slow endpoint never holds a lock or the SQLite
-writer. A crash between a send and its record sends again: delivery is at least once,
-and receivers deduplicate by event id (Standard Webhooks' `webhook-id`; JetStream drops
+Fan-out (one delivery row per event and subscribed endpoint) is a scheduled job: it
+only touches the database. Webhook delivery and NATS publishing wait on the network,
+so they run on the dispatcher's own thread (`start`), never in the scheduler's loop:
+an endpoint that hangs until its timeout must not hold back hold expiry or settlement.
+Several workers may deliver at once: each claims its deliveries with a lease (their
+next attempt pushed past the attempt's timeout, under `SKIP LOCKED` on PostgreSQL),
+does the network calls outside any transaction, and records the outcomes in a short
+one — a slow endpoint never holds a lock or the SQLite writer. A crash between a send
+and its record sends again when the lease ends: delivery is at least once, and
+receivers deduplicate by event id (Standard Webhooks' `webhook-id`; JetStream drops
 the repeat itself through `Nats-Msg-Id`).
 
 Retries follow `METERLINE_WEBHOOK_RETRY_SCHEDULE` (seconds to wait after each failed
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -48,6 +55,7 @@ DELIVERY_BATCH = 200
 PUBLISH_BATCH = 500
 PRUNE_BATCH = 5000
 _MAX_ERROR = 500
+_LEASE_MARGIN_S = 30  # a claimed delivery is not claimed again for its timeout plus this
 _MAX_RESPONSE_EXCERPT = 200
 
 
@@ -81,24 +89,60 @@ class Dispatcher:
         self.retry_schedule = tuple(retry_schedule)
         self.subjects = subjects  # channel (usage, payments) → NATS subject
         self.nats = nats
+        self.timeout_s = timeout_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
         self._http = httpx.Client(timeout=timeout_s, transport=transport, follow_redirects=False,
                                   headers={"user-agent": "meterline-webhooks/1"})
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="meterline-webhook")
 
+    def start(self, interval_s: float) -> Dispatcher:
+        """Deliver webhooks and publish to NATS on a thread of its own until `close`."""
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, args=(interval_s,), name="meterline-events",
+                                            daemon=True)
+            self._thread.start()
+        return self
+
+    def _loop(self, interval_s: float) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                moved = self.deliver() + self.publish()
+                failures = 0
+            except Exception:  # the database restarting, say: log, back off, go on
+                failures += 1
+                moved = 0
+                log.exception("event dispatch pass failed")
+            if not moved:
+                self._stop.wait(min(interval_s * 2 ** min(failures, 6), 60.0))
+
     def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(self.timeout_s * 3 + 5)
+            self._thread = None
         self._pool.shutdown(wait=True)
         self._http.close()
         if self.nats is not None:
             self.nats.close()
 
     def run(self) -> int:
-        """One pass of everything; returns how many items it moved on."""
-        return self.fan_out() + self.deliver() + self.publish()
+        """The scheduled part: fan-out (the thread does the rest). Returns events fanned out."""
+        moved = total = self.fan_out()
+        while moved == FAN_OUT_BATCH:
+            moved = self.fan_out()
+            total += moved
+        return total
 
     # -- fan-out ---------------------------------------------------------------------
     def fan_out(self) -> int:
         """One delivery row per (event, enabled endpoint subscribed to its type)."""
         now = self.clock.now_ns()
+        with self.db.session(write=False) as s:  # (on SQLite, take the writer only when needed)
+            if s.scalars(select(Event.seq).where(Event.webhooks_pending.is_(True)).limit(1)).first() is None:
+                return 0
         with self.db.session(write=True) as s:
             stmt = select(Event).where(Event.webhooks_pending.is_(True)).order_by(Event.seq).limit(FAN_OUT_BATCH)
             if s.get_bind().dialect.name == "postgresql":
@@ -125,40 +169,63 @@ class Dispatcher:
 
     # -- webhooks --------------------------------------------------------------------
     def deliver(self) -> int:
-        now = self.clock.now_ns()
-        with self.db.session(write=False) as s:
-            rows = s.execute(
-                select(WebhookDelivery, WebhookEndpoint.url, WebhookEndpoint.secret, Event)
-                .join(WebhookEndpoint, and_(WebhookEndpoint.tenant_id == WebhookDelivery.tenant_id,
-                                            WebhookEndpoint.id == WebhookDelivery.endpoint_id))
-                .join(Event, Event.seq == WebhookDelivery.event_seq)
-                .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now,
-                       WebhookEndpoint.enabled.is_(True))
-                .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.event_seq)
-                .limit(DELIVERY_BATCH)
-            ).all()
-            due = [_Due(d.tenant_id, d.id, d.attempts, url, secret, ev) for d, url, secret, ev in rows]
-            for item in due:
-                s.expunge(item.event)
+        """One round: claim due deliveries, send them (in parallel), record the outcomes."""
+        due = self._claim()
         if not due:
             return 0
         outcomes = list(self._pool.map(self._send, due))
         self._record(due, outcomes)
         return len(due)
 
+    def _claim(self) -> list[_Due]:
+        now = self.clock.now_ns()
+        due_now = (WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now)
+        with self.db.session(write=False) as s:
+            if s.scalars(select(WebhookDelivery.id).where(*due_now).limit(1)).first() is None:
+                return []
+        with self.db.session(write=True) as s:
+            stmt = (
+                select(WebhookDelivery.tenant_id, WebhookDelivery.id, WebhookDelivery.attempts,
+                       WebhookEndpoint.url, WebhookEndpoint.secret, WebhookDelivery.event_seq)
+                .join(WebhookEndpoint, and_(WebhookEndpoint.tenant_id == WebhookDelivery.tenant_id,
+                                            WebhookEndpoint.id == WebhookDelivery.endpoint_id))
+                .where(*due_now, WebhookEndpoint.enabled.is_(True))
+                .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.event_seq)
+                .limit(DELIVERY_BATCH)
+            )
+            if s.get_bind().dialect.name == "postgresql":
+                stmt = stmt.with_for_update(skip_locked=True, of=WebhookDelivery)
+            rows = s.execute(stmt).all()
+            if not rows:
+                return []
+            lease = now + int((self.timeout_s + _LEASE_MARGIN_S) * _NS)
+            for tenant_id, delivery_id, *_ in rows:
+                s.execute(update(WebhookDelivery).where(WebhookDelivery.tenant_id == tenant_id,
+                                                        WebhookDelivery.id == delivery_id)
+                          .values(next_attempt_at=lease))
+            events = {e.seq: e for e in s.scalars(select(Event).where(Event.seq.in_({r[5] for r in rows})))}
+            s.expunge_all()
+        return [_Due(t, d, attempts, url, secret, events[seq]) for t, d, attempts, url, secret, seq in rows]
+
     def _send(self, item: _Due) -> Outcome:
         body = body_of(item.event)
         headers = signing.headers(item.secret, item.event.id, self.clock.now_ns() // _NS, body)
         try:
-            resp = self._http.post(item.url, content=body, headers=headers)
+            with self._http.stream("POST", item.url, content=body, headers=headers) as resp:
+                if 200 <= resp.status_code < 300:
+                    return Outcome(True, resp.status_code, None)
+                # Only the start of an error answer is kept (and read): it may be any size.
+                excerpt = b""
+                for chunk in resp.iter_bytes():
+                    excerpt += chunk
+                    if len(excerpt) >= _MAX_RESPONSE_EXCERPT:
+                        break
         except httpx.TimeoutException:
             return Outcome(False, None, "timeout")
         except httpx.HTTPError as exc:
             return Outcome(False, None, f"{type(exc).__name__}: {exc}"[:_MAX_ERROR])
-        if 200 <= resp.status_code < 300:
-            return Outcome(True, resp.status_code, None)
-        excerpt = resp.text[:_MAX_RESPONSE_EXCERPT]
-        return Outcome(False, resp.status_code, f"HTTP {resp.status_code}: {excerpt}"[:_MAX_ERROR])
+        text = excerpt[:_MAX_RESPONSE_EXCERPT].decode("utf-8", "replace")
+        return Outcome(False, resp.status_code, f"HTTP {resp.status_code}: {text}"[:_MAX_ERROR])
 
     def next_attempt(self, attempts: int, now_ns: int) -> int | None:
         """When to try again after `attempts` failed attempts; None: give up (failed)."""

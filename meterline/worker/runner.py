@@ -56,6 +56,7 @@ class Worker:
         if self._thread is not None and self._thread.is_alive():
             return self
         self._stop.clear()
+        self.context.events.start(self.context.settings.events_interval_s)
         self._thread = threading.Thread(target=self._loop, name="meterline-worker", daemon=True)
         self._thread.start()
         return self

@@ -45,7 +45,7 @@ LICENSING_SWEEP_S = 15.0
 LICENSING_PRUNE_S = 3600.0
 # Periods end on the second but a minute's delay in invoicing is invisible; retries wait days.
 BILLING_INTERVAL_S = 30.0
-DISPATCH_EVENTS = "events.dispatch"
+FAN_OUT_EVENTS = "events.fan_out"
 PRUNE_EVENTS = "events.prune"
 EVENTS_PRUNE_S = 3600.0
 
@@ -153,7 +153,7 @@ def default_jobs(ctx: JobContext) -> list[Job]:
         Job(billing_tasks.CLOSE_PERIODS, BILLING_INTERVAL_S, lambda: billing_tasks.close_periods(ctx.db, ctx.clock)),
         Job(billing_tasks.COLLECT_PAYMENTS, BILLING_INTERVAL_S,
             lambda: billing_tasks.collect_payments(ctx.db, ctx.clock)),
-        Job(DISPATCH_EVENTS, ctx.settings.events_interval_s, ctx.events.run),
+        Job(FAN_OUT_EVENTS, ctx.settings.events_interval_s, ctx.events.run),
         Job(PRUNE_EVENTS, EVENTS_PRUNE_S, lambda: ctx.events.prune(ctx.settings.event_retention_days)),
     ]
     nats, subject = ctx.events.nats, ctx.settings.nats_ingest_subject

@@ -152,6 +152,9 @@ def test_a_crash_between_send_and_record_sends_again_with_the_same_id(db, clock,
         dispatcher.deliver()
     monkeypatch.undo()
     drain(dispatcher)
+    assert len(receiver.for_tenant(tenant_id)) == 1  # leased: not again before the lease ends
+    clock.advance(dispatcher.timeout_s + 31)
+    drain(dispatcher)
     got = receiver.for_tenant(tenant_id)
     assert [g.headers["webhook-id"] for g in got] == [eid, eid]
     [d] = deliveries(db, tenant_id)
@@ -217,3 +220,83 @@ def test_usage_events_are_written_once_per_period(db, clock, tenant_id):
 def test_unknown_event_types_are_a_programming_error(db, clock, tenant_id):
     with pytest.raises(ValueError, match="unknown event type"), db.session() as s:
         emit(s, tenant_id, "wallet.exploded", {}, now_ns=clock.now_ns())
+
+
+def test_two_dispatchers_never_send_one_delivery_twice(db, clock, tenant_id, receiver, dispatcher):
+    """Each claims its deliveries with a lease: two workers delivering at once split them."""
+    from tests.events.conftest import SUBJECTS
+    from tests.threads import run_concurrently
+
+    endpoint(db, tenant_id, clock, receiver.url)
+    for _ in range(30):
+        event(db, tenant_id, clock)
+    dispatcher.run()
+    other = Dispatcher(db, clock, retry_schedule=(5,), timeout_s=2.0, subjects=SUBJECTS)
+    try:
+        run_concurrently(lambda n: (dispatcher, other)[n % 2].deliver(), 4)
+        drain(dispatcher)
+    finally:
+        other.close()
+    ids = [r.headers["webhook-id"] for r in receiver.for_tenant(tenant_id)]
+    assert len(ids) == 30 == len(set(ids))
+
+
+def test_a_claimed_delivery_whose_worker_died_is_sent_after_its_lease(db, clock, tenant_id, receiver, dispatcher):
+    endpoint(db, tenant_id, clock, receiver.url)
+    event(db, tenant_id, clock)
+    dispatcher.run()
+    assert len(dispatcher._claim()) == 1  # claimed, then the worker died before sending
+    assert dispatcher.deliver() == 0  # leased: nobody sends it meanwhile
+    clock.advance(dispatcher.timeout_s + 31)
+    assert dispatcher.deliver() == 1
+    assert len(receiver.for_tenant(tenant_id)) == 1
+
+
+def test_the_dispatcher_thread_delivers_on_its_own(db, clock, tenant_id, receiver):
+    import time
+
+    from tests.events.conftest import SUBJECTS
+
+    endpoint(db, tenant_id, clock, receiver.url)
+    event(db, tenant_id, clock)
+    d = Dispatcher(db, clock, retry_schedule=(), timeout_s=2.0, subjects=SUBJECTS).start(0.05)
+    try:
+        d.run()  # the scheduled fan-out
+        deadline = time.monotonic() + 10
+        while not receiver.for_tenant(tenant_id) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        d.close()
+    assert len(receiver.for_tenant(tenant_id)) == 1
+
+
+def test_a_huge_error_answer_is_cut_short(db, clock, tenant_id, dispatcher):
+    import http.server
+    import threading
+
+    class Big(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["content-length"]))
+            self.send_response(500)
+            self.send_header("content-length", str(50_000_000))
+            self.end_headers()
+            try:
+                for _ in range(50):
+                    self.wfile.write(b"x" * 1_000_000)
+            except OSError:
+                pass  # the dispatcher hung up after reading the start
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Big)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        endpoint(db, tenant_id, clock, f"http://127.0.0.1:{server.server_port}/")
+        event(db, tenant_id, clock)
+        drain(dispatcher)
+    finally:
+        server.shutdown()
+        server.server_close()
+    [d] = deliveries(db, tenant_id)
+    assert d.last_status == 500 and d.last_error is not None and len(d.last_error) < 300
