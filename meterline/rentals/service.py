@@ -266,15 +266,18 @@ class RentalService:
         rows = rows[:limit]
         return rows, (f"{rows[-1].created_at:019d}:{rows[-1].id}" if more and rows else None)
 
-    def totals(self, session: Session, tenant_id: str, now_ns: int, *, asset: str | None = None) -> dict[str, int]:
+    def totals(self, session: Session, tenant_id: str, now_ns: int, *, asset: str | None = None,
+               style: str | None = None) -> dict[str, int]:
         """Held, used and refundable over all active rentals — in SQL, exactly as shown per rental.
 
         Minor units of different assets don't add up: pass `asset` whenever rentals in
-        more than one asset exist (SI64 contracts are in SOL, GPU sessions in DGPU).
+        more than one asset exist (SI64 contracts are in SOL, GPU sessions in DGPU). `style`
+        limits the totals to one kind (a profile's books show only the rentals it serves).
         """
         dialect = session.get_bind().dialect.name
         used = accrual.accrued_minor_sql(Rental, now_ns, dialect)
         scope = [Rental.tenant_id == tenant_id] + ([Rental.asset == asset] if asset is not None else [])
+        scope += [Rental.style == style] if style is not None else []
         row = session.execute(
             select(func.count(), func.coalesce(func.sum(Rental.held_minor), 0), func.coalesce(func.sum(used), 0))
             .where(*scope, Rental.status == ACTIVE)
@@ -438,12 +441,14 @@ class RentalService:
         return ExtendResult(rental, added_seconds, added_minor)
 
     def record_sample(self, session: Session, tenant_id: str, rental_id: str, values: dict[str, Any],
-                      clock: Clock, *, owner: str | None = None) -> tuple[Rental, Accrual]:
+                      clock: Clock, *, owner: str | None = None,
+                      style: str | None = None) -> tuple[Rental, Accrual]:
         """Store a metrics sample and fold its power into the rental's exact energy integral.
-        `owner`: the customer id the caller must be (None: any); another's is not found."""
+        `owner`: the customer id the caller must be (None: any); another's is not found.
+        `style`: the kind of rental the caller addresses (None: any); another kind is not found."""
         clean = self.validate_sample(values)
         rental = self.get(session, tenant_id, rental_id, lock=True)
-        if owner is not None and rental.customer_id != owner:
+        if (owner is not None and rental.customer_id != owner) or (style is not None and rental.style != style):
             raise RentalNotFound(f"contract {rental_id} does not exist")
         self.check_active(rental, clock.now_ns())
         now = clock.now_ns()

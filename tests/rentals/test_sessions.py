@@ -23,11 +23,14 @@ from meterline.rentals.contracts import contract_service
 from meterline.rentals.models import Rental
 from meterline.rentals.service import (
     ACTIVE,
+    PAYG,
+    PREPAID,
     SETTLED,
     InsufficientFunds,
     InvalidRentalRequest,
     NoDeviceAvailable,
     RentalNotActive,
+    RentalNotFound,
     rental_service,
 )
 from meterline.rentals.sessions import session_service
@@ -199,6 +202,18 @@ def test_ending_a_session_settles_at_once(db, tenant, clock):
         refunds = s.query(Transfer).filter(Transfer.tenant_id == tenant, Transfer.code == "rental_refund").all()
         assert refunds == []
     ledger_ok(db, tenant)
+
+
+def test_a_session_is_not_sampled_as_a_contract(db, tenant, clock):
+    """A caller addressing prepaid contracts (the SI64 profile) finds no session by its id."""
+    fund(db, tenant, clock, 1_000_000)
+    r = start(db, tenant, clock)
+    with pytest.raises(RentalNotFound), db.session() as s:
+        rental_service.record_sample(s, tenant, r.id, {"power_w": 450}, clock, style=PREPAID)
+    assert get(db, tenant, r.id).sample_count == 0
+    with db.session() as s:
+        rental_service.record_sample(s, tenant, r.id, {"power_w": 450}, clock, style=PAYG)
+    assert get(db, tenant, r.id).sample_count == 1
 
 
 def test_sessions_are_not_extended(db, tenant, clock):

@@ -386,7 +386,7 @@ def start_session(request: Request, principal: LedgerWrite,
     "/billing/end-session", response_model=s.EndSessionOut, summary="End a GPU session",
     openapi_extra=openapi_body(s.EndSessionIn),
     responses=_errors({
-        404: "`session_not_found` (also another user's or another tenant's session)",
+        404: "`session_not_found` (also another user's or another tenant's session, and an SI64 contract's id)",
         409: "`session_not_active`: it already ended; `idempotency_conflict`",
         422: "`validation_error`",
     }),

@@ -10,6 +10,12 @@
 Staff keys see every rental of the tenant; a `customer` key only rentals whose
 `customer_id` is its principal id (another's is 404), and it may only rent for
 itself; other keys (provider, device) see none (`principals.owner_filter`). Reads need `ledger:read`, everything else `ledger:write`.
+
+Both kinds, on purpose: this is the native resource for prepaid contracts and
+pay-as-you-go sessions alike (each answer carries `style`), so every route
+accepts either kind's id, and an operation that does not apply to a kind is a
+state error (extending a session: 409 `contract_not_active`). The API profiles
+are the ones that keep to one kind each (SI64: prepaid, Dante: payg).
 """
 
 from __future__ import annotations

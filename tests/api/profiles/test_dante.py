@@ -729,3 +729,28 @@ def test_a_payout_requested_through_the_profile_cannot_be_approved_by_the_key_th
                    403, "self_approval_forbidden")
     r = client.post(f"/v1/payouts/{po['payout_id']}/approve", headers=dante.h(dante.operator))
     assert r.status_code == 200 and r.json()["status"] == "approved", r.text
+
+
+def test_a_prepaid_contract_is_not_a_session(client: TestClient, dante: Dante) -> None:
+    """An SI64 contract is a `Rental` row like a session: end-session answers its id exactly as an
+    unknown id (and leaves it running), and the usage and history lists never show it — even for
+    a user whose id is the contract's wallet."""
+    d = dante
+    r = client.post("/api/rent", json={"wallet": "alice", "tier": "M2", "duration_hours": 1,
+                                       "tx_signature": "si64-alice-1", "amount": "0.001"}, headers=d.h(d.admin))
+    assert r.status_code == 200, r.text
+    cid = r.json()["contract_id"]
+    for key, body in ((d.admin, {"user_id": "alice"}), (d.alice, {})):
+        unknown = client.post("/api/v1/billing/end-session", json={**body, "session_id": "CTR-UNKNOWN0"},
+                              headers=d.h(key))
+        assert_problem(unknown, 404, "session_not_found")
+        r = client.post("/api/v1/billing/end-session", json={**body, "session_id": cid}, headers=d.h(key))
+        assert (r.status_code, r.text.replace(cid, "CTR-UNKNOWN0")) == (404, unknown.text)
+    assert client.get(f"/api/contracts/{cid}", headers=d.h(d.admin)).json()["status"] == "ACTIVE"
+    for key, query in ((d.admin, "?user_id=alice"), (d.alice, "")):
+        usage = client.get(f"/api/v1/billing/current-usage{query}", headers=d.h(key))
+        assert usage.status_code == 200 and usage.json()["data"] == [], usage.text
+    assert client.post(f"/api/contracts/{cid}/settle", headers=d.h(d.admin)).status_code == 200
+    for key, query in ((d.admin, "?user_id=alice"), (d.alice, "")):
+        history = client.get(f"/api/v1/billing/history{query}", headers=d.h(key))
+        assert history.status_code == 200 and history.json()["data"] == [], history.text
