@@ -132,7 +132,8 @@ def create_rental(
     **Pay-as-you-go** (`"style": "payg"`): a dynamically priced GPU (by `gpu_model` or a named
     `device_id`, a VRAM fraction, demand, the provider's minimum) is started against the
     customer's standing wallet `user/<customer_id>`, which must hold at least one slice
-    (five minutes plus estimated power); the worker keeps the hold ahead of use.
+    (five minutes of time; power is held as it is metered, at the draw last sampled — the
+    quote's estimate is never held); the worker keeps the hold ahead of use.
 
     Accepts `Idempotency-Key` (a retry never rents twice)."""
     data = body.value.root
