@@ -17,6 +17,9 @@ left open to hold back a checkpoint. On PostgreSQL the read is a network round t
 `status_row` then uses a pooled connection and belongs on a worker thread.
 
 Tenant scoping: the key is (tenant_id, id) — another tenant's contract is not found.
+Kind: the read names the rental style it addresses (`prepaid` for the SI64 profile), and the
+style is part of the WHERE clause, so a pay-as-you-go session read through a contract route
+is not found either — in the same single statement, at no extra cost.
 """
 
 from __future__ import annotations
@@ -62,8 +65,10 @@ class ContractRow:
 _T = cast(Table, Rental.__table__)
 # The row is built positionally from ContractRow's fields, so the column list lives there only.
 _COLUMNS = tuple(f.name for f in fields(ContractRow))
+# (The bind parameters appear in this order, which the SQLite path's positional tuple follows.)
 _BY_KEY = select(*(_T.c[c] for c in _COLUMNS)).where(_T.c.tenant_id == bindparam("tenant_id"),
-                                                     _T.c.id == bindparam("rental_id"))
+                                                     _T.c.id == bindparam("rental_id"),
+                                                     _T.c.style == bindparam("style"))
 
 
 class ContractReader:
@@ -75,14 +80,15 @@ class ContractReader:
         self._local = threading.local()
         self._sql = str(_BY_KEY.compile(dialect=db.engine.dialect)) if db.is_sqlite else ""
 
-    def status_row(self, tenant_id: str, rental_id: str) -> ContractRow | None:
-        """The contract's status columns, or None when this tenant has no such contract."""
+    def status_row(self, tenant_id: str, rental_id: str, *, style: str) -> ContractRow | None:
+        """The contract's status columns, or None when this tenant has no such rental of this
+        `style` (a rental of the other style is not found: ids do not leak across profiles)."""
         if not self.db.is_sqlite:
             with self.db.engine.connect() as conn:
-                row = conn.execute(_BY_KEY, {"tenant_id": tenant_id, "rental_id": rental_id}).first()
+                row = conn.execute(_BY_KEY, {"tenant_id": tenant_id, "rental_id": rental_id, "style": style}).first()
             return None if row is None else ContractRow(*row)
         try:
-            rows = self._connection().execute(self._sql, (tenant_id, rental_id)).fetchall()
+            rows = self._connection().execute(self._sql, (tenant_id, rental_id, style)).fetchall()
         except Exception:
             self._drop()  # the connection may be broken: the next read opens a fresh one
             raise

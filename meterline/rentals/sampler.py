@@ -11,7 +11,8 @@ in ONE transaction:
 - load every touched rental with one query (locked with `FOR UPDATE` on PostgreSQL, in
   key order; on SQLite the writer is the single writer);
 - check each caller's rental with the rules `record_sample` uses
-  (`rental_service.check_active`): unknown or another owner's → `contract_not_found`,
+  (`rental_service.check_active`): unknown, another owner's or of another style than the
+  caller addresses (a session through a contract route) → `contract_not_found`,
   settled → `contract_already_settled`, expired / not active → 409 — a refused caller
   never fails its neighbours;
 - fold the samples into each rental's power integral and counters in arrival order
@@ -76,6 +77,7 @@ class SampledRental:
 
     id: str
     status: str
+    style: str
     customer_id: str
     quote: dict[str, Any]
     scale: int
@@ -139,6 +141,7 @@ class _Item:
     rental_id: str
     samples: list[dict[str, Decimal]]
     owner: str | None
+    style: str | None = None
 
 
 class SamplerStopped(CommitterStopped):
@@ -168,19 +171,21 @@ class SampleBatcher(GroupCommitter[_Item, Recorded]):
 
     # -- submitting ----------------------------------------------------------------------
     def submit(self, tenant_id: str, rental_id: str, samples: list[dict[str, Decimal]], *,
-               owner: str | None = None) -> Future[Recorded]:
+               owner: str | None = None, style: str | None = None) -> Future[Recorded]:
         """Queue validated samples (`rental_service.validate_sample`) for one rental; all or none
-        are stored. `owner`: the customer id a non-staff caller must be (None: any)."""
-        return self.submit_item(_Item(tenant_id, rental_id, list(samples), owner))
+        are stored. `owner`: the customer id a non-staff caller must be (None: any). `style`:
+        the kind of rental the caller addresses (`prepaid` from the SI64 profile; None: any);
+        a rental of another style is `contract_not_found`, as an unknown id."""
+        return self.submit_item(_Item(tenant_id, rental_id, list(samples), owner, style))
 
     def record(self, tenant_id: str, rental_id: str, samples: list[dict[str, Decimal]], *,
-               owner: str | None = None) -> Recorded:
+               owner: str | None = None, style: str | None = None) -> Recorded:
         """Blocking submit: returns once the samples are committed (or raises the refusal)."""
-        return self.submit(tenant_id, rental_id, samples, owner=owner).result()
+        return self.submit(tenant_id, rental_id, samples, owner=owner, style=style).result()
 
     async def record_async(self, tenant_id: str, rental_id: str, samples: list[dict[str, Decimal]], *,
-                           owner: str | None = None) -> Recorded:
-        return await self.submit_item_async(_Item(tenant_id, rental_id, list(samples), owner))
+                           owner: str | None = None, style: str | None = None) -> Recorded:
+        return await self.submit_item_async(_Item(tenant_id, rental_id, list(samples), owner, style))
 
     # -- pacing --------------------------------------------------------------------------
     def _gather(self, entries: list[Any], count: int) -> bool:
@@ -238,7 +243,8 @@ class SampleBatcher(GroupCommitter[_Item, Recorded]):
             rental = rows.get(key)
             now = self.clock.now_ns()
             try:
-                if rental is None or (item.owner is not None and rental.customer_id != item.owner):
+                if (rental is None or (item.owner is not None and rental.customer_id != item.owner)
+                        or (item.style is not None and rental.style != item.style)):
                     raise RentalNotFound(f"contract {item.rental_id} does not exist")
                 rental_service.check_active(rental, now)
             except Exception as exc:

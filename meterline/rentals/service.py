@@ -190,7 +190,7 @@ SAMPLE_FIELDS: dict[str, Decimal] = {
     # 10-year term: at 1 MW it overflowed after 53 days and every later sample was a 500.
     "power_w": Decimal(10_000),
 }
-PAYG_SLICE_S = 300  # a pay-as-you-go session holds five minutes ahead
+PAYG_SLICE_S = 300  # a pay-as-you-go session holds five minutes ahead (at what it is charged now)
 PAYG_RENEW_BELOW_S = 120  # and tops up when less than two minutes of cover remain
 PAYG_MAX_S = 365 * 24 * 3600
 MAX_TERM_S = 10 * 365 * 24 * 3600  # a prepaid contract's whole term, extensions included
@@ -267,15 +267,18 @@ class RentalService:
         rows = rows[:limit]
         return rows, (f"{rows[-1].created_at:019d}:{rows[-1].id}" if more and rows else None)
 
-    def totals(self, session: Session, tenant_id: str, now_ns: int, *, asset: str | None = None) -> dict[str, int]:
+    def totals(self, session: Session, tenant_id: str, now_ns: int, *, asset: str | None = None,
+               style: str | None = None) -> dict[str, int]:
         """Held, used and refundable over all active rentals — in SQL, exactly as shown per rental.
 
         Minor units of different assets don't add up: pass `asset` whenever rentals in
-        more than one asset exist (SI64 contracts are in SOL, GPU sessions in DGPU).
+        more than one asset exist (SI64 contracts are in SOL, GPU sessions in DGPU). `style`
+        limits the totals to one kind (a profile's books show only the rentals it serves).
         """
         dialect = session.get_bind().dialect.name
         used = accrual.accrued_minor_sql(Rental, now_ns, dialect)
         scope = [Rental.tenant_id == tenant_id] + ([Rental.asset == asset] if asset is not None else [])
+        scope += [Rental.style == style] if style is not None else []
         row = session.execute(
             select(func.count(), func.coalesce(func.sum(Rental.held_minor), 0), func.coalesce(func.sum(used), 0))
             .where(*scope, Rental.status == ACTIVE)
@@ -441,12 +444,14 @@ class RentalService:
         return ExtendResult(rental, added_seconds, added_minor)
 
     def record_sample(self, session: Session, tenant_id: str, rental_id: str, values: dict[str, Any],
-                      clock: Clock, *, owner: str | None = None) -> tuple[Rental, Accrual]:
+                      clock: Clock, *, owner: str | None = None,
+                      style: str | None = None) -> tuple[Rental, Accrual]:
         """Store a metrics sample and fold its power into the rental's exact energy integral.
-        `owner`: the customer id the caller must be (None: any); another's is not found."""
+        `owner`: the customer id the caller must be (None: any); another's is not found.
+        `style`: the kind of rental the caller addresses (None: any); another kind is not found."""
         clean = self.validate_sample(values)
         rental = self.get(session, tenant_id, rental_id, lock=True)
-        if owner is not None and rental.customer_id != owner:
+        if (owner is not None and rental.customer_id != owner) or (style is not None and rental.style != style):
             raise RentalNotFound(f"contract {rental_id} does not exist")
         self.check_active(rental, clock.now_ns())
         now = clock.now_ns()
@@ -477,8 +482,8 @@ class RentalService:
                     if energy2 > BIGINT_MAX:  # (a session sampled at 10 kW for over 14 years)
                         raise InvalidRentalRequest("the session's energy total is out of range; end it")
                     rental.energy2_mw_ms = energy2
-                    power_rate = Decimal(str(rental.quote["power_rate_per_wh"]))
-                    rental.power_cost_e6 = accrual.power_cost_e6(power_rate, rental.scale, rental.energy2_mw_ms)
+                    rental.power_cost_e6 = accrual.power_cost_e6(power_rate(rental.quote), rental.scale,
+                                                                 rental.energy2_mw_ms)
                 rental.last_power_mw = power_mw
                 rental.last_sample_at = now
             # else: a sample stamped before the last one (another process's clock behind):
@@ -546,16 +551,20 @@ class RentalService:
     def renew_cover(self, session: Session, tenant_id: str, rental_id: str, clock: Clock) -> str:
         """Top up a session's rolling hold; terminate it when the wallet can't fund the next slice.
 
+        The hold tracks what the session is charged: time at the locked rate plus power at the
+        draw last metered — not the quote's power estimate, which is never charged (see
+        `slice_minor`). Cover is what is held beyond what has been used, counting the power
+        drawn since the last power sample (the next sample charges it).
+
         Returns "ok", "renewed" or "terminated".
         """
         rental = self.get(session, tenant_id, rental_id, lock=True)
         if rental.status != ACTIVE or rental.style != PAYG:
             return "ok"
         now = clock.now_ns()
-        acc = self.accrual(rental, now)
         slice_ = self.slice_minor(rental)
-        cover_left = acc.refund_minor
-        # Cover is measured at the slice's own burn rate (time plus estimated power, what a
+        cover_left = rental.held_minor - self.committed_minor(rental, now)
+        # Cover is measured at the slice's own burn rate (time plus the metered draw, what a
         # slice is sized for), in integers: cover_left / (slice / SLICE_S) < RENEW_BELOW_S.
         if cover_left * PAYG_SLICE_S >= slice_ * PAYG_RENEW_BELOW_S:
             return "ok"
@@ -569,7 +578,21 @@ class RentalService:
 
     @staticmethod
     def slice_minor(rental: Rental) -> int:
-        return slice_minor(rental.rate_num, rental.rate_den, rental.quote, rental.scale)
+        """The session's next slice: PAYG_SLICE_S of time, and of power at its last metered draw."""
+        return slice_minor(rental.rate_num, rental.rate_den, power_rate(rental.quote), rental.last_power_mw or 0,
+                           rental.scale)
+
+    def committed_minor(self, rental: Rental, now_ns: int) -> int:
+        """What the session has used by `now_ns`, uncapped by its holds: the accrual, plus the
+        power drawn since its last power sample at that sample's draw. That interval is not in
+        the accrual yet, but the next sample charges it (trapezoid rule), so it is spent."""
+        power_e6 = rental.power_cost_e6
+        if rental.last_power_mw and rental.last_sample_at is not None:
+            dt_ms = max(0, now_ns // 1_000_000 - rental.last_sample_at // 1_000_000)
+            energy2 = rental.energy2_mw_ms + 2 * rental.last_power_mw * dt_ms
+            power_e6 = accrual.power_cost_e6(power_rate(rental.quote), rental.scale, energy2)
+        return accrual.accrued_minor(rental.rate_num, rental.rate_den, self._elapsed(rental, now_ns), power_e6,
+                                     accrual.UNCAPPED, rental.rounding)
 
     # -- settling ------------------------------------------------------------------
     def settle(self, session: Session, tenant_id: str, rental_id: str, clock: Clock, *,
@@ -720,12 +743,26 @@ def sample_values(clean: dict[str, Decimal]) -> dict[str, str]:
     return {k: str(v) for k, v in clean.items()}
 
 
-def slice_minor(rate_num: int, rate_den: int, quote: dict[str, Any], scale: int) -> int:
-    """One rolling slice of a session: its time plus the quote's estimated power, rounded up."""
-    estimated_w = int(quote.get("estimated_power_w") or 0)
-    power_rate = Decimal(str(quote["power_rate_per_wh"]))
-    energy2 = 2 * estimated_w * 1000 * PAYG_SLICE_S * 1000
-    power_e6 = accrual.power_cost_e6(power_rate, scale, energy2)
+def power_rate(quote: dict[str, Any]) -> Decimal:
+    """The locked quote's power price per watt-hour."""
+    return Decimal(str(quote["power_rate_per_wh"]))
+
+
+def slice_minor(rate_num: int, rate_den: int, power_rate_per_wh: Decimal, power_mw: int, scale: int) -> int:
+    """One rolling slice of a session: PAYG_SLICE_S of time at the locked rate plus as long of
+    power at `power_mw`, rounded up — what the session will be charged for the slice if its
+    draw holds.
+
+    `power_mw` is the draw last metered, 0 before the first power sample. Not the quote's
+    `estimated_power_w`: power is charged only as metered, between samples, so power before
+    the first sample is never charged, and after it the measured draw is what accrues. Holding
+    the estimate (by default the card's power limit) over-reserved a session whose power is
+    not metered or is below it — 2.8× the charge for half a 4090 at its 450 W limit, refusing
+    or ending sessions the wallet could pay for — and under-reserved one drawing more than it
+    (`watts: 0`), whose charge then ran past its holds and was capped, unbilled.
+    """
+    energy2 = 2 * power_mw * PAYG_SLICE_S * 1000
+    power_e6 = accrual.power_cost_e6(power_rate_per_wh, scale, energy2)
     time_e6 = -(-rate_num * PAYG_SLICE_S * accrual.E6 // rate_den)
     return max(1, -(-(time_e6 + power_e6) // accrual.E6))
 

@@ -1,9 +1,12 @@
 """Pay-as-you-go sessions (the Dante style): a rolling hold a few minutes ahead of use.
 
 A session starts against the customer's standing wallet with one slice
-(PAYG_SLICE_S of time plus the quote's estimated power) held in escrow; the
-worker tops the hold up while the wallet can fund it, and terminates and
-settles the session with reason `insufficient_funds` when it cannot. The price
+(PAYG_SLICE_S of time at the locked rate) held in escrow; the worker tops the
+hold up while the wallet can fund it — each slice sized at what the session is
+charged, time plus power at the draw last metered (`rental_service.renew_cover`)
+— and terminates and settles the session with reason `insufficient_funds`
+when it cannot. The quote's estimated power is shown, never held: power is
+charged only as metered, and nothing is metered before the first sample. The price
 is quoted dynamically (GPU model, VRAM fraction, demand, provider minimum)
 and locked into the session.
 """
@@ -98,7 +101,7 @@ class SessionService:
                                                owner_id=customer_id, asset=quote.asset, now_ns=now)
         escrow = wallet_service.system_account(session, tenant_id, "escrow", quote.asset, now)
         num, den = accrual.rate_fraction(accrual.lock_rate(quote.hourly_rate, scale), scale)
-        first = slice_minor(num, den, quote.to_dict(), scale)
+        first = slice_minor(num, den, quote.power_rate_per_wh, 0, scale)  # no power metered yet
         return rental_service.create(
             session, tenant_id, style=PAYG, customer_type=customer_type, customer_id=customer_id,
             wallet_account_id=wallet.id, escrow_account_id=escrow.id, asset=quote.asset, scale=scale,

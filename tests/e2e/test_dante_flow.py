@@ -45,8 +45,8 @@ def test_dante_flow(server: Server) -> None:
         ses = _ok(http.post("/api/v1/billing/start-session", json={"user_id": "alice", "gpu_model": "nvidia_rtx_4090",
                                                                     "vram_gb": 12}), 201)
         sid = ses["session_id"]
-        assert ses["quote"]["hourly_rate"]["amount"] == "0.25" and ses["held"] == money("0.058334")
-        assert ses["balance"]["available"] == money("9.941666")
+        assert ses["quote"]["hourly_rate"]["amount"] == "0.25" and ses["held"] == money("0.020834")
+        assert ses["balance"]["available"] == money("9.979166")
 
         time.sleep(1.1)
         usage = _ok(http.get("/api/v1/billing/current-usage", params={"user_id": "alice"}))
@@ -68,7 +68,7 @@ def test_dante_flow(server: Server) -> None:
         assert [h["session_id"] for h in hist["data"]] == [sid]
         tx = _ok(http.get("/api/v1/wallet/transactions", params={"user_id": "alice", "limit": 10}))
         assert [(t["type"], t["amount"]["amount"]) for t in tx["data"]] == [
-            ("deposit", "10.000000"), ("rental_hold", "-0.058334"), ("rental_settle", "-0.004167")]
+            ("deposit", "10.000000"), ("rental_hold", "-0.020834"), ("rental_settle", "-0.004167")]
 
         wd = _ok(http.post("/api/v1/wallet/withdraw", headers={"Idempotency-Key": "wd-demo-0001"},
                            json={"user_id": "alice", "amount": "1.5", "destination": "9xQeWvG816bUx9EPjHmaT23yvVM2ZWbrrpZb9PusVFin"}),

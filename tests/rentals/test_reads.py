@@ -10,7 +10,9 @@ from meterline.clock import FrozenClock
 from meterline.db.engine import Database
 from meterline.rentals.contracts import contract_service
 from meterline.rentals.reads import ContractReader, ContractRow, contract_reader
-from meterline.rentals.service import SETTLED, rental_service
+from meterline.rentals.service import PAYG, PREPAID, SETTLED, rental_service
+from meterline.rentals.sessions import session_service
+from meterline.wallets.service import wallet_service
 from tests.factories import make_demo_tenant
 from tests.threads import run_concurrently
 
@@ -41,7 +43,7 @@ def _same_as_orm(db: Database, tenant: str, row: ContractRow) -> None:
 def test_status_row_has_the_orm_rows_values_and_the_same_accrual(db, tenant, clock):
     rid = _rent(db, tenant, clock)
     clock.advance(15)
-    row = contract_reader(db).status_row(tenant, rid)
+    row = contract_reader(db).status_row(tenant, rid, style=PREPAID)
     assert row is not None
     _same_as_orm(db, tenant, row)
     with db.session(write=False) as s:
@@ -56,7 +58,7 @@ def test_a_settled_contract_reads_with_its_settlement(db, tenant, clock):
     clock.advance(120)
     with db.session() as s:
         rental_service.settle(s, tenant, rid, clock)
-    row = contract_reader(db).status_row(tenant, rid)
+    row = contract_reader(db).status_row(tenant, rid, style=PREPAID)
     assert row is not None and row.status == SETTLED
     assert row.refund_minor is not None and row.used_minor is not None
     assert row.used_minor + row.refund_minor == row.held_minor
@@ -68,8 +70,24 @@ def test_unknown_and_other_tenants_contracts_are_not_found(db, tenant, clock):
     with db.session() as s:
         make_demo_tenant(s, f"{tenant}-b", clock)
     reader = contract_reader(db)
-    assert reader.status_row(tenant, "CTR-NOPE0000") is None
-    assert reader.status_row(f"{tenant}-b", rid) is None
+    assert reader.status_row(tenant, "CTR-NOPE0000", style=PREPAID) is None
+    assert reader.status_row(f"{tenant}-b", rid, style=PREPAID) is None
+
+
+def test_a_rental_of_another_style_is_not_found(db, tenant, clock):
+    """The style is in the read's WHERE clause: a session read as a contract (the SI64 status
+    route given a Dante session id) is not found, as a contract read as a session."""
+    rid = _rent(db, tenant, clock)
+    with db.session() as s:
+        wallet_service.deposit(s, tenant, owner_type="user", owner_id="alice", asset="DGPU", amount_minor=10**7,
+                               rail="simulation", proof="tx-reads-payg", clock=clock)
+        sid = session_service.start(s, tenant, customer_id="alice", device_id=None, gpu_model="nvidia_rtx_4090",
+                                    vram_gb=None, watts=None, clock=clock).id
+    reader = contract_reader(db)
+    assert reader.status_row(tenant, sid, style=PREPAID) is None
+    assert reader.status_row(tenant, rid, style=PAYG) is None
+    row = reader.status_row(tenant, sid, style=PAYG)
+    assert row is not None and row.id == sid
 
 
 def test_one_reader_per_database_inline_only_on_sqlite(db):
@@ -81,12 +99,12 @@ def test_a_read_sees_each_commit_and_keeps_no_snapshot_open(db, tenant, clock):
     """Reused connections must not pin an old snapshot: each read sees the latest commit."""
     rid = _rent(db, tenant, clock)
     reader = contract_reader(db)
-    first = reader.status_row(tenant, rid)
+    first = reader.status_row(tenant, rid, style=PREPAID)
     assert first is not None
     clock.advance(30)
     with db.session() as s:
         rental_service.settle(s, tenant, rid, clock)
-    second = reader.status_row(tenant, rid)
+    second = reader.status_row(tenant, rid, style=PREPAID)
     assert second is not None and first.status != SETTLED and second.status == SETTLED
 
 
@@ -97,7 +115,7 @@ def test_each_thread_reads_on_its_own_connection(db, tenant, clock):
 
     def read(_: int) -> None:
         for _ in range(50):
-            row = reader.status_row(tenant, rid)
+            row = reader.status_row(tenant, rid, style=PREPAID)
             seen.append(None if row is None else row.id)
 
     run_concurrently(read, 4)
@@ -108,9 +126,9 @@ def test_each_thread_reads_on_its_own_connection(db, tenant, clock):
 def test_a_failed_read_drops_its_connection_and_the_next_one_reconnects(db, tenant, clock):
     rid = _rent(db, tenant, clock)
     reader = ContractReader(db)
-    assert reader.status_row(tenant, rid) is not None
+    assert reader.status_row(tenant, rid, style=PREPAID) is not None
     reader._local.conn.close()  # e.g. the file went away under it
     with pytest.raises(Exception):
-        reader.status_row(tenant, rid)
-    row = reader.status_row(tenant, rid)
+        reader.status_row(tenant, rid, style=PREPAID)
+    row = reader.status_row(tenant, rid, style=PREPAID)
     assert row is not None and row.id == rid

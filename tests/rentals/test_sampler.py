@@ -24,6 +24,7 @@ from meterline.rentals.models import Rental, RentalSample
 from meterline.rentals.sampler import Recorded, SampleBatcher, _Item
 from meterline.rentals.service import (
     PAYG,
+    PREPAID,
     RentalAlreadySettled,
     RentalExpired,
     RentalNotFound,
@@ -162,13 +163,15 @@ def test_a_refused_sample_does_not_fail_its_neighbours(db: Database, tenant_id: 
             "settled": batcher.submit(tenant, settled, [_sample("100")]),
             "foreign": batcher.submit(tenant, foreign, [_sample("100")]),
             "not_owner": batcher.submit(tenant, good, [_sample("100")], owner="mallory"),
+            "not_a_contract": batcher.submit(tenant, good, [_sample("100")], style=PREPAID),
             "expired": batcher.submit(tenant, expiring, [_sample("100")]),
             "good_again": batcher.submit(tenant, good, [_sample("200"), _sample("300")]),
         }
         assert futures["good"].result(10).rental.sample_count == 1
         assert futures["good_again"].result(10).rental.sample_count == 3
         for name, exc in [("missing", RentalNotFound), ("settled", RentalAlreadySettled),
-                          ("foreign", RentalNotFound), ("not_owner", RentalNotFound), ("expired", RentalExpired)]:
+                          ("foreign", RentalNotFound), ("not_owner", RentalNotFound),
+                          ("not_a_contract", RentalNotFound), ("expired", RentalExpired)]:
             with pytest.raises(exc):
                 futures[name].result(10)
     with db.session(write=False) as s:

@@ -1,8 +1,9 @@
 """Pay-as-you-go sessions (Dante): a rolling hold one slice ahead, renewed until the wallet runs dry.
 
-A whole RTX 4090 at an idle pool is 0.50 DGPU/h (1250/9 micro-DGPU per second)
-plus an estimated 450 W at 0.001 DGPU/Wh. One slice is five minutes of both:
-41,666.67 + 37,500 → 79,167 micro-DGPU, rounded up.
+A whole RTX 4090 at an idle pool is 0.50 DGPU/h (1250/9 micro-DGPU per second);
+power is 0.001 DGPU/Wh as metered (the quote estimates 450 W, the card's limit, but
+that is never held). One slice is five minutes of what the session is charged: of
+time, 41,666.67 → 41,667 micro-DGPU rounded up; at a metered 450 W, 37,500 more.
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ from meterline.rentals.contracts import contract_service
 from meterline.rentals.models import Rental
 from meterline.rentals.service import (
     ACTIVE,
+    PAYG,
+    PREPAID,
     SETTLED,
     InsufficientFunds,
     InvalidRentalRequest,
     NoDeviceAvailable,
     RentalNotActive,
+    RentalNotFound,
     rental_service,
 )
 from meterline.rentals.sessions import session_service
@@ -35,7 +39,7 @@ from meterline.wallets.service import wallet_service
 from tests.factories import make_demo_tenant
 
 NS = 1_000_000_000
-SLICE = 79_167
+SLICE = 41_667  # five minutes of time: the first slice (no power is metered yet)
 USER = "alice"
 WAL = f"wal:user:{USER}:DGPU"
 ESCROW = "sys:escrow:DGPU"
@@ -63,10 +67,11 @@ def fund(db: Database, tenant: str, clock: FrozenClock, amount_minor: int, user:
 
 
 def start(db: Database, tenant: str, clock: FrozenClock, *, device_id: str | None = None,
-          gpu_model: str | None = "nvidia_rtx_4090", vram_gb: int | None = None, user: str = USER) -> Rental:
+          gpu_model: str | None = "nvidia_rtx_4090", vram_gb: int | None = None, user: str = USER,
+          watts: int | None = None) -> Rental:
     with db.session() as s:
         return session_service.start(s, tenant, customer_id=user, device_id=device_id,
-                                     gpu_model=None if device_id else gpu_model, vram_gb=vram_gb, watts=None,
+                                     gpu_model=None if device_id else gpu_model, vram_gb=vram_gb, watts=watts,
                                      clock=clock)
 
 
@@ -123,16 +128,16 @@ def test_a_session_on_a_wallet_that_cannot_fund_one_slice_is_402_and_writes_noth
 def test_the_hold_is_renewed_when_less_than_two_minutes_of_cover_remain(db, tenant, clock):
     fund(db, tenant, clock, 1_000_000)
     r = start(db, tenant, clock)
-    # Burn rate of a slice: 79,167 per 300 s. Renew below 120 s of it: cover < 31,666.8.
-    clock.advance(342)  # cost 47,500 exactly → cover 31,667: still two minutes
+    # Burn rate of a slice: 41,667 per 300 s. Renew below 120 s of it: cover < 16,666.8.
+    clock.advance(180)  # cost 25,000 exactly → cover 16,667: still two minutes
     assert renew(db, tenant, r.id, clock) == "ok"
-    clock.advance(1)  # cost 47,638.9 → 47,639 → cover 31,528
+    clock.advance(1)  # cost 25,138.9 → 25,139 → cover 16,528
     assert renew(db, tenant, r.id, clock) == "renewed"
     assert renew(db, tenant, r.id, clock) == "ok"  # one slice at a time
     r = get(db, tenant, r.id)
     assert (r.held_minor, r.hold_count) == (2 * SLICE, 2)
     acc = rental_service.accrual(r, clock.now_ns())
-    assert (acc.cost_minor, acc.refund_minor) == (micro_for(343), 2 * SLICE - micro_for(343))
+    assert (acc.cost_minor, acc.refund_minor) == (micro_for(181), 2 * SLICE - micro_for(181))
     assert balance(db, tenant, WAL) == (1_000_000, 2 * SLICE)
     ledger_ok(db, tenant)
 
@@ -141,28 +146,35 @@ def test_metered_power_counts_against_the_cover(db, tenant, clock):
     fund(db, tenant, clock, 1_000_000)
     r = start(db, tenant, clock)
     sample(db, tenant, r.id, clock, power_w=450, gpu_util_percent=99)
-    clock.advance(190)
+    clock.advance(30)
     sample(db, tenant, r.id, clock, power_w=450, gpu_util_percent=99)
-    # 190 s: time 26,388.89 + power 450 W × 190 s = 23.75 Wh → 23,750 = 50,138.89 → 50,139.
-    acc = rental_service.accrual(get(db, tenant, r.id), clock.now_ns())
-    assert acc.cost_minor == 50_139
-    # Cover 29,028 lasts 110 s at the full burn — renew now, though 209 s of time alone remain.
+    # 30 s: time 4,166.67 + power 450 W × 30 s = 3.75 Wh → 3,750 = 7,916.67 → 7,917.
+    assert rental_service.accrual(get(db, tenant, r.id), clock.now_ns()).cost_minor == 7_917
+    # At the metered draw a slice is 41,667 + 37,500 = 79,167: renew below 31,666.8 of cover.
+    clock.advance(7)  # 37 s, with 7 s of power since the last sample: 9,763.9 → cover 31,903
+    assert renew(db, tenant, r.id, clock) == "ok"
+    clock.advance(1)  # 38 s: 10,027.8 → cover 31,639 — though 262 s of time alone remain
     assert renew(db, tenant, r.id, clock) == "renewed"
+    r = get(db, tenant, r.id)
+    assert r.held_minor == SLICE + 79_167
+    assert rental_service.accrual(r, clock.now_ns()).cost_minor == 9_028  # power only up to the last sample
 
 
 def test_when_the_wallet_runs_dry_the_session_is_terminated_and_settled(db, tenant, clock):
     fund(db, tenant, clock, 200_000)
     r = start(db, tenant, clock)
-    clock.advance(343)
-    assert renew(db, tenant, r.id, clock) == "renewed"  # 200,000 - 2 × 79,167 = 41,666 left
-    clock.advance(913 - 343)  # cost 126,805.6 → 126,806; cover 31,528: the next slice is due
+    for at in (181, 481, 781):  # each time cover falls below 16,666.8
+        clock.advance(at - (clock.now_ns() - r.started_at) // NS)
+        assert renew(db, tenant, r.id, clock) == "renewed"
+    # 200,000 - 4 × 41,667 = 33,332 left: not a slice.
+    clock.advance(1081 - 781)  # cost 150,138.9 → 150,139; cover 16,529: the next slice is due
     assert renew(db, tenant, r.id, clock) == "terminated"
     r = get(db, tenant, r.id)
-    assert (r.status, r.end_reason, r.ended_at) == (SETTLED, "insufficient_funds", r.started_at + 913 * NS)
-    assert r.used_minor == micro_for(913) == 126_806 and r.used_minor <= r.held_minor == 2 * SLICE
+    assert (r.status, r.end_reason, r.ended_at) == (SETTLED, "insufficient_funds", r.started_at + 1081 * NS)
+    assert r.used_minor == micro_for(1081) == 150_139 and r.used_minor <= r.held_minor == 4 * SLICE
     assert r.refund_tx is None  # a session's unused cover simply stays in its wallet
     assert r.provider_minor + r.fee_minor == r.used_minor
-    assert balance(db, tenant, WAL) == (200_000 - 126_806, 0)
+    assert balance(db, tenant, WAL) == (200_000 - 150_139, 0)
     assert balance(db, tenant, ESCROW) == (0, 0)
     assert balance(db, tenant, EARN) == (r.provider_minor, 0)
     assert balance(db, tenant, FEES) == (r.fee_minor, 0)
@@ -171,16 +183,16 @@ def test_when_the_wallet_runs_dry_the_session_is_terminated_and_settled(db, tena
 
 
 def test_a_session_never_costs_more_than_its_holds(db, tenant, clock):
-    fund(db, tenant, clock, 100_000)
+    fund(db, tenant, clock, 50_000)
     r = start(db, tenant, clock)
     clock.advance(2 * 3600)  # the worker never came: two hours on five minutes of cover
     assert rental_service.accrual(get(db, tenant, r.id), clock.now_ns()).cost_minor == SLICE
     assert renew(db, tenant, r.id, clock) == "terminated"
     r = get(db, tenant, r.id)
     assert (r.used_minor, r.refund_minor) == (SLICE, 0)
-    # 79,167 at 5 %: 75,208.65 / 3,958.35 → the provider's .65 takes the unit.
-    assert (r.provider_minor, r.fee_minor) == (75_209, 3_958)
-    assert balance(db, tenant, WAL) == (100_000 - SLICE, 0)
+    # 41,667 at 5 %: 39,583.65 / 2,083.35 → the provider's .65 takes the unit.
+    assert (r.provider_minor, r.fee_minor) == (39_584, 2_083)
+    assert balance(db, tenant, WAL) == (50_000 - SLICE, 0)
     ledger_ok(db, tenant)
 
 
@@ -199,6 +211,18 @@ def test_ending_a_session_settles_at_once(db, tenant, clock):
         refunds = s.query(Transfer).filter(Transfer.tenant_id == tenant, Transfer.code == "rental_refund").all()
         assert refunds == []
     ledger_ok(db, tenant)
+
+
+def test_a_session_is_not_sampled_as_a_contract(db, tenant, clock):
+    """A caller addressing prepaid contracts (the SI64 profile) finds no session by its id."""
+    fund(db, tenant, clock, 1_000_000)
+    r = start(db, tenant, clock)
+    with pytest.raises(RentalNotFound), db.session() as s:
+        rental_service.record_sample(s, tenant, r.id, {"power_w": 450}, clock, style=PREPAID)
+    assert get(db, tenant, r.id).sample_count == 0
+    with db.session() as s:
+        rental_service.record_sample(s, tenant, r.id, {"power_w": 450}, clock, style=PAYG)
+    assert get(db, tenant, r.id).sample_count == 1
 
 
 def test_sessions_are_not_extended(db, tenant, clock):
@@ -286,3 +310,83 @@ def test_the_demand_multiplier_rises_with_utilisation(db, tenant, clock):
     with db.session(write=False) as s:
         sessions = rental_service.list_rentals(s, tenant, status=ACTIVE)[0]
     assert sorted(r.held_minor for r in sessions)[-1] > SLICE
+
+
+# -- the hold is what the session is charged, not the quote's power estimate ------------------
+
+
+def sweep_until_terminated(db: Database, tenant: str, rid: str, clock: FrozenClock, limit_s: int) -> int:
+    """Run the worker's renewal every second (its default interval); the second it terminated."""
+    for second in range(1, limit_s + 1):
+        clock.advance(1)
+        if renew(db, tenant, rid, clock) == "terminated":
+            return second
+    raise AssertionError("still running")
+
+
+def test_without_metered_power_the_wallet_pays_for_time_only_and_the_hold_follows(db, tenant, clock):
+    """Nothing reports power (the Dante profile has no samples endpoint), so the session is
+    charged for time only. The hold used to include the quote's estimated 450 W (the card's
+    limit): a slice of 79,167 for 41,667 of charge. A wallet of 100,000 then ended the session
+    after 343 s, 52,361 unspent; now each slice is the 41,667 of time it will be charged."""
+    fund(db, tenant, clock, 100_000)
+    r = start(db, tenant, clock)
+    assert r.quote["estimated_power_w"] == 450  # shown in the quote, never held
+    assert r.held_minor == SLICE  # 41,666.67 rounded up
+    # Renewed at 181 s (cover 16,528 < two minutes of 41,667 / 300 s), then at 481 s the
+    # 16,666 left cannot fund a third slice.
+    assert sweep_until_terminated(db, tenant, r.id, clock, 900) == 481
+    r = get(db, tenant, r.id)
+    assert (r.end_reason, r.used_minor, r.held_minor) == ("insufficient_funds", micro_for(481), 2 * SLICE)
+    assert balance(db, tenant, WAL) == (100_000 - micro_for(481), 0)
+    ledger_ok(db, tenant)
+
+
+def test_a_wallet_that_pays_for_the_time_can_start(db, tenant, clock):
+    """It was refused (402) unless it also held five minutes of the estimated power."""
+    fund(db, tenant, clock, SLICE)
+    r = start(db, tenant, clock)
+    assert r.held_minor == SLICE and balance(db, tenant, WAL) == (SLICE, SLICE)
+
+
+def test_power_drawn_above_the_estimate_is_held_as_it_is_metered(db, tenant, clock):
+    """Started with `watts: 0`, the device draws 450 W. The hold was sized and its cover judged
+    at the estimate (time only): the worker saw 120 s of cover left until 180 s, so when the
+    second power sample landed at 170 s the charge (44,861) had run past the holds (41,667)
+    and ending then billed only what was held — 3,194 of use never charged. Now the slice and
+    the cover follow the metered draw (and count the power drawn since the last sample)."""
+    fund(db, tenant, clock, 1_000_000)
+    r = start(db, tenant, clock, watts=0)
+    assert r.held_minor == SLICE
+    sample(db, tenant, r.id, clock, power_w=450)
+    renewed = []
+    for second in range(1, 170):
+        clock.advance(1)
+        if renew(db, tenant, r.id, clock) == "renewed":
+            renewed.append(second)
+    # 450 W + time is 263.9 a second: a slice of 79,167; renewed once cover < 31,667 (at 38 s).
+    assert renewed == [38]
+    assert get(db, tenant, r.id).held_minor == SLICE + 79_167
+    clock.advance(1)
+    sample(db, tenant, r.id, clock, power_w=450)
+    # 170 s: time 23,611.1 + 450 W × 170 s = 21.25 Wh → 21,250: 44,861.1 → 44,861.
+    assert rental_service.accrual(get(db, tenant, r.id), clock.now_ns()).cost_minor == 44_861
+    with db.session() as s:
+        st = session_service.end(s, tenant, r.id, clock)
+    assert st.used_minor == 44_861 and st.refund_minor == SLICE + 79_167 - 44_861
+    ledger_ok(db, tenant)
+
+
+def test_the_cover_counts_power_drawn_since_the_last_sample(db, tenant, clock):
+    """The next sample charges the interval since the last one at (about) its draw, so that
+    power is spent already: a device that samples rarely is not under-held in between."""
+    fund(db, tenant, clock, 1_000_000)
+    r = start(db, tenant, clock, watts=0)
+    sample(db, tenant, r.id, clock, power_w=450)
+    clock.advance(10)
+    with db.session(write=False) as s:
+        row = rental_service.get(s, tenant, r.id)
+        # 10 s: time 1,388.9 + 450 W × 10 s = 1.25 Wh → 1,250 (not in the accrual yet).
+        assert rental_service.accrual(row, clock.now_ns()).cost_minor == micro_for(10)
+        assert rental_service.committed_minor(row, clock.now_ns()) == 1_389 + 1_250
+        assert rental_service.slice_minor(row) == 79_167

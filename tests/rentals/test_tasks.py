@@ -35,7 +35,7 @@ from tests.factories import make_demo_tenant
 
 NS = 1_000_000_000
 HOUR = 3600
-SLICE = 79_167  # a whole 4090's five-minute slice (see test_sessions.py)
+SLICE = 41_667  # a whole 4090's first five-minute slice, of time (see test_sessions.py)
 
 
 @pytest.fixture
@@ -147,7 +147,7 @@ def test_racing_workers_settle_each_contract_once(db, tenant, clock):
 
 def test_renew_cover_tops_up_funded_sessions_and_terminates_dry_ones(db, tenant, clock):
     rich = start_session(db, tenant, clock, funds=1_000_000, user=f"rich-{tenant}")
-    poor = start_session(db, tenant, clock, funds=100_000, user=f"poor-{tenant}")
+    poor = start_session(db, tenant, clock, funds=50_000, user=f"poor-{tenant}")
     idle = start_session(db, tenant, clock, funds=1_000_000, user=f"idle-{tenant}")
     clock.advance(100)
     assert rental_tasks.renew_cover(db, clock) >= 0

@@ -357,7 +357,8 @@ def start_session(request: Request, principal: LedgerWrite,
                   session: WriteSession, runtime: RuntimeDep) -> Response:
     """Rent a GPU (or `vram_gb` of one) by the second. The price is quoted now — base rate ×
     VRAM fraction × demand, or the provider's minimum if higher, plus power — and locked into
-    the session. A first slice (five minutes plus estimated power) is held from the wallet;
+    the session. A first slice (five minutes of time) is held from the wallet — power is held
+    as it is metered, at the draw last sampled, never at the quote's estimate;
     the worker renews the hold while the wallet can fund it and ends the session with
     `insufficient_funds` when it cannot."""
     data, tenant = body.value, principal.tenant_id
@@ -386,7 +387,7 @@ def start_session(request: Request, principal: LedgerWrite,
     "/billing/end-session", response_model=s.EndSessionOut, summary="End a GPU session",
     openapi_extra=openapi_body(s.EndSessionIn),
     responses=_errors({
-        404: "`session_not_found` (also another user's or another tenant's session)",
+        404: "`session_not_found` (also another user's or another tenant's session, and an SI64 contract's id)",
         409: "`session_not_active`: it already ended; `idempotency_conflict`",
         422: "`validation_error`",
     }),

@@ -14,6 +14,14 @@ Unix seconds. Bodies are parsed with Decimal numbers (`api.body`); every error
 is problem+json. Reads need `ledger:read`, changes `ledger:write` (dev mode:
 unauthenticated loopback calls are the default tenant's admin). One request,
 one transaction: `WriteSession` / `ReadSession` commit at the edge.
+
+Contracts only. A `Rental` row is either a prepaid contract (this profile's) or a
+pay-as-you-go session (the Dante profile's): every route here addresses prepaid
+rentals only, and a session's id answers exactly as an unknown id (404
+`contract_not_found`), so ids do not leak from one profile into the other. The
+kind is checked where the row is read — in the status read's WHERE clause, by the
+sample batcher on the row it loads anyway, in `_own_contract` — never by an extra
+query. The billing ledger and stats cover contracts only.
 """
 
 from __future__ import annotations
@@ -78,6 +86,7 @@ from meterline.rentals.reads import ContractReader, ContractRow, contract_reader
 from meterline.rentals.sampler import SamplerStopped
 from meterline.rentals.service import (
     ACTIVE,
+    PREPAID,
     SAMPLE_FIELDS,
     SETTLED,
     Accrual,
@@ -111,7 +120,8 @@ SettledLimit = Annotated[int, Query(ge=0, le=1000, description="How many recent 
 PageCursor = Annotated[str | None, Query(max_length=200, pattern=r"^[A-Za-z0-9_-]*$",
                                          description="`next_cursor` of the previous page.")]
 
-_NOT_FOUND = {404: "`contract_not_found` (also another tenant's contract)"}
+_NOT_FOUND = {404: "`contract_not_found` (also another tenant's or customer's contract, and a pay-as-you-go "
+                   "session's id)"}
 _BAD_INPUT = {413: "`payload_too_large`", 422: "`validation_error`, `invalid_rental_request`"}
 
 
@@ -290,7 +300,7 @@ async def get_contract(request: Request, contract_id: ContractId, principal: Led
 
 
 def _read_contract(runtime: Runtime, reader: ContractReader, principal: Principal, contract_id: str) -> Response:
-    row = reader.status_row(principal.tenant_id, contract_id)
+    row = reader.status_row(principal.tenant_id, contract_id, style=PREPAID)
     if row is None or not owns(principal, row.customer_id):  # another customer's is not found either
         raise RentalNotFound(f"contract {contract_id} does not exist")
     return _JSONAnswer(_contract_status(row, runtime.clock.now_ns()))
@@ -324,7 +334,7 @@ async def _record(request: Request, principal: Principal, contract_id: str, valu
     clean = rental_service.validate_sample(values)
     try:
         done = await runtime.sampler.record_async(principal.tenant_id, contract_id, [clean],
-                                                  owner=owner_filter(principal))
+                                                  owner=owner_filter(principal), style=PREPAID)
     except SamplerStopped:
         raise ServiceUnavailable("samples are not being accepted right now") from None
     return _metrics_answer(done.rental, done.accrual)
@@ -373,7 +383,7 @@ async def _fast_record_metrics(request: Request) -> Response | None:
     clean = rental_service.validate_sample(data, ignore_unknown=True)
     try:
         done = await runtime.sampler.record_async(principal.tenant_id, contract_id, [clean],
-                                                  owner=owner_filter(principal))
+                                                  owner=owner_filter(principal), style=PREPAID)
     except SamplerStopped:
         raise ServiceUnavailable("samples are not being accepted right now") from None
     return _metrics_answer(done.rental, done.accrual)
@@ -393,7 +403,7 @@ def _record_idempotent(request: Request, runtime: Runtime, principal: Principal,
 
         def work() -> Response:
             rental, acc = rental_service.record_sample(session, tenant, contract_id, values, runtime.clock,
-                                                       owner=owner_filter(principal))
+                                                       owner=owner_filter(principal), style=PREPAID)
             return _metrics_answer(rental, acc)
 
         return in_transaction(request, tenant, raw, session, runtime.clock.now_ns(), work)
@@ -525,11 +535,12 @@ def _answer_list(items: list[BaseModel]) -> ExactJSONResponse:
 
 def _in_profile(stmt: Select[*Ts], tenant: str) -> Select[*Ts]:
     # `scoped` is typed for one-column selects; the tenant filter is the same for any.
-    return scoped(stmt, Rental, tenant).where(Rental.asset == PROFILE_ASSET)  # type: ignore[type-var]
+    return scoped(stmt, Rental, tenant).where(  # type: ignore[type-var]
+        Rental.asset == PROFILE_ASSET, Rental.style == PREPAID)
 
 
 def _totals(session: Session, tenant: str, now_ns: int) -> dict[str, int]:
-    return rental_service.totals(session, tenant, now_ns, asset=PROFILE_ASSET)
+    return rental_service.totals(session, tenant, now_ns, asset=PROFILE_ASSET, style=PREPAID)
 
 
 def _decode_page_cursor(cursor: str | None) -> tuple[int, str] | None:
@@ -583,9 +594,10 @@ def _ledger_row(r: Rental, now_ns: int) -> LedgerContract:
 
 
 def _own_contract(session: Session, principal: Principal, contract_id: str) -> Rental:
-    """The contract, if the caller may act on it; another customer's is not found."""
+    """The contract, if the caller may act on it; another customer's — or a pay-as-you-go
+    session, which is not a contract of this profile — is not found."""
     rental = rental_service.get(session, principal.tenant_id, contract_id)
-    if not owns(principal, rental.customer_id):
+    if rental.style != PREPAID or not owns(principal, rental.customer_id):
         raise RentalNotFound(f"contract {contract_id} does not exist")
     return rental
 

@@ -10,6 +10,12 @@
 Staff keys see every rental of the tenant; a `customer` key only rentals whose
 `customer_id` is its principal id (another's is 404), and it may only rent for
 itself; other keys (provider, device) see none (`principals.owner_filter`). Reads need `ledger:read`, everything else `ledger:write`.
+
+Both kinds, on purpose: this is the native resource for prepaid contracts and
+pay-as-you-go sessions alike (each answer carries `style`), so every route
+accepts either kind's id, and an operation that does not apply to a kind is a
+state error (extending a session: 409 `contract_not_active`). The API profiles
+are the ones that keep to one kind each (SI64: prepaid, Dante: payg).
 """
 
 from __future__ import annotations
@@ -126,7 +132,8 @@ def create_rental(
     **Pay-as-you-go** (`"style": "payg"`): a dynamically priced GPU (by `gpu_model` or a named
     `device_id`, a VRAM fraction, demand, the provider's minimum) is started against the
     customer's standing wallet `user/<customer_id>`, which must hold at least one slice
-    (five minutes plus estimated power); the worker keeps the hold ahead of use.
+    (five minutes of time; power is held as it is metered, at the draw last sampled — the
+    quote's estimate is never held); the worker keeps the hold ahead of use.
 
     Accepts `Idempotency-Key` (a retry never rents twice)."""
     data = body.value.root

@@ -3,8 +3,9 @@ figures, bad input on every endpoint, and the access matrix.
 
 Demo tenant figures used below: DGPU has 6 decimals; nvidia_rtx_4090 is 0.50 DGPU/h for
 the whole 24 GB card, so 12 GB at idle demand is 0.25 DGPU/h = 625/9 minor units a second;
-the first hold is five minutes of that plus 450 W × 0.001 DGPU/Wh for five minutes
-(20833.3 + 37500 → 58334 minor units); the platform fee is 5 %.
+the first hold is five minutes of that (20833.3 → 20834 minor units, rounded up: the
+quote's estimated 450 W is not held, power is held as it is metered); the platform fee
+is 5 %.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from meterline.pricing.service import pricing_service
 from tests.api.conftest import MakeClient, assert_problem
 from tests.factories import make_earnings
 
-HOLD = 58_334  # minor units: the first rolling slice for 12 GB of an RTX 4090 at 450 W
+HOLD = 20_834  # minor units: the first rolling slice for 12 GB of an RTX 4090 (time only)
 
 
 @dataclass
@@ -120,10 +121,10 @@ def test_full_flow_exact(client: TestClient, dante: Dante, clock: FrozenClock) -
     assert q["estimated_hourly_total"]["amount"] == "0.700"
     assert [i["name"] for i in q["line_items"]] == ["gpu_time", "demand", "power"]
     assert q["platform_fee_percent"] == "5.0" and q["minimum_session_minutes"] == 1
-    assert ses["held"] == money("0.058334")
+    assert ses["held"] == money("0.020834")
     assert ses["elapsed_seconds"] == 0 and ses["cost_so_far"] == money("0.000000")
-    assert ses["refund_available"] == money("0.058334")
-    assert ses["balance"]["held"] == money("0.058334") and ses["balance"]["available"] == money("9.941666")
+    assert ses["refund_available"] == money("0.020834")
+    assert ses["balance"]["held"] == money("0.020834") and ses["balance"]["available"] == money("9.979166")
 
     clock.advance(180)
     r = client.get("/api/v1/billing/current-usage", headers=d.h(d.alice))
@@ -133,8 +134,8 @@ def test_full_flow_exact(client: TestClient, dante: Dante, clock: FrozenClock) -
     u = usage["data"][0]
     # 180 s × 625/9 minor/s = 12500 exactly
     assert u["session_id"] == sid and u["elapsed_seconds"] == 180
-    assert u["cost_so_far"] == money("0.012500") and u["refund_available"] == money("0.045834")
-    assert u["held"] == money("0.058334")
+    assert u["cost_so_far"] == money("0.012500") and u["refund_available"] == money("0.008334")
+    assert u["held"] == money("0.020834")
 
     r = client.get("/api/v1/billing/current-usage", params={"user_id": "alice"}, headers=d.h(d.alice))
     assert r.json() == usage
@@ -144,7 +145,7 @@ def test_full_flow_exact(client: TestClient, dante: Dante, clock: FrozenClock) -
     end = r.json()
     assert end["status"] == "settled" and end["end_reason"] == "ended"
     assert end["duration_seconds"] == 180 and end["billed_seconds"] == 180
-    assert end["cost"] == money("0.012500") and end["refund"] == money("0.045834")
+    assert end["cost"] == money("0.012500") and end["refund"] == money("0.008334")
     assert end["provider_earnings"] == money("0.011875") and end["platform_fee"] == money("0.000625")
     assert end["balance"] == {"user_id": "alice", "balance": money("9.987500"), "held": money("0.000000"),
                               "available": money("9.987500")}
@@ -160,7 +161,7 @@ def test_full_flow_exact(client: TestClient, dante: Dante, clock: FrozenClock) -
     tx = client.get("/api/v1/wallet/transactions", headers=d.h(d.alice)).json()
     assert [(t["type"], t["status"], t["amount"]["amount"]) for t in tx["data"]] == [
         ("deposit", "posted", "10.000000"),
-        ("rental_hold", "pending", "-0.058334"),
+        ("rental_hold", "pending", "-0.020834"),
         ("rental_settle", "posted", "-0.012500"),
     ]
     assert tx["data"][0]["metadata"]["mode"] == "SIMULATION_MODE"
@@ -209,7 +210,7 @@ def test_minimum_session_and_fee_rounding(client: TestClient, dante: Dante, cloc
     clock.advance(8)
     u = client.get("/api/v1/billing/current-usage", headers=d.h(d.alice)).json()["data"][0]
     assert u["cost_so_far"] == money("0.000694")  # 10 × 625/9 = 694.4 → 694 (raw accrual, no minimum yet)
-    assert u["refund_available"] == money("0.057640")
+    assert u["refund_available"] == money("0.020140")
     end = client.post("/api/v1/billing/end-session", json={"session_id": sid}, headers=d.h(d.alice)).json()
     assert end["duration_seconds"] == 10 and end["billed_seconds"] == 60
     assert end["cost"] == money("0.004167")
@@ -247,10 +248,10 @@ def test_admin_acts_for_users_and_dev_loopback(make_client: MakeClient, dante: D
 def test_insufficient_funds_to_start(client: TestClient, dante: Dante) -> None:
     d = dante
     assert_problem(start(client, d), 402, "insufficient_funds")
-    deposit(client, d, "0.058333")  # one minor unit short of the first hold
+    deposit(client, d, "0.020833")  # one minor unit short of the first hold (five minutes of time)
     assert_problem(start(client, d), 402, "insufficient_funds")
     bal = client.get("/api/v1/wallet/balance", headers=d.h(d.alice)).json()
-    assert bal["held"] == money("0.000000") and bal["available"] == money("0.058333")
+    assert bal["held"] == money("0.000000") and bal["available"] == money("0.020833")
     deposit(client, d, "0.000001")
     assert start(client, d).status_code == 201
 
@@ -729,3 +730,28 @@ def test_a_payout_requested_through_the_profile_cannot_be_approved_by_the_key_th
                    403, "self_approval_forbidden")
     r = client.post(f"/v1/payouts/{po['payout_id']}/approve", headers=dante.h(dante.operator))
     assert r.status_code == 200 and r.json()["status"] == "approved", r.text
+
+
+def test_a_prepaid_contract_is_not_a_session(client: TestClient, dante: Dante) -> None:
+    """An SI64 contract is a `Rental` row like a session: end-session answers its id exactly as an
+    unknown id (and leaves it running), and the usage and history lists never show it — even for
+    a user whose id is the contract's wallet."""
+    d = dante
+    r = client.post("/api/rent", json={"wallet": "alice", "tier": "M2", "duration_hours": 1,
+                                       "tx_signature": "si64-alice-1", "amount": "0.001"}, headers=d.h(d.admin))
+    assert r.status_code == 200, r.text
+    cid = r.json()["contract_id"]
+    for key, body in ((d.admin, {"user_id": "alice"}), (d.alice, {})):
+        unknown = client.post("/api/v1/billing/end-session", json={**body, "session_id": "CTR-UNKNOWN0"},
+                              headers=d.h(key))
+        assert_problem(unknown, 404, "session_not_found")
+        r = client.post("/api/v1/billing/end-session", json={**body, "session_id": cid}, headers=d.h(key))
+        assert (r.status_code, r.text.replace(cid, "CTR-UNKNOWN0")) == (404, unknown.text)
+    assert client.get(f"/api/contracts/{cid}", headers=d.h(d.admin)).json()["status"] == "ACTIVE"
+    for key, query in ((d.admin, "?user_id=alice"), (d.alice, "")):
+        usage = client.get(f"/api/v1/billing/current-usage{query}", headers=d.h(key))
+        assert usage.status_code == 200 and usage.json()["data"] == [], usage.text
+    assert client.post(f"/api/contracts/{cid}/settle", headers=d.h(d.admin)).status_code == 200
+    for key, query in ((d.admin, "?user_id=alice"), (d.alice, "")):
+        history = client.get(f"/api/v1/billing/history{query}", headers=d.h(key))
+        assert history.status_code == 200 and history.json()["data"] == [], history.text

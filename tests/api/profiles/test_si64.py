@@ -661,3 +661,128 @@ def test_a_large_metrics_body_takes_the_route_and_is_stored_once(client: TestCli
     assert r.status_code == 200, r.text
     assert body(r)["samples"] == 1
     assert body(client.post(f"/api/metrics/{cid}", json=METRICS, headers=t.w))["samples"] == 2
+
+
+# -- a pay-as-you-go session is not a contract -------------------------------------------------
+
+
+def _dante_session(client: TestClient, t: ApiTenant, user: str = WALLET) -> str:
+    """A Dante pay-as-you-go session in the same tenant (a `Rental` row like a contract)."""
+    r = client.post("/api/v1/wallet/deposit", json={"user_id": user, "amount": "10", "tx_signature": f"d-{user}"},
+                    headers=t.a)
+    assert r.status_code == 201, r.text
+    r = client.post("/api/v1/billing/start-session",
+                    json={"user_id": user, "gpu_model": "nvidia_rtx_4090", "vram_gb": 12}, headers=t.a)
+    assert r.status_code == 201, r.text
+    return str(r.json()["session_id"])
+
+
+def _same_as_unknown(r: Any, unknown: Any, rid: str) -> bool:
+    """Whether the answer to a wrong-kind id is the answer to an unknown id (404
+    `contract_not_found`, problem+json), but for the id itself."""
+    assert_problem(unknown, 404, "contract_not_found")
+    return bool((r.status_code, r.headers["content-type"]) == (unknown.status_code, unknown.headers["content-type"])
+                and r.text.replace(rid, "CTR-UNKNOWN0") == unknown.text)
+
+
+def test_a_payg_session_id_is_not_found_on_every_contract_route(client: TestClient, t: ApiTenant,
+                                                                 clock: FrozenClock):
+    """Every /api/contracts and /api/metrics path acted on a Dante session given its id: the status
+    showed it (as a contract), samples were stored against it (fast path, Idempotency-Key path and
+    the route behind a large body), extend answered 409 `contract_not_active` (so the id was known)
+    and settle ended and settled the user's session. Each now answers as an unknown id."""
+    sid = _dante_session(client, t)
+    clock.advance(30)
+    before = client.get(f"/v1/rentals/{sid}", headers=t.r).json()
+    big = {**METRICS, "note": "x" * (si64._FAST_BODY_BYTES + 1)}
+    calls = [
+        ("GET", "/api/contracts/{}", None, {}),
+        ("POST", "/api/metrics/{}", METRICS, {}),
+        ("POST", "/api/metrics/{}", {**METRICS, "power_w": 450}, {"Idempotency-Key": "payg-m-1"}),
+        ("POST", "/api/metrics/{}", big, {}),
+        ("POST", "/api/contracts/{}/extend", {"additional_hours": 1}, {}),
+        ("POST", "/api/contracts/{}/extend", {"additional_hours": 1, "tx_signature": "payg-x-1"},
+         {"Idempotency-Key": "payg-x-1"}),
+        ("POST", "/api/contracts/{}/settle", None, {}),
+    ]
+    wrong = []
+    for name, key in (("reader", t.r), ("writer", t.w), ("admin", t.a)):  # staff see every contract
+        for method, path, payload, extra in calls:
+            if name == "reader" and method == "POST":
+                continue  # (a read-only key is refused the scope first, whatever the id)
+            headers = {**key, **extra}
+            if "Idempotency-Key" in extra:
+                headers["Idempotency-Key"] = f"{extra['Idempotency-Key']}-{name}"
+            unknown = client.request(method, path.format("CTR-UNKNOWN0"), json=payload, headers=headers)
+            r = client.request(method, path.format(sid), json=payload, headers=headers)
+            if not _same_as_unknown(r, unknown, sid):
+                wrong.append((name, method, path, sorted(extra), r.status_code))
+    assert not wrong, wrong
+    after = client.get(f"/v1/rentals/{sid}", headers=t.r).json()
+    assert {k: after[k] for k in ("status", "held", "sample_count")} == {
+        k: before[k] for k in ("status", "held", "sample_count")} and after["status"] == "ACTIVE"
+    # The session is still the user's on the Dante routes, and ends there.
+    usage = client.get(f"/api/v1/billing/current-usage?user_id={WALLET}", headers=t.a).json()
+    assert [s["session_id"] for s in usage["data"]] == [sid]
+    r = client.post("/api/v1/billing/end-session", json={"user_id": WALLET, "session_id": sid}, headers=t.a)
+    assert r.status_code == 200, r.text
+
+
+def test_a_payg_session_id_is_not_found_by_a_customer_key_that_owns_it(client: TestClient, t: ApiTenant,
+                                                                         db: Database, clock: FrozenClock):
+    """The owner check passed for a customer whose id is the session's user: the kind must be
+    checked as well, not instead."""
+    sid = _dante_session(client, t, user="AliceWa11et")
+    with db.session() as s:
+        alice = ApiTenant.auth(identity_service.create_key(
+            s, tenant_id=t.id, kind="customer", principal_id="AliceWa11et", scopes=["ledger:read", "ledger:write"],
+            now_ns=clock.now_ns()).secret)
+    wrong = []
+    for method, path, payload in (("GET", "/api/contracts/{}", None), ("POST", "/api/metrics/{}", METRICS),
+                                  ("POST", "/api/contracts/{}/extend", {"additional_hours": 1}),
+                                  ("POST", "/api/contracts/{}/settle", None)):
+        unknown = client.request(method, path.format("CTR-UNKNOWN0"), json=payload, headers=alice)
+        r = client.request(method, path.format(sid), json=payload, headers=alice)
+        if not _same_as_unknown(r, unknown, sid):
+            wrong.append((method, path, r.status_code))
+    assert not wrong, wrong
+    assert client.get(f"/v1/rentals/{sid}", headers=alice).json()["sample_count"] == 0
+
+
+@pytest.fixture
+def payg_in_sol(db: Database, t: ApiTenant, clock: FrozenClock):
+    """An active and a settled pay-as-you-go session priced in SOL (a tenant whose GPU price book
+    is in SOL), written straight into the table and removed afterwards (see `bulk_contracts`)."""
+    now = clock.now_ns()
+    base = dict(
+        tenant_id=t.id, style="payg", customer_type="user", customer_id="gpu-user",
+        wallet_account_id="wal:user:gpu-user:SOL", escrow_account_id="sys:escrow:SOL", provider_id="si64",
+        device_id="device-m2-001", tier="M2", asset="SOL", scale=9, quote={}, payment_rail="wallet",
+        payment_proof=None, refund_to_rail=False, held_minor=5_000_000, duration_s=None, created_at=now,
+        started_at=now, expires_at=None, rate_num=2500, rate_den=9, rounding="half_up", power_cost_e6=0,
+        energy2_mw_ms=0, sample_count=0, hold_count=1)
+    rows = [{**base, "id": "CTR-PAYGSOL1", "status": "ACTIVE"},
+            {**base, "id": "CTR-PAYGSOL2", "status": "SETTLED", "ended_at": now, "settled_at": now,
+             "used_minor": 1_000_000, "refund_minor": 4_000_000, "provider_minor": 950_000, "fee_minor": 50_000}]
+    with db.session() as s:
+        s.execute(insert(Rental), rows)
+    yield ["CTR-PAYGSOL1", "CTR-PAYGSOL2"]
+    with db.session() as s:
+        s.execute(delete(Rental).where(Rental.tenant_id == t.id, Rental.id.like("CTR-PAYGSOL%")))
+
+
+def test_the_books_and_stats_count_contracts_only(client: TestClient, t: ApiTenant, clock: FrozenClock,
+                                                  payg_in_sol: list[str]):
+    """Sessions in SOL were listed among the contracts and added to every total."""
+    cid = rent_id(client, t)
+    clock.advance(60)
+    ledger = body(client.get("/api/billing/ledger", headers=t.r))
+    assert [c["contract_id"] for c in ledger["active_contracts"]] == [cid]
+    assert ledger["completed_settlements"] == []
+    assert (ledger["active_count"], ledger["settled_count"], ledger["total_active_value"]) == (1, 0, D("0.001"))
+    assert ledger["total_used"] == D("0.000016667") and ledger["platform_fees"] == 0
+    stats = body(client.get("/api/stats", headers=t.r))
+    assert (stats["active_contracts"], stats["settled_contracts"], stats["total_active_value"],
+            stats["total_revenue"]) == (1, 0, D("0.001"), 0)
+    for sid in payg_in_sol:
+        assert_problem(client.get(f"/api/contracts/{sid}", headers=t.r), 404, "contract_not_found")

@@ -155,25 +155,26 @@ def test_payg_session_meters_time_and_power(client, market, clock):
         "style": "payg", "status": "ACTIVE", "customer_type": "user", "customer_id": "u1",
         "device_id": "gpu-4090-001", "gpu_model": "nvidia_rtx_4090", "vram_gb": 24, "asset": "DGPU",
         "hourly_rate": "0.500000000",
-        # One 5-minute slice ahead: 0.5/h × 300 s + 450 W × 300 s × 0.001/Wh, rounded up.
-        "held": "0.079167", "price": None, "paid": None, "expires_at": None,
+        # One 5-minute slice ahead: 0.5/h × 300 s, rounded up. No power is metered yet, so the
+        # quote's estimated 450 W is not held (power is held as it is metered).
+        "held": "0.041667", "price": None, "paid": None, "expires_at": None,
     }
     assert s["quote"]["estimated_power_w"] == 450
     wallet = client.get("/v1/wallets/user/u1/DGPU", headers=market.w).json()
-    assert (wallet["posted"], wallet["pending"], wallet["available"]) == ("1.000000", "0.079167", "0.920833")
+    assert (wallet["posted"], wallet["pending"], wallet["available"]) == ("1.000000", "0.041667", "0.958333")
 
     # 300 W at the start and 300 W after two minutes: 10 Wh of metered energy.
     assert client.post(f"/v1/rentals/{rid}/samples", json={"power_w": 300}, headers=market.w).status_code == 201
     clock.advance(120)
     r = client.post(f"/v1/rentals/{rid}/samples", json={"power_w": "300"}, headers=market.w).json()
     # time 0.5/h × 120 s = 0.0166666…, power 10 Wh × 0.001 = 0.01 → 0.026667 (half-up, once)
-    assert r["accrual"] == {"held": "0.079167", "cost_so_far": "0.026667", "refund_available": "0.052500",
+    assert r["accrual"] == {"held": "0.041667", "cost_so_far": "0.026667", "refund_available": "0.015000",
                             "elapsed_s": 120, "as_of": "2023-11-14T22:15:20.000000Z"}
     got = client.get(f"/v1/rentals/{rid}", headers=market.w).json()
     assert (got["cost_so_far"], got["sample_count"]) == ("0.026667", 2)
     totals = client.get("/v1/rentals/totals", headers=market.w).json()["data"]
-    assert totals == [{"asset": "DGPU", "active_count": 1, "active_held": "0.079167", "active_used": "0.026667",
-                       "active_refundable": "0.052500", "settled_count": 0, "settled_used": "0.000000",
+    assert totals == [{"asset": "DGPU", "active_count": 1, "active_held": "0.041667", "active_used": "0.026667",
+                       "active_refundable": "0.015000", "settled_count": 0, "settled_used": "0.000000",
                        "settled_refunded": "0.000000", "platform_fees": "0.000000"}]
 
     assert_problem(client.post(f"/v1/rentals/{rid}/extend", json={"hours": "1"}, headers=market.w),
@@ -181,7 +182,7 @@ def test_payg_session_meters_time_and_power(client, market, clock):
 
     settled = client.post(f"/v1/rentals/{rid}/settle", json={}, headers=market.w).json()
     # 26 667 split 95/5 by largest remainder: 25 333.65 / 1 333.35 → the leftover unit to the provider.
-    assert settled["settlement"] == {"used": "0.026667", "refund": "0.052500", "provider_share": "0.025334",
+    assert settled["settlement"] == {"used": "0.026667", "refund": "0.015000", "provider_share": "0.025334",
                                      "platform_fee": "0.001333", "refund_tx": None}
     assert (settled["status"], settled["end_reason"]) == ("SETTLED", "ended")
     wallet = client.get("/v1/wallets/user/u1/DGPU", headers=market.w).json()
