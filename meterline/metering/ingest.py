@@ -85,6 +85,9 @@ IN_FUTURE = "in_future"
 INVALID_EVENT = "invalid_event"
 INVALID_PROPERTIES = "invalid_properties"
 MISSING_PROPERTY = "missing_property"
+# Given to every event of a batch whose licensee the caller may not report for (a customer
+# key naming another licensee): decided at the edge, before the engine (api/v1/meters.py).
+LICENSEE_FORBIDDEN = "licensee_forbidden"
 
 
 @dataclass(slots=True)

@@ -186,12 +186,16 @@ class MeteringService:
     def usage(
         self, session: Session, tenant_id: str, meter_id: str, *, from_ns: int, to_ns: int,
         subject: str | None = None, licensee: str | None = None, group_by: str = "none",
+        visible: bool = True,
     ) -> UsageReport:
         """Aggregate a meter over [from, to) from the hourly rollups (never the raw events).
 
         `from` and `to` must fall on whole hours (UTC): the rollups are hourly, and an
         answer for part of an hour could not be exact. Groups without events are left
-        out, except with `group_by=none`, which always answers one row.
+        out, except with `group_by=none`, which always answers one row. `visible=False`
+        (the caller may not read the licensee it named) answers as for a licensee without
+        usage — after the same checks, so the answer is the same word for word — and reads
+        no rollup.
         """
         meter = self.get_meter(session, tenant_id, meter_id)
         if group_by not in GROUP_BYS:
@@ -201,6 +205,10 @@ class MeteringService:
         if to_ns <= from_ns:
             raise InvalidUsagePeriod("to must be after from")
         report = UsageReport(meter, from_ns, to_ns, group_by)
+        if not visible:
+            if group_by == "none":
+                report.rows = [self._no_usage(meter)]
+            return report
         if group_by == "month":
             for start, end in _months(from_ns, to_ns):
                 rows = self._aggregate(session, tenant_id, meter, start, end, subject, licensee, "none")
@@ -280,8 +288,12 @@ class MeteringService:
                 row.period_end = int(g) + (HOUR_NS if group_by == "hour" else DAY_NS)
             rows.append(row)
         if group_by == "none" and not rows:
-            rows.append(UsageRow(None if meter.aggregation == "latest" else 0, 0))
+            rows.append(self._no_usage(meter))
         return rows
+
+    @staticmethod
+    def _no_usage(meter: Meter) -> UsageRow:
+        return UsageRow(None if meter.aggregation == "latest" else 0, 0)
 
     # -- retention ----------------------------------------------------------------------
     def prune(self, target: Session | Connection, now_ns: int, retention_days: int) -> int:

@@ -6,11 +6,22 @@ Reads need `licenses:read`, changes `licenses:write`, and the device-facing call
 caller's tenant; another tenant's licensee is a 404 like any missing one.
 
 Scopes say what a key may do, `principals` whose licenses: staff (admin, operator)
-keys act on every license of the tenant; a `customer` key only on the license whose
+keys read every license of the tenant; a `customer` key only the license whose
 licensee id is its principal id — another customer's answers 404 `license_not_found`,
-word for word like a missing one, and is never read or changed (a customer issuing a
-license in another's name is 403). Provider and device keys own no license; device
-keys still make the device-facing calls for any licensee (`principals.speaks_for`).
+word for word like a missing one, and is never read or changed. Provider and device
+keys own no license; device keys still make the device-facing calls for any licensee
+(`principals.speaks_for`).
+
+Changing a license — issuing it, `PATCH` (status: suspend/resume; allowances, packs,
+plan, renewal) and releasing a camera's slot — is staff-only, like changing a
+subscription (`billing.py`): a license is what a customer is sold, and a PATCH moves
+its subscriptions (`follow_license`), so a customer key with `licenses:write` could
+otherwise lift a suspension or grant itself cameras and packs. Releasing a slot is
+the operator's call too (`update_license` refuses to pick cameras to drop): a customer
+free to release could rotate more cameras through its allowance than it pays for.
+A customer key gets `403 forbidden` on these even for its own license; on another
+customer's it still gets the 404 first (ownership is checked before the staff rule,
+as for subscriptions), so nothing about that license leaks either way.
 
 Every change is published to the license cache when its transaction commits.
 """
@@ -26,9 +37,10 @@ from starlette.concurrency import run_in_threadpool
 from meterline.api.body import Parsed, json_body, openapi_body
 from meterline.api.deps import ReadSession, RuntimeDep, WriteSession, require
 from meterline.api.v1.common import errors
-from meterline.api.v1.principals import list_filter, owns, require_self, speaks_for
+from meterline.api.v1.principals import is_staff, list_filter, owns, speaks_for
 from meterline.billing.license_sync import follow_license
 from meterline.clock import in_range, to_rfc3339
+from meterline.errors import Forbidden
 from meterline.identity.service import Principal
 from meterline.licensing.models import License, LicenseCamera, LicenseDevice
 from meterline.licensing.runtime import NOT_LICENSED, Answer
@@ -60,6 +72,7 @@ CameraPath = Annotated[str, Path(min_length=1, max_length=128, pattern=ID)]
 FeaturePath = Annotated[str, Path(min_length=1, max_length=64, pattern=ID)]
 
 _NOT_FOUND = {404: "`license_not_found` (also another tenant's licensee, or another customer's)"}
+_STAFF_403 = "`forbidden`: the key lacks `licenses:write`, or is not a staff (admin, operator) key"
 
 
 def _licensee(principal: Principal, licensee_id: str) -> str:
@@ -69,6 +82,12 @@ def _licensee(principal: Principal, licensee_id: str) -> str:
     if not owns(principal, licensee_id):
         raise license_missing(licensee_id)
     return licensee_id
+
+
+def _require_staff(principal: Principal) -> None:
+    """Changes to a license are staff's, even to a customer's own (module docstring)."""
+    if not is_staff(principal):
+        raise Forbidden("only an operator or admin key changes licenses; a customer key reads its own")
 
 
 def _ns(dt: datetime | None) -> int | None:
@@ -123,13 +142,13 @@ def list_packs(principal: LicRead, session: ReadSession) -> list[PackOut]:
 # -- licenses ----------------------------------------------------------------------------------
 @router.post("/licenses", status_code=201, response_model=LicenseOut, summary="Issue a license",
              openapi_extra=openapi_body(LicenseCreate),
-             responses=errors({403: "`forbidden`: a customer key issuing a license in another's name",
+             responses=errors({403: _STAFF_403,
                                404: "`plan_not_found`, `growth_pack_not_found`", 409: "`license_exists`",
                                422: "`validation_error`, `invalid_license_request`"}))
 def create_license(runtime: RuntimeDep, principal: LicWrite, session: WriteSession,
                    parsed: Parsed[LicenseCreate] = Depends(json_body(LicenseCreate))) -> LicenseOut:
+    _require_staff(principal)
     b = parsed.value
-    require_self(principal, b.tenant_id, "licensee id (tenant_id)")
     assert runtime.licensing is not None
     runtime.licensing.bind(session)
     row = licensing_service.create_license(
@@ -163,12 +182,13 @@ def get_license(licensee_id: LicenseePath, principal: LicRead, session: ReadSess
 @router.patch("/licenses/{licensee_id}", response_model=LicenseOut,
               summary="Change a license (suspend, resume, allowances, packs, renewal)",
               openapi_extra=openapi_body(LicenseUpdate),
-              responses=errors({**_NOT_FOUND, 409: "`allowance_below_active`",
+              responses=errors({**_NOT_FOUND, 403: _STAFF_403, 409: "`allowance_below_active`",
                                 422: "`validation_error`, `invalid_license_request`"}))
 def update_license(licensee_id: LicenseePath, runtime: RuntimeDep, principal: LicWrite, session: WriteSession,
                    parsed: Parsed[LicenseUpdate] = Depends(json_body(LicenseUpdate))) -> LicenseOut:
     b = parsed.value
     _licensee(principal, licensee_id)
+    _require_staff(principal)
     assert runtime.licensing is not None
     runtime.licensing.bind(session)
     row = licensing_service.update_license(
@@ -187,10 +207,13 @@ def list_cameras(licensee_id: LicenseePath, principal: LicRead, session: ReadSes
 
 
 @router.delete("/licenses/{licensee_id}/cameras/{camera_id}", status_code=204,
-               summary="Release a camera's slot", responses=errors({404: "`license_not_found`, `camera_not_activated`"}))
+               summary="Release a camera's slot",
+               responses=errors({403: _STAFF_403, 404: "`license_not_found`, `camera_not_activated`"}))
 def release_camera(licensee_id: LicenseePath, camera_id: CameraPath, runtime: RuntimeDep, principal: LicWrite,
                    session: WriteSession) -> Response:
+    """Free the slot; the camera is activated afresh on its next validation (staff only)."""
     _licensee(principal, licensee_id)
+    _require_staff(principal)
     assert runtime.licensing is not None
     runtime.licensing.bind(session)
     licensing_service.release_camera(session, principal.tenant_id, licensee_id, camera_id)

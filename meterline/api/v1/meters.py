@@ -5,6 +5,13 @@ Decimal, never float), and the batch handed to the per-database group-commit
 `UsageIngestor`, so concurrent batches share a transaction. Each event is accepted,
 a duplicate, or rejected with its own code; one bad event never fails the others.
 Usage reads come from the hourly rollups, never from raw events.
+
+Whose usage (`principals.speaks_for`, as for licensing): staff and device keys (the edge
+fleet) report and read usage for any licensee of their tenant; a `customer` key only for
+itself — a batch naming another licensee has every event rejected with
+`licensee_forbidden` (a batch naming none is its own), and a usage query for another
+licensee answers exactly as for a licensee without usage (no query without `licensee`
+reads anyone else's either); any other key (a provider's) none.
 """
 
 from __future__ import annotations
@@ -27,10 +34,11 @@ from meterline.api.deps import (
     require_async,
 )
 from meterline.api.v1.common import Admin, errors
+from meterline.api.v1.principals import licensee_filter, reported_licensee, speaks_for
 from meterline.clock import in_range, to_rfc3339
 from meterline.errors import ServiceUnavailable, ValidationFailed
 from meterline.identity.service import Principal
-from meterline.metering.ingest import UsageEventIn, Window
+from meterline.metering.ingest import LICENSEE_FORBIDDEN, UsageEventIn, Window
 from meterline.metering.ingestor import IngestorStopped, ingestor_for
 from meterline.metering.models import Meter
 from meterline.metering.service import MAX_BATCH, UsageBatchTooLarge, metering_service
@@ -169,10 +177,13 @@ def meter_usage(
 ) -> UsageOut:
     """The meter's aggregate over [from, to), optionally for one subject (camera, device)
     or licensee, as one figure or grouped by subject, hour, day or month (UTC). Answered
-    from hourly rollups, so `from` and `to` must be whole hours."""
+    from hourly rollups, so `from` and `to` must be whole hours. A customer key reads only
+    its own licensee's usage (`licensee` left out means its own); another licensee's
+    answers exactly like one without usage."""
+    licensee, visible = licensee_filter(principal, licensee)
     report = metering_service.usage(
         session, principal.tenant_id, meter_id, from_ns=_time_param(from_, "from"), to_ns=_time_param(to, "to"),
-        subject=subject, licensee=licensee, group_by=group_by,
+        subject=subject, licensee=licensee, group_by=group_by, visible=visible,
     )
     m = report.meter
     return UsageOut(
@@ -242,6 +253,7 @@ async def ingest_request(request: Request, principal: Principal, *, licensee_key
         raise ValidationFailed("the body must be a JSON object")
     licensee = _text_field(data, licensee_key, required=True) if licensee_key else _text_field(
         data, "licensee", required=False)
+    licensee = reported_licensee(principal, licensee)  # a customer's unnamed licensee is itself
     device = _text_field(data, device_key, required=device_key != "device")
     items = data.get("events")
     if not isinstance(items, list):
@@ -267,6 +279,16 @@ async def ingest_request(request: Request, principal: Principal, *, licensee_key
     )
 
 
+_NOT_YOURS = (LICENSEE_FORBIDDEN, "this key may not report usage for this licensee "
+                                  "(a customer key reports only its own)")
+
+
+async def _may_report(request: Request, principal: Principal, licensee: str) -> tuple[str, str] | None:
+    """Every event refused when the caller may not speak for the licensee (no I/O: the same
+    answer whether or not that licensee exists, so it leaks nothing)."""
+    return None if speaks_for(principal, licensee) else _NOT_YOURS
+
+
 @router.post(
     "/usage/events", response_model=UsageBatchOut, summary="Ingest a batch of usage events",
     openapi_extra=openapi_body(UsageBatchBody),
@@ -279,6 +301,9 @@ async def ingest_events(request: Request, principal: UsageWriteAsync) -> Respons
     `unknown_meter`, `invalid_quantity` (negative, non-numeric, over 6 places),
     `invalid_timestamp`, `too_late` (older than the lateness window), `in_future`,
     `invalid_event` (missing id or subject), `invalid_properties`, `missing_property`
-    (a unique_count meter's field). Retrying a whole batch is always safe."""
-    out = await ingest_request(request, principal, licensee_key=None, device_key="device", subject_key="subject")
+    (a unique_count meter's field), `licensee_forbidden` (every event of a batch whose
+    `licensee` the key may not report for: a customer key reports only for itself, and a
+    batch from it that names no licensee is its own). Retrying a whole batch is always safe."""
+    out = await ingest_request(request, principal, licensee_key=None, device_key="device", subject_key="subject",
+                               check_licensee=_may_report)
     return JSONResponse(out.model_dump())

@@ -1,5 +1,6 @@
 """Who sees what inside a tenant, for the marketplace routers (rentals, wallets, payouts, rates)
-and the licensing ones (licenses, their cameras and devices, validation, usage reports).
+and the licensing and metering ones (licenses, their cameras and devices, validation, usage
+reports and usage queries).
 
 Scopes (`ledger:read`, `ledger:write`, `admin`) say what a key may *do*; this
 module says whose rows it may do it to:
@@ -81,6 +82,27 @@ def speaks_for(principal: Principal, licensee_id: str) -> bool:
     if principal.is_staff or principal.kind == "device":
         return True
     return principal.kind == "customer" and principal.id == licensee_id
+
+
+def licensee_filter(principal: Principal, requested: str | None) -> tuple[str | None, bool]:
+    """The licensee filter a read of licensee-keyed usage applies for this caller, and whether
+    it can match anything — `speaks_for` for reads: who may report a licensee's usage may read
+    it. Staff and device keys filter as asked (None: the whole tenant); a customer reads only
+    its own (its id, implied or asked for); anyone else nothing. A licensee the caller may not
+    read answers as one without usage, the way lists hide other customers' rows."""
+    if principal.kind == "device":
+        return requested, True
+    return list_filter(principal, requested)
+
+
+def reported_licensee(principal: Principal, named: str) -> str:
+    """The licensee a usage report is for. A body that names none ("", the tenant's
+    unattributed usage) from a customer key is the customer's own: a customer's usage is
+    always its own, as a customer's list without a filter is its own rows. Anyone else's
+    stays as named; `speaks_for` then decides whether the caller may report it."""
+    if not named and principal.kind == "customer" and principal.id and not principal.is_staff:
+        return principal.id
+    return named
 
 
 def require_self(principal: Principal, customer_id: str, what: str) -> None:

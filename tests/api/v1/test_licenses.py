@@ -1,9 +1,10 @@
 """/v1 licenses: who may read and change which license inside a tenant.
 
-A customer key acts only on the license whose licensee id is its principal id, even when
+A customer key reads only the license whose licensee id is its principal id, even when
 it was given `licenses:write`: another customer's license answers 404 `license_not_found`
-word for word like a missing one, and is neither read nor changed. Staff keys (admin,
-operator) act on every license of the tenant."""
+word for word like a missing one, and is neither read nor changed. Changes (issue, PATCH,
+camera release) are staff-only: a customer key gets 403 `forbidden` even on its own
+license. Staff keys (admin, operator) act on every license of the tenant."""
 
 from __future__ import annotations
 
@@ -96,23 +97,68 @@ def test_changes_to_another_customers_license_are_404_and_change_nothing(client:
     _like_missing(client.delete(f"/v1/licenses/{B}/cameras/nope", headers=cust.a), B)
     assert client.get(f"/v1/licenses/{B}", headers=cust.t.a).json() == before
     assert [c["camera_id"] for c in client.get(f"/v1/licenses/{B}/cameras", headers=cust.t.a).json()] == ["cam-b"]
-    # A changes its own; staff change B's
-    r = client.patch(f"/v1/licenses/{A}", json={"cameras_allowed": 7}, headers=cust.a)
-    assert r.status_code == 200 and r.json()["cameras_allowed"] == 7, r.text
+    # staff change B's
     r = client.patch(f"/v1/licenses/{B}", json={"status": "suspended"}, headers=cust.operator)
     assert r.status_code == 200 and r.json()["status"] == "suspended", r.text
     assert client.delete(f"/v1/licenses/{B}/cameras/cam-b", headers=cust.t.a).status_code == 204
 
 
-def test_a_customer_issues_no_license_in_anothers_name(client: TestClient, cust: Customers) -> None:
+def test_a_customer_issues_no_license(client: TestClient, cust: Customers) -> None:
     r = client.post("/v1/licenses", json={"tenant_id": "cust-c", "plan_id": "trial"}, headers=cust.a)
     assert_problem(r, 403, "forbidden")
     assert client.get("/v1/licenses/cust-c", headers=cust.t.a).status_code == 404
-    # for itself the usual rules apply (it has one already), and staff issue anyone's
+    # not for itself either (a license is sold: staff issue it), and nothing else leaks first
     assert_problem(client.post("/v1/licenses", json={"tenant_id": A, "plan_id": "trial"}, headers=cust.a),
-                   409, "license_exists")
+                   403, "forbidden")
     r = client.post("/v1/licenses", json={"tenant_id": "cust-c", "plan_id": "trial"}, headers=cust.operator)
     assert r.status_code == 201, r.text
+    assert_problem(client.post("/v1/licenses", json={"tenant_id": "cust-c", "plan_id": "trial"},
+                               headers=cust.t.a), 409, "license_exists")
+
+
+# Each change a customer key might make to its own license, and what staff get for it.
+_OWN_CHANGES = [
+    {"status": "active"},  # resume a license staff suspended
+    {"status": "suspended"},
+    {"cameras_allowed": 50},
+    {"devices_allowed": 9},
+    {"growth_packs": ["advanced_analytics", "intelligence"]},
+    {"plan_id": "base_license"},
+    {"valid_until": "2199-01-01T00:00:00Z"},
+]
+
+
+@pytest.mark.parametrize("change", _OWN_CHANGES, ids=lambda c: next(iter(c)))
+def test_a_customer_changes_not_even_its_own_license(client: TestClient, cust: Customers,
+                                                     change: dict[str, Any]) -> None:
+    # staff suspended A's license: A must not lift the suspension or grow its allowances
+    assert client.patch(f"/v1/licenses/{A}", json={"status": "suspended"}, headers=cust.operator).status_code == 200
+    before = client.get(f"/v1/licenses/{A}", headers=cust.a).json()
+    r = client.patch(f"/v1/licenses/{A}", json=change, headers=cust.a)
+    assert "operator or admin" in assert_problem(r, 403, "forbidden")["detail"]
+    assert client.get(f"/v1/licenses/{A}", headers=cust.a).json() == before
+    # staff make the same change (operator and admin alike)
+    for staff in (cust.operator, cust.t.a):
+        r = client.patch(f"/v1/licenses/{A}", json=change, headers=staff)
+        assert r.status_code == 200, r.text
+
+
+def test_a_customer_releases_no_camera_of_its_own(client: TestClient, cust: Customers) -> None:
+    assert client.post(f"/v1/licenses/{A}/cameras/cam-a/validation", headers=cust.a).json()["valid"]
+    assert_problem(client.delete(f"/v1/licenses/{A}/cameras/cam-a", headers=cust.a), 403, "forbidden")
+    # a camera it never activated: the same 403, so the route tells it nothing
+    assert_problem(client.delete(f"/v1/licenses/{A}/cameras/nope", headers=cust.a), 403, "forbidden")
+    assert [c["camera_id"] for c in client.get(f"/v1/licenses/{A}/cameras", headers=cust.a).json()] == ["cam-a"]
+    assert client.get(f"/v1/licenses/{A}", headers=cust.a).json()["cameras_active"] == 1
+    assert client.delete(f"/v1/licenses/{A}/cameras/cam-a", headers=cust.operator).status_code == 204
+    assert client.get(f"/v1/licenses/{A}/cameras", headers=cust.a).json() == []
+
+
+def test_a_customer_still_reads_its_own_license(client: TestClient, cust: Customers) -> None:
+    assert client.get(f"/v1/licenses/{A}", headers=cust.a).json()["tenant_id"] == A
+    assert client.get(f"/v1/licenses/{A}/cameras", headers=cust.a).status_code == 200
+    assert client.get(f"/v1/licenses/{A}/devices", headers=cust.a).status_code == 200
+    assert [x["tenant_id"] for x in client.get("/v1/licenses", headers=cust.a).json()["data"]] == [A]
 
 
 def test_validation_and_entitlement_resources_answer_as_for_no_license(client: TestClient,

@@ -1,4 +1,5 @@
-"""Native metering API: access matrix, meters, usage batch, usage queries."""
+"""Native metering API: access matrix, meters, usage batch, usage queries, and whose usage a
+key may report and read (a customer key only its own licensee's)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ def usage_tenant(db, clock, tenant):
     with db.session() as s:
         metering_service.seed_demo(s, tenant.id, clock.now_ns())
         w = make_key(s, tenant.id, clock, kind="device", scopes=["usage:write"]).secret
-        r = make_key(s, tenant.id, clock, kind="customer", scopes=["usage:read"]).secret
+        r = make_key(s, tenant.id, clock, kind="operator", scopes=["usage:read"]).secret
     return tenant, ApiTenant.auth(w), ApiTenant.auth(r)
 
 
@@ -132,3 +133,113 @@ def test_a_period_outside_1970_to_2200_is_refused(client, usage_tenant, start, e
                      headers=r)
     problem = assert_problem(res, 422, "validation_error")
     assert problem["errors"][0]["code"] == "invalid_timestamp"
+
+
+# -- whose usage: a customer key reports and reads only its own licensee's -------------------
+A, B = "cust-a", "cust-b"
+
+
+@pytest.fixture
+def usage_keys(db, clock, tenant):
+    """Keys with usage:write and usage:read: customers A and B, a device, an operator, a
+    provider and a customer key without a principal id."""
+    with db.session() as s:
+        metering_service.seed_demo(s, tenant.id, clock.now_ns())
+        both = ["usage:write", "usage:read"]
+        keys = {who: make_key(s, tenant.id, clock, kind="customer", principal_id=who, scopes=both).secret
+                for who in (A, B)}
+        for kind in ("device", "operator"):
+            keys[kind] = make_key(s, tenant.id, clock, kind=kind, scopes=both).secret
+        keys["provider"] = make_key(s, tenant.id, clock, kind="provider", principal_id=A, scopes=both).secret
+        keys["nameless"] = make_key(s, tenant.id, clock, kind="customer", scopes=both).secret
+    return {who: ApiTenant.auth(secret) for who, secret in keys.items()}
+
+
+def _events(clock, prefix: str, n: int = 3, quantity: int = 10) -> list[dict]:
+    now = clock.now_ns()
+    return [{"event_id": f"{prefix}-{i}", "subject": f"cam-{i}", "meter": "frames_processed",
+             "quantity": quantity, "timestamp": _iso(now - i * NS)} for i in range(n)]
+
+
+def _total(client, clock, headers, query: str = "", group_by: str = "none"):
+    now = clock.now_ns()
+    h = now - now % HOUR_NS
+    r = client.get(f"/v1/meters/frames_processed/usage?from={_iso(h - HOUR_NS)}&to={_iso(h + HOUR_NS)}"
+                   f"&group_by={group_by}{query}", headers=headers)
+    assert r.status_code == 200, r.text
+    return r.json()["data"]
+
+
+def test_a_customer_reports_usage_only_for_itself(client, clock, usage_keys):
+    k = usage_keys
+    post = lambda body, who: client.post("/v1/usage/events", json=body, headers=k[who])  # noqa: E731
+    theirs = post({"licensee": B, "events": _events(clock, "x")}, A)
+    assert theirs.status_code == 200, theirs.text
+    out = theirs.json()
+    assert (out["accepted"], out["duplicates"]) == (0, 0)
+    assert [(r["index"], r["event_id"], r["code"]) for r in out["rejected"]] == [
+        (i, f"x-{i}", "licensee_forbidden") for i in range(3)]
+    # the same answer whether or not the licensee exists: nothing about B leaks
+    assert post({"licensee": "nobody", "events": _events(clock, "x")}, A).json() == out
+    # nothing was stored, and no id was claimed: B's own events with those ids still count
+    assert _total(client, clock, k["operator"], f"&licensee={B}")[0]["value"] == "0"
+    assert post({"licensee": B, "events": _events(clock, "x")}, "device").json()["accepted"] == 3
+    # a provider key, or a customer key without a principal id, reports for no licensee
+    for who in ("provider", "nameless"):
+        for licensee in (A, ""):
+            got = post({"licensee": licensee, "events": _events(clock, "p")}, who).json()
+            assert {r["code"] for r in got["rejected"]} == {"licensee_forbidden"} and got["accepted"] == 0
+    # its own: named, or left out (a customer's usage is its own)
+    assert post({"licensee": A, "events": _events(clock, "a")}, A).json()["accepted"] == 3
+    assert post({"events": _events(clock, "a2", n=2)}, A).json()["accepted"] == 2
+    assert _total(client, clock, k["operator"], f"&licensee={A}")[0] == {
+        "value": "50", "events": 5, "subject": None, "period_start": None, "period_end": None}
+    assert _total(client, clock, k["operator"], "&licensee=")[0]["value"] == "0"
+    # staff and device keys report for any licensee (and for none)
+    assert post({"licensee": B, "events": _events(clock, "o")}, "operator").json()["accepted"] == 3
+    assert post({"events": _events(clock, "d")}, "device").json()["accepted"] == 3
+
+
+def test_the_profile_batch_shares_the_rule(client, clock, usage_keys):
+    """BrinkByte's `POST /api/v1/usage/batch` runs the same ingestion: a customer naming another
+    licensee is refused there too (as a licensee without a license, that route's answer)."""
+    events = [{**e, "camera_id": e.pop("subject")} for e in _events(clock, "bb")]
+    got = client.post("/api/v1/usage/batch", json={"tenant_id": B, "device_id": "d", "events": events},
+                      headers=usage_keys[A]).json()
+    assert got["accepted"] == 0 and {r["code"] for r in got["rejected"]} == {"license_not_found"}
+
+
+def test_a_customer_reads_only_its_own_usage(client, clock, usage_keys):
+    k = usage_keys
+    assert client.post("/v1/usage/events", json={"licensee": A, "events": _events(clock, "a", n=2)},
+                       headers=k["operator"]).json()["accepted"] == 2
+    assert client.post("/v1/usage/events", json={"licensee": B, "events": _events(clock, "b", quantity=7)},
+                       headers=k["operator"]).json()["accepted"] == 3
+    assert client.post("/v1/usage/events", json={"events": _events(clock, "t", n=1, quantity=1000)},
+                       headers=k["operator"]).json()["accepted"] == 1
+    # another licensee answers exactly like one without usage, whatever the grouping
+    for group_by in ("none", "subject", "hour", "day", "month"):
+        nobody = _total(client, clock, k[A], "&licensee=nobody", group_by)
+        assert _total(client, clock, k[A], f"&licensee={B}", group_by) == nobody
+        assert _total(client, clock, k[A], f"&licensee={B}&subject=cam-0", group_by) == nobody
+        assert _total(client, clock, k[A], "&licensee=", group_by) == nobody  # the tenant's unattributed
+    assert _total(client, clock, k[A], f"&licensee={B}")[0] == {
+        "value": "0", "events": 0, "subject": None, "period_start": None, "period_end": None}
+    # its own, asked for or implied (a query without `licensee` is not the whole tenant's)
+    assert _total(client, clock, k[A], f"&licensee={A}")[0]["value"] == "20"
+    assert _total(client, clock, k[A])[0]["value"] == "20"
+    assert _total(client, clock, k[A], "&subject=cam-0")[0]["value"] == "10"
+    assert [(d["subject"], d["value"]) for d in _total(client, clock, k[A], group_by="subject")] == [
+        ("cam-0", "10"), ("cam-1", "10")]
+    assert _total(client, clock, k[B])[0]["value"] == "21"
+    # a provider key, or a customer key without a principal id, reads no one's
+    for who in ("provider", "nameless"):
+        assert _total(client, clock, k[who])[0]["value"] == "0"
+        assert _total(client, clock, k[who], f"&licensee={A}")[0]["value"] == "0"
+    # staff and device keys read the whole tenant, or any licensee
+    for who in ("operator", "device"):
+        assert _total(client, clock, k[who])[0]["value"] == "1041"
+        assert _total(client, clock, k[who], f"&licensee={B}")[0]["value"] == "21"
+    # a missing meter or a bad period is still an error for a customer (the same checks first)
+    assert_problem(client.get(f"/v1/meters/nope/usage?from={_iso(0)}&to={_iso(HOUR_NS)}&licensee={B}",
+                              headers=k[A]), 404, "meter_not_found")
