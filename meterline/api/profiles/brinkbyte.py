@@ -38,6 +38,7 @@ from meterline.api.body import json_body, loads, openapi_body, validate
 from meterline.api.deps import ReadSession, RuntimeDep, require, require_async
 from meterline.api.fastpath import FastRoute
 from meterline.api.runtime import Runtime
+from meterline.api.v1 import license_checks
 from meterline.api.v1.common import errors
 from meterline.api.v1.principals import owner_filter, speaks_for
 from meterline.clock import to_rfc3339
@@ -59,10 +60,6 @@ router = APIRouter(tags=["profile: brinkbyte"])
 _validate_scope = require_async("licenses:validate")
 _BAD_INPUT = errors({401: "`unauthenticated`", 403: "`forbidden`", 413: "`payload_too_large`",
                      422: "`validation_error`"})
-
-
-def _who(principal: Principal) -> str:
-    return principal.key_id or f"{principal.kind}:dev"
 
 
 def _license_body(answer: Answer) -> dict[str, Any]:
@@ -229,15 +226,8 @@ async def validate_license(request: Request, principal: Principal = Depends(_val
 async def _validate(request: Request, principal: Principal, raw: bytes) -> Response:
     runtime: Runtime = request.app.state.runtime
     licensee, camera, device = await _VALIDATE_BODIES.fields(raw, runtime.settings.max_body_bytes)
-    lic = _lic(runtime)
-    now = runtime.clock.now_ns()
-    tenant = principal.tenant_id
-    answer: Answer | None = NOT_LICENSED  # another customer's licensee: as if it had no license
-    if speaks_for(principal, licensee):
-        answer = lic.validate_cached(tenant, licensee, camera, now)
-    if answer is None:
-        answer = await run_in_threadpool(lic.validate, tenant, licensee, camera, device, now)
-    lic.record(tenant, _who(principal), "validate", licensee, answer, now, camera_id=camera, device_id=device)
+    answer = await license_checks.validate(_lic(runtime), principal, licensee, camera, device,
+                                           runtime.clock.now_ns())
     return _BODIES.license_response(answer)
 
 
@@ -255,18 +245,8 @@ async def check_entitlement(request: Request, principal: Principal = Depends(_va
 async def _entitlement(request: Request, principal: Principal, raw: bytes) -> Response:
     runtime: Runtime = request.app.state.runtime
     licensee, camera, feature = await _ENTITLEMENT_BODIES.fields(raw, runtime.settings.max_body_bytes)
-    lic = _lic(runtime)
-    now = runtime.clock.now_ns()
-    tenant = principal.tenant_id
-    if not speaks_for(principal, licensee):  # another customer's licensee: as if it had no license
-        answer = lic.unlicensed_entitlement_cached(tenant, feature, now)
-        if answer is None:
-            answer = await run_in_threadpool(lic.unlicensed_entitlement, tenant, feature, now)
-    else:
-        answer = lic.entitlement_cached(tenant, licensee, camera, feature, now)
-        if answer is None:
-            answer = await run_in_threadpool(lic.entitlement, tenant, licensee, camera, feature, now)
-    lic.record(tenant, _who(principal), "entitlement", licensee, answer, now, camera_id=camera, feature=feature)
+    answer = await license_checks.entitlement(_lic(runtime), principal, licensee, camera, feature,
+                                              runtime.clock.now_ns())
     return _BODIES.entitlement_response(answer, feature)
 
 
@@ -296,7 +276,7 @@ def heartbeat(
             device_status = result.device.state if result.device is not None and result.code != \
                 LicenseCode.DEVICE_LIMIT_EXCEEDED else None
         answer = Answer(result.code == LicenseCode.OK, result.code, result.snapshot)
-    lic.record(principal.tenant_id, _who(principal), "heartbeat", body.tenant_id, answer, now,
+    lic.record(principal.tenant_id, license_checks.who(principal), "heartbeat", body.tenant_id, answer, now,
                device_id=body.device_id)
     return _json({"status": "ok", "server_time": to_rfc3339(now), "device_id": body.device_id,
                   "device_status": device_status, "license": _license_body(answer)})

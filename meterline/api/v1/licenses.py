@@ -32,18 +32,17 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Response
-from starlette.concurrency import run_in_threadpool
 
 from meterline.api.body import Parsed, json_body, openapi_body
 from meterline.api.deps import ReadSession, RuntimeDep, WriteSession, require
+from meterline.api.v1 import license_checks
 from meterline.api.v1.common import errors
-from meterline.api.v1.principals import is_staff, list_filter, owns, speaks_for
+from meterline.api.v1.principals import is_staff, list_filter, owns
 from meterline.billing.license_sync import follow_license
 from meterline.clock import in_range, to_rfc3339
 from meterline.errors import Forbidden
 from meterline.identity.service import Principal
 from meterline.licensing.models import License, LicenseCamera, LicenseDevice
-from meterline.licensing.runtime import NOT_LICENSED, Answer
 from meterline.licensing.schemas import (
     ID,
     CameraOut,
@@ -235,16 +234,9 @@ async def validate_camera(licensee_id: LicenseePath, camera_id: CameraPath, runt
                           device_id: Annotated[str | None, Query(max_length=128, pattern=ID)] = None) -> dict[str, Any]:
     """The profile's `POST /api/v1/licenses/validate`, as a resource. Same answer and codes
     (a customer key naming another customer's licensee: `license_not_found`)."""
-    lic = runtime.licensing
-    assert lic is not None
-    now = runtime.clock.now_ns()
-    answer: Answer | None = NOT_LICENSED  # another customer's licensee: no camera of theirs is activated
-    if speaks_for(principal, licensee_id):
-        answer = lic.validate_cached(principal.tenant_id, licensee_id, camera_id, now)
-    if answer is None:
-        answer = await run_in_threadpool(lic.validate, principal.tenant_id, licensee_id, camera_id, device_id, now)
-    lic.record(principal.tenant_id, principal.key_id or "dev", "validate", licensee_id, answer, now,
-               camera_id=camera_id, device_id=device_id)
+    assert runtime.licensing is not None
+    answer = await license_checks.validate(runtime.licensing, principal, licensee_id, camera_id, device_id,
+                                           runtime.clock.now_ns())
     snap = answer.snapshot
     return {"valid": answer.allowed, "code": answer.code, "detail": CODE_DETAIL.get(answer.code),
             "license_mode": snap.mode if snap else None, "valid_until": to_rfc3339(snap.valid_until) if snap else None,
@@ -257,18 +249,7 @@ async def get_entitlement(licensee_id: LicenseePath, feature: FeaturePath, runti
                           principal: LicValidate,
                           camera_id: Annotated[str | None, Query(max_length=128, pattern=ID)] = None) -> dict[str, Any]:
     """The profile's `POST /api/v1/entitlements/check`, as a resource."""
-    lic = runtime.licensing
-    assert lic is not None
-    now = runtime.clock.now_ns()
-    tenant = principal.tenant_id
-    if not speaks_for(principal, licensee_id):
-        answer = lic.unlicensed_entitlement_cached(tenant, feature, now)
-        if answer is None:
-            answer = await run_in_threadpool(lic.unlicensed_entitlement, tenant, feature, now)
-    else:
-        answer = lic.entitlement_cached(tenant, licensee_id, camera_id, feature, now)
-        if answer is None:
-            answer = await run_in_threadpool(lic.entitlement, tenant, licensee_id, camera_id, feature, now)
-    lic.record(principal.tenant_id, principal.key_id or "dev", "entitlement", licensee_id, answer, now,
-               camera_id=camera_id, feature=feature)
+    assert runtime.licensing is not None
+    answer = await license_checks.entitlement(runtime.licensing, principal, licensee_id, camera_id, feature,
+                                              runtime.clock.now_ns())
     return {"allowed": answer.allowed, "feature": feature, "growth_pack": answer.growth_pack, "code": answer.code}
