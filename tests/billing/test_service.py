@@ -35,6 +35,7 @@ from meterline.ledger.service import AssetNotFound, ledger_service
 from meterline.ledger.verify import verify_ledger
 from meterline.licensing.service import GrowthPackNotFound, PlanNotFound
 from meterline.wallets.service import wallet_service
+from tests.billing.scenarios import invoice_early_and_pay, remove_first_item
 from tests.factories import make_deposit, make_licensing_catalogue, make_subscription
 
 NS = 1_000_000_000
@@ -408,15 +409,9 @@ def _paid_early_then_removed(db, tenant, clock) -> str:  # type: ignore[no-untyp
     item removed on 16 Nov (−50.00 waiting for the next invoice), then canceled."""
     sid = subscribe(db, tenant, clock, [CUSTOM])
     deposit(db, tenant, clock, 10_000)
-    with db.session() as s:
-        inv = billing_service.create_invoice(s, tenant, sid, clock).invoice
-        invoice_service.finalize(s, tenant, inv.id, clock.now_ns())
-        assert invoice_service.pay(s, tenant, inv.id, clock).paid
+    invoice_early_and_pay(db, tenant, sid, clock)
     clock.set(at(2025, 11, 16))
-    with db.session() as s:
-        item = billing_service.items(s, tenant, sid)[0]
-        billing_service.remove_item(s, tenant, sid, item.id, clock)
-        billing_service.cancel(s, tenant, sid, clock)
+    remove_first_item(db, tenant, sid, clock, cancel=True)
     return sid
 
 
@@ -453,10 +448,7 @@ def test_a_credit_left_at_cancellation_is_refunded_to_the_wallet(db, tenant, clo
 def test_a_credit_carried_from_an_earlier_period_is_refunded_at_cancellation(db, tenant, clock):
     sid = subscribe(db, tenant, clock, [CUSTOM])
     deposit(db, tenant, clock, 10_000)
-    with db.session() as s:
-        inv = billing_service.create_invoice(s, tenant, sid, clock).invoice
-        invoice_service.finalize(s, tenant, inv.id, clock.now_ns())
-        assert invoice_service.pay(s, tenant, inv.id, clock).paid
+    invoice_early_and_pay(db, tenant, sid, clock)
     clock.set(at(2025, 11, 16))
     with db.session() as s:
         item = billing_service.items(s, tenant, sid)[0]
@@ -489,10 +481,7 @@ def test_an_early_invoice_collected_at_the_close_counts_towards_the_refund(db, t
     with db.session() as s:
         billing_service.create_invoice(s, tenant, sid, clock)  # a draft, left for the worker
     clock.set(at(2025, 11, 16))
-    with db.session() as s:
-        item = billing_service.items(s, tenant, sid)[0]
-        billing_service.remove_item(s, tenant, sid, item.id, clock)
-        billing_service.cancel(s, tenant, sid, clock)
+    remove_first_item(db, tenant, sid, clock, cancel=True)
     clock.set(DEC_1)
     with db.session() as s:
         november, final = billing_service.close_due(s, tenant, sid, clock)
@@ -510,10 +499,7 @@ def test_a_credit_is_refunded_only_as_far_as_the_subscription_was_paid(db, tenan
         inv = billing_service.create_invoice(s, tenant, sid, clock).invoice
         invoice_service.finalize(s, tenant, inv.id, clock.now_ns())  # open: the wallet is empty
     clock.set(at(2025, 11, 16))
-    with db.session() as s:
-        item = billing_service.items(s, tenant, sid)[0]
-        billing_service.remove_item(s, tenant, sid, item.id, clock)
-        billing_service.cancel(s, tenant, sid, clock)
+    remove_first_item(db, tenant, sid, clock, cancel=True)
     clock.set(DEC_1)
     with db.session() as s:
         _, final = billing_service.close_due(s, tenant, sid, clock)

@@ -26,6 +26,7 @@ from meterline.ledger.types import TransferIn
 from meterline.ledger.verify import verify_ledger
 from meterline.wallets.service import wallet_service
 from meterline.worker.tasks import JobContext, default_jobs, make_dispatcher
+from tests.billing.scenarios import invoice_early_and_pay, remove_first_item
 from tests.factories import make_deposit, make_licensing_catalogue, make_subscription
 from tests.threads import run_concurrently
 
@@ -129,15 +130,9 @@ def test_a_crash_mid_close_leaves_nothing_and_the_retry_invoices_once(db, tenant
 def _cancel_with_a_credit(db: Database, tenant: str, sid: str, clock: FrozenClock) -> None:
     """November ($100.00) invoiced early and paid, the item removed on 16 Nov (−50.00), canceled."""
     fund(db, tenant, clock, 10_000)
-    with db.session() as s:
-        inv = billing_service.create_invoice(s, tenant, sid, clock).invoice
-        invoice_service.finalize(s, tenant, inv.id, clock.now_ns())
-        assert invoice_service.pay(s, tenant, inv.id, clock).paid
+    invoice_early_and_pay(db, tenant, sid, clock)
     clock.set(at(2025, 11, 16))
-    with db.session() as s:
-        item = billing_service.items(s, tenant, sid)[0]
-        billing_service.remove_item(s, tenant, sid, item.id, clock)
-        billing_service.cancel(s, tenant, sid, clock)
+    remove_first_item(db, tenant, sid, clock, cancel=True)
 
 
 def wallet(db: Database, tenant: str) -> int:
