@@ -32,6 +32,7 @@ from meterline.billing.models import Invoice, InvoiceCounter, InvoiceLine, Subsc
 from meterline.clock import Clock
 from meterline.db.scoping import scoped
 from meterline.errors import AmountOverflow, Conflict, MeterlineError, NotFound
+from meterline.events.outbox import amount, emit
 from meterline.ledger.service import Page, keyset_page, ledger_service, new_id
 from meterline.ledger.types import TransferIn
 from meterline.money import MAX_AMOUNT, format_amount
@@ -246,6 +247,9 @@ class InvoiceService:
             code=CREDIT_REFUND_CODE, reference=sub.id, metadata={"subscription_id": sub.id},
         )], clock)
         raise_for_result(result, "credit refund")
+        if result.result == "ok":
+            _event(session, inv, "invoice.credit_refunded", now, refunded=amount_minor,
+                   transfer_id=credit_refund_transfer_id(sub.id))
 
     def refundable(self, session: Session, tenant_id: str, subscription_id: str) -> int:
         """What a subscription's invoices were paid: the most its leftover credit may refund."""
@@ -293,6 +297,9 @@ class InvoiceService:
         if inv.total_minor == 0:
             self._mark_paid(inv, None, now_ns)
         session.flush()
+        _event(session, inv, "invoice.finalized", now_ns)
+        if inv.status == "paid":
+            _event(session, inv, "invoice.paid", now_ns)
         return inv
 
     def pay(self, session: Session, tenant_id: str, invoice_id: str, clock: Clock) -> PaymentOutcome:
@@ -314,6 +321,7 @@ class InvoiceService:
         inv.voided_at = inv.updated_at = now_ns
         inv.next_payment_attempt_at = None
         session.flush()
+        _event(session, inv, "invoice.voided", now_ns)
         return inv
 
     def attempt_payment(self, session: Session, inv: Invoice, clock: Clock) -> PaymentOutcome:
@@ -328,6 +336,7 @@ class InvoiceService:
         if due <= 0:
             self._mark_paid(inv, None, now)
             session.flush()
+            _event(session, inv, "invoice.paid", now)
             return PaymentOutcome(inv, None)
         tenant, owner = inv.tenant_id, (inv.customer_type, inv.customer_id)
         balance = wallet_service.balance(session, tenant, *owner, inv.currency)
@@ -353,11 +362,13 @@ class InvoiceService:
             inv.next_payment_attempt_at = (now + RETRY_AFTER_S[attempt - 1] * NS
                                            if attempt <= len(RETRY_AFTER_S) else None)
             session.flush()
+            _event(session, inv, "invoice.payment_failed", now)
             return PaymentOutcome(inv, InsufficientFunds(
                 reason, invoice_id=inv.id, amount_due=format_amount(due, s),
                 available=format_amount(balance.available, s), currency=inv.currency))
         self._mark_paid(inv, transfer_id, now)
         session.flush()
+        _event(session, inv, "invoice.paid", now)
         return PaymentOutcome(inv, None)
 
     @staticmethod
@@ -469,3 +480,21 @@ class InvoiceService:
 
 
 invoice_service = InvoiceService()
+
+
+def _event(session: Session, inv: Invoice, type_: str, now_ns: int, *, refunded: int | None = None,
+           transfer_id: str | None = None) -> None:
+    """An invoice's event (docs/events.md), with the figures as the invoice shows them."""
+    scale = ledger_service.get_asset(session, inv.tenant_id, inv.currency).scale
+    data: dict[str, Any] = {
+        "invoice_id": inv.id, "number": inv.number, "subscription_id": inv.subscription_id,
+        "customer_type": inv.customer_type, "customer_id": inv.customer_id, "status": inv.status,
+        "currency": inv.currency, "total": amount(inv.total_minor, scale),
+        "amount_paid": amount(inv.amount_paid_minor, scale),
+        "amount_due": amount(inv.total_minor - inv.amount_paid_minor, scale),
+        "payment_attempts": inv.payment_attempts, "last_payment_error": inv.last_payment_error,
+        "payment_transfer_id": inv.payment_transfer_id,
+    }
+    if refunded is not None:
+        data |= {"refunded": amount(refunded, scale), "refund_transfer_id": transfer_id}
+    emit(session, inv.tenant_id, type_, data, now_ns=now_ns)

@@ -33,6 +33,11 @@ EVENT_TYPES: dict[str, str | None] = {
     "payout.paid": PAYMENTS,
     "payout.failed": PAYMENTS,
     "payout.rejected": PAYMENTS,
+    "invoice.finalized": None,
+    "invoice.paid": PAYMENTS,
+    "invoice.payment_failed": None,
+    "invoice.voided": None,
+    "invoice.credit_refunded": PAYMENTS,
 }
 
 _ALPHABET = string.ascii_letters + string.digits

@@ -31,6 +31,7 @@ from meterline.billing.service import (
 from meterline.clock import FrozenClock
 from meterline.db.engine import Database
 from meterline.errors import AmountOverflow
+from meterline.events.models import Event
 from meterline.ledger.service import AssetNotFound, ledger_service
 from meterline.ledger.verify import verify_ledger
 from meterline.licensing.service import GrowthPackNotFound, PlanNotFound
@@ -593,3 +594,44 @@ def test_a_clock_a_little_behind_the_period_start_counts_from_the_start(db, tena
         item = billing_service.items(s, tenant, sid)[0]
         change = billing_service.update_item(s, tenant, sid, item.id, quantity=20, clock=clock)
     assert [(ln.amount_minor, ln.period_start) for ln in change.prorations] == [(-10_000, DEC_1), (20_000, DEC_1)]
+
+
+# -- events -------------------------------------------------------------------------------
+
+
+def invoice_events(db: Database, tenant: str) -> list[tuple[str, dict]]:
+    with db.session(write=False) as s:
+        return [(e.type, e.data) for e in s.scalars(select(Event).where(
+            Event.tenant_id == tenant, Event.type.like("invoice.%")).order_by(Event.seq))]
+
+
+def test_an_invoice_reports_each_step_of_its_life(db, tenant, clock):
+    sid = subscribe(db, tenant, clock, [CUSTOM])
+    with db.session() as s:
+        inv = billing_service.create_invoice(s, tenant, sid, clock).invoice
+        invoice_service.finalize(s, tenant, inv.id, clock.now_ns())
+        assert not invoice_service.pay(s, tenant, inv.id, clock).paid  # an empty wallet
+    deposit(db, tenant, clock, 10_000)
+    with db.session() as s:
+        assert invoice_service.pay(s, tenant, inv.id, clock).paid
+    got = invoice_events(db, tenant)
+    assert [(t, d["status"], d["amount_due"]) for t, d in got] == [
+        ("invoice.finalized", "open", "100.00"), ("invoice.payment_failed", "open", "100.00"),
+        ("invoice.paid", "paid", "0.00")]
+    assert got[1][1]["last_payment_error"] and got[2][1]["payment_transfer_id"]
+    assert got[2][1]["number"] == got[0][1]["number"] is not None
+
+
+def test_a_voided_invoice_and_a_refunded_credit_are_reported(db, tenant, clock):
+    sid = _paid_early_then_removed(db, tenant, clock)
+    clock.set(DEC_1 + 5 * NS)
+    with db.session() as s:
+        billing_service.close_due(s, tenant, sid, clock)
+    [refund] = [d for t, d in invoice_events(db, tenant) if t == "invoice.credit_refunded"]
+    assert (refund["refunded"], refund["refund_transfer_id"]) == ("50.00", f"sub:{sid}:credit_refund")
+
+    other = subscribe(db, tenant, clock, [CUSTOM], customer_id="tenant-9")
+    with db.session() as s:
+        draft = billing_service.create_invoice(s, tenant, other, clock).invoice
+        invoice_service.void(s, tenant, draft.id, clock.now_ns())
+    assert invoice_events(db, tenant)[-1][0] == "invoice.voided"
