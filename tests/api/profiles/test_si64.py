@@ -661,3 +661,19 @@ def test_a_large_metrics_body_takes_the_route_and_is_stored_once(client: TestCli
     assert r.status_code == 200, r.text
     assert body(r)["samples"] == 1
     assert body(client.post(f"/api/metrics/{cid}", json=METRICS, headers=t.w))["samples"] == 2
+
+
+@pytest.mark.parametrize(("raw", "field"), [
+    ('{"cpu_percent":45.5,"memory_mb":3500,"cpu_percent":99}', "cpu_percent"),
+    ('{"cpu_percent":45.5,"note":{"k":1,"k":2}}', "note.k"),
+])
+def test_metrics_with_a_key_given_twice_are_refused_on_the_fast_path(client: TestClient, t: ApiTenant,
+                                                                      raw: str, field: str):
+    from tests.api.test_fastpath import router_disabled
+
+    cid = rent_id(client, t)
+    with router_disabled(client):
+        r = client.post(f"/api/metrics/{cid}", content=raw, headers={**t.w, "content-type": "application/json"})
+        problem = assert_problem(r, 422, "validation_error")
+        assert [(e["field"], e["code"]) for e in problem["errors"]] == [(field, "duplicate_key")]
+    assert body(client.post(f"/api/metrics/{cid}", json=METRICS, headers=t.w))["samples"] == 1  # none stored
