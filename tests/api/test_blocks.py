@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
+from meterline.identity.service import identity_service
 from meterline.ledger.blocks import block_service, verify_proof_offline
 from meterline.ledger.signing import Signer
-from tests.api.conftest import assert_problem, create_account
+from tests.api.conftest import ApiTenant, assert_problem, create_account, post_transfer
 
 
 def _seal(db, clock, tenant_id, signer, max_transfers=1000):
@@ -63,3 +66,26 @@ def test_blocks_are_tenant_scoped(client, tenant, other_tenant, db, clock):
     assert_problem(client.get("/v1/blocks/latest", headers=other_tenant.r), 404, "block_not_found")
     assert_problem(client.get("/v1/blocks/1", headers=other_tenant.r), 404, "block_not_found")
     assert_problem(client.get("/v1/transfers/t/proof", headers=other_tenant.r), 404, "transfer_not_found")
+
+
+@pytest.mark.parametrize(("kind", "status"), [("admin", 200), ("operator", 200), ("customer", 403),
+                                              ("provider", 403), ("device", 403)])
+def test_blocks_are_for_staff_keys(client, tenant, db, clock, kind, status):
+    """A header counts the tenant's transfers (`first_seq`..`last_seq`, `transfer_count`) and
+    roots transfers only staff may read: a customer or provider key, even with `ledger:read`,
+    gets 403 there, as on the transfers and proofs themselves."""
+    create_account(client, tenant, "a", kind="treasury")
+    create_account(client, tenant, "b")
+    assert post_transfer(client, tenant, id="t", debit_account_id="a", credit_account_id="b", amount="1",
+                         asset="USD").status_code == 201
+    _seal(db, clock, tenant.id, Signer.generate())
+    with db.session() as s:
+        secret = identity_service.create_key(s, tenant_id=tenant.id, kind=kind, principal_id="alice",
+                                             scopes=["ledger:read"], now_ns=clock.now_ns()).secret
+    h = ApiTenant.auth(secret)
+    for path in ("/v1/blocks/latest", "/v1/blocks/1", "/v1/transfers/t/proof"):
+        r = client.get(path, headers=h)
+        if status == 200:
+            assert r.status_code == 200, r.text
+        else:
+            assert_problem(r, 403, "forbidden")

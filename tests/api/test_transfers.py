@@ -489,3 +489,31 @@ def test_account_ids_meterline_derives_are_not_a_clients(client, tenant, acc_id)
     its non-negative flag."""
     r = client.post("/v1/accounts", json={"id": acc_id, "asset": "USD", "kind": "customer_wallet"}, headers=tenant.w)
     assert_problem(r, 422, "validation_error")
+
+
+_PAIR = '"debit_account_id":"treasury","credit_account_id":"alice"'
+
+
+@pytest.mark.parametrize(("raw", "field"), [
+    # A proxy or a signature check reading the first `amount` saw 1.00; the last (2.00) moved.
+    ('{"id":"d1",' + _PAIR + ',"amount":"1.00","amount":"2.00","asset":"USD"}', "amount"),
+    ('{"id":"d1",' + _PAIR + ',"amount":"1.00","asset":"USD","\\u0061sset":"SOL"}', "asset"),
+    ('{"id":"d1",' + _PAIR + ',"amount":"1.00","asset":"USD","metadata":{"order":"o-1","order":"o-2"}}',
+     "metadata.order"),
+    ('{"transfers":[{"id":"d0",' + _PAIR + ',"amount":"1.00","asset":"USD"},'
+     '{"id":"d1",' + _PAIR + ',"amount":"1.00","amount":"2.00","asset":"USD"}]}', "transfers.1.amount"),
+    ('{"transfers":[{"id":"d1",' + _PAIR + ',"amount":"1.00","asset":"USD"}],"transfers":[]}', "transfers"),
+])
+def test_a_key_given_twice_is_refused_and_nothing_moves(client, accounts, raw, field):
+    """On the fast path (no router), alone or in a batch: the whole body is refused, so no
+    transfer of it — not even a neighbour in the batch — is posted."""
+    from tests.api.test_fastpath import router_disabled
+
+    with router_disabled(client):
+        r = client.post("/v1/transfers", content=raw,
+                        headers={**accounts.w, "content-type": "application/json", "Idempotency-Key": "dup-1"})
+    problem = assert_problem(r, 422, "validation_error")
+    assert [(e["field"], e["code"]) for e in problem["errors"]] == [(field, "duplicate_key")]
+    for tid in ("d0", "d1"):
+        assert_problem(client.get(f"/v1/transfers/{tid}", headers=accounts.r), 404, "transfer_not_found")
+    assert balances(client, accounts, "alice")["credits_posted"] == "100.00"

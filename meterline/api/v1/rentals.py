@@ -224,6 +224,12 @@ def get_rental(rental_id: RentalIdPath, principal: LedgerRead, session: ReadSess
 
 
 # -- samples --------------------------------------------------------------------------------
+class SampleBatchTooLarge(BatchTooLarge):
+    """The transfers' `batch_too_large` (same status and code), titled for samples."""
+
+    title = "The batch has too many samples"
+
+
 async def _samples_body(request: Request) -> Parsed[SampleBatch]:
     """One sample (an object of metrics) or a batch (`{"samples": [...]}`)."""
     settings = request.app.state.runtime.settings
@@ -231,7 +237,7 @@ async def _samples_body(request: Request) -> Parsed[SampleBatch]:
     if isinstance(data, dict) and "samples" in data:
         listed = data["samples"]
         if isinstance(listed, list) and len(listed) > settings.max_batch:
-            raise BatchTooLarge(f"a batch holds at most {settings.max_batch} samples")
+            raise SampleBatchTooLarge(f"a batch holds at most {settings.max_batch} samples")
         return Parsed(validate(SampleBatch, data), raw)
     return Parsed(SampleBatch(samples=[validate(SampleIn, data)]), raw)
 

@@ -156,6 +156,28 @@ def test_not_json_and_too_large(make_client: MakeClient, t: ApiTenant, path: str
     assert_problem(client.post(path, json={"camera_id": "x" * 300}, headers=t.a), 413, "payload_too_large")
 
 
+@pytest.mark.parametrize(("path", "raw", "field"), [
+    # Validated as licensee tenant-123 by a check that read the first key; answered for tenant-999.
+    (VALIDATE, '{"camera_id":"cam-001","tenant_id":"tenant-123","tenant_id":"tenant-999"}', "tenant_id"),
+    (CHECK, '{"tenant_id":"tenant-123","feature":"heatmaps","feature":"lpr"}', "feature"),
+])
+def test_a_key_given_twice_is_refused_on_the_fast_path(client: TestClient, t: ApiTenant, path: str, raw: str,
+                                                       field: str) -> None:
+    from tests.api.test_fastpath import router_disabled
+
+    with router_disabled(client):
+        for _ in range(2):  # and never kept among the parsed bodies the fast path reuses
+            r = client.post(path, content=raw, headers={**t.a, "content-type": "application/json"})
+            problem = assert_problem(r, 422, "validation_error")
+            assert [(e["field"], e["code"]) for e in problem["errors"]] == [(field, "duplicate_key")]
+
+
+def test_a_heartbeat_with_a_key_given_twice_is_refused(client: TestClient, t: ApiTenant) -> None:
+    raw = '{"device_id":"d1","tenant_id":"tenant-123","cameras":1,"cameras":900}'
+    r = client.post(HEARTBEAT, content=raw, headers={**t.a, "content-type": "application/json"})
+    assert assert_problem(r, 422, "validation_error")["errors"][0]["code"] == "duplicate_key"
+
+
 def test_management_errors_over_http(client: TestClient, t: ApiTenant) -> None:
     assert_problem(client.post("/v1/licenses", json={"tenant_id": "x", "plan_id": "nope", "cameras_allowed": 1},
                                headers=t.a), 404, "plan_not_found")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from meterline.clock import to_rfc3339
@@ -82,6 +84,18 @@ def test_envelope_errors(dev_client, clock):
     assert_problem(dev_client.post("/api/v1/usage/batch", json=body), 422, "validation_error")
     body = _batch(clock, [{"event_id": f"e{i}"} for i in range(1001)])
     assert_problem(dev_client.post("/api/v1/usage/batch", json=body), 413, "batch_too_large")
+
+
+def test_a_key_given_twice_in_an_event_refuses_the_batch_on_the_fast_path(dev_client, clock, tenant_id):
+    from tests.api.test_fastpath import router_disabled
+
+    body = _batch(clock)
+    raw = json.dumps(body).replace('"quantity": 42', '"quantity": 42, "quantity": 42000')
+    with router_disabled(dev_client):
+        r = dev_client.post("/api/v1/usage/batch", content=raw, headers={"content-type": "application/json"})
+    problem = assert_problem(r, 422, "validation_error")
+    assert [(e["field"], e["code"]) for e in problem["errors"]] == [("events.1.quantity", "duplicate_key")]
+    assert dev_client.post("/api/v1/usage/batch", json=body).json()["accepted"] == 4  # nothing was taken
 
 
 def test_licensees_and_meterline_tenants_are_isolated(make_client, db, clock, tenant_id):

@@ -786,3 +786,19 @@ def test_the_books_and_stats_count_contracts_only(client: TestClient, t: ApiTena
             stats["total_revenue"]) == (1, 0, D("0.001"), 0)
     for sid in payg_in_sol:
         assert_problem(client.get(f"/api/contracts/{sid}", headers=t.r), 404, "contract_not_found")
+
+
+@pytest.mark.parametrize(("raw", "field"), [
+    ('{"cpu_percent":45.5,"memory_mb":3500,"cpu_percent":99}', "cpu_percent"),
+    ('{"cpu_percent":45.5,"note":{"k":1,"k":2}}', "note.k"),
+])
+def test_metrics_with_a_key_given_twice_are_refused_on_the_fast_path(client: TestClient, t: ApiTenant,
+                                                                      raw: str, field: str):
+    from tests.api.test_fastpath import router_disabled
+
+    cid = rent_id(client, t)
+    with router_disabled(client):
+        r = client.post(f"/api/metrics/{cid}", content=raw, headers={**t.w, "content-type": "application/json"})
+        problem = assert_problem(r, 422, "validation_error")
+        assert [(e["field"], e["code"]) for e in problem["errors"]] == [(field, "duplicate_key")]
+    assert body(client.post(f"/api/metrics/{cid}", json=METRICS, headers=t.w))["samples"] == 1  # none stored

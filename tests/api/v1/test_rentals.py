@@ -326,6 +326,30 @@ def test_samples_bad_input_stores_nothing(client, market, body, status, code):
     assert client.get(f"/v1/rentals/{rid}", headers=market.w).json()["sample_count"] == 0
 
 
+def test_too_many_samples_is_titled_for_samples(client, market):
+    rid = rent(client, market.w, prepaid())["id"]
+    r = client.post(f"/v1/rentals/{rid}/samples", json={"samples": [{"power_w": 1}] * 1001}, headers=market.w)
+    problem = assert_problem(r, 413, "batch_too_large")
+    assert (problem["title"], problem["detail"]) == ("The batch has too many samples",
+                                                     "a batch holds at most 1000 samples")
+
+
+@pytest.mark.parametrize(("suffix", "raw", "field"), [
+    ("/samples", '{"power_w":1,"power_w":900}', "power_w"),
+    ("/samples", '{"samples":[{"power_w":1},{"gpu_util_percent":5,"power_w":1,"power_w":900}]}', "samples.1.power_w"),
+    ("/extend", '{"hours":"1","hours":"100"}', "hours"),
+    ("/extend", '{"hours":"1","payment":{"proof":"p","proof":"q"}}', "payment.proof"),
+    ("/settle", '{"a":1,"a":2}', "a"),
+])
+def test_a_key_given_twice_is_refused(client, market, suffix, raw, field):
+    rid = rent(client, market.w, prepaid())["id"]
+    r = client.post(f"/v1/rentals/{rid}{suffix}", content=raw, headers={**market.w, "content-type": "application/json"})
+    problem = assert_problem(r, 422, "validation_error")
+    assert [(e["field"], e["code"]) for e in problem["errors"]] == [(field, "duplicate_key")]
+    after = client.get(f"/v1/rentals/{rid}", headers=market.w).json()
+    assert (after["status"], after["sample_count"], after["held"]) == ("ACTIVE", 0, "0.002000000")
+
+
 def test_other_bad_input(client, market):
     rid = rent(client, market.w, prepaid())["id"]
     for params in ({"status": "DONE"}, {"limit": 0}, {"customer": "a b"}):
