@@ -2,12 +2,16 @@
 
 Fan-out (one delivery row per event and subscribed endpoint) is a scheduled job: it
 only touches the database. Webhook delivery and NATS publishing wait on the network,
-so they run on the dispatcher's own thread (`start`), never in the scheduler's loop:
-an endpoint that hangs until its timeout must not hold back hold expiry or settlement.
-Several workers may deliver at once: each claims its deliveries with a lease (their
-next attempt pushed past the attempt's timeout, under `SKIP LOCKED` on PostgreSQL),
-does the network calls outside any transaction, and records the outcomes in a short
-one — a slow endpoint never holds a lock or the SQLite writer. A crash between a send
+so the worker runs them on threads of their own (`worker/runner.py`), never in the
+scheduler's loop: an endpoint that hangs must not hold back hold expiry or settlement.
+Every attempt has a total deadline (`METERLINE_WEBHOOK_TIMEOUT_S`, enforced by
+cancelling it, so an endpoint that drips its answer a byte at a time is cut off too),
+and a round sends at most `DELIVERY_BATCH` at `CONCURRENCY` at once, so a round is
+bounded. Several workers may deliver at once: each claims a round's deliveries with a
+lease longer than the round can last (their next attempt pushed past it, under
+`SKIP LOCKED` on PostgreSQL), does the network calls outside any transaction, and
+records the outcomes in a short one — a slow endpoint never holds a lock or the
+SQLite writer. A crash between a send
 and its record sends again when the lease ends: delivery is at least once, and
 receivers deduplicate by event id (Standard Webhooks' `webhook-id`; JetStream drops
 the repeat itself through `Nats-Msg-Id`).
@@ -20,17 +24,17 @@ dead letter, kept and listed until an operator retries it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-import threading
+import math
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import cast
 
 import httpx
 from prometheus_client import Counter
-from sqlalchemy import Table, and_, delete, select, update
+from sqlalchemy import Table, and_, delete, exists, select, tuple_, update
 
 from meterline.clock import Clock
 from meterline.db import upsert
@@ -51,11 +55,12 @@ NATS_MESSAGES = Counter("meterline_nats_messages_total", "Events published to NA
 
 _NS = 1_000_000_000
 FAN_OUT_BATCH = 500
-DELIVERY_BATCH = 200
+DELIVERY_BATCH = 64
+CONCURRENCY = 16
 PUBLISH_BATCH = 500
 PRUNE_BATCH = 5000
 _MAX_ERROR = 500
-_LEASE_MARGIN_S = 30  # a claimed delivery is not claimed again for its timeout plus this
+_LEASE_MARGIN_S = 30  # a claimed delivery is not claimed again for its round's longest time plus this
 _MAX_RESPONSE_EXCERPT = 200
 
 
@@ -84,47 +89,20 @@ class _Due:
 class Dispatcher:
     def __init__(self, db: Database, clock: Clock, *, retry_schedule: Sequence[int], timeout_s: float,
                  subjects: dict[str, str], nats: NatsClient | None = None,
-                 transport: httpx.BaseTransport | None = None, concurrency: int = 8) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.db, self.clock = db, clock
         self.retry_schedule = tuple(retry_schedule)
         self.subjects = subjects  # channel (usage, payments) → NATS subject
         self.nats = nats
         self.timeout_s = timeout_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._http = httpx.Client(timeout=timeout_s, transport=transport, follow_redirects=False,
-                                  headers={"user-agent": "meterline-webhooks/1"})
-        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="meterline-webhook")
+        self._transport = transport
 
-    def start(self, interval_s: float) -> Dispatcher:
-        """Deliver webhooks and publish to NATS on a thread of its own until `close`."""
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._loop, args=(interval_s,), name="meterline-events",
-                                            daemon=True)
-            self._thread.start()
-        return self
-
-    def _loop(self, interval_s: float) -> None:
-        failures = 0
-        while not self._stop.is_set():
-            try:
-                moved = self.deliver() + self.publish()
-                failures = 0
-            except Exception:  # the database restarting, say: log, back off, go on
-                failures += 1
-                moved = 0
-                log.exception("event dispatch pass failed")
-            if not moved:
-                self._stop.wait(min(interval_s * 2 ** min(failures, 6), 60.0))
+    @property
+    def lease_s(self) -> float:
+        """How long a claimed round may take at most, and then some."""
+        return math.ceil(DELIVERY_BATCH / CONCURRENCY) * self.timeout_s + _LEASE_MARGIN_S
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(self.timeout_s * 3 + 5)
-            self._thread = None
-        self._pool.shutdown(wait=True)
-        self._http.close()
         if self.nats is not None:
             self.nats.close()
 
@@ -173,7 +151,7 @@ class Dispatcher:
         due = self._claim()
         if not due:
             return 0
-        outcomes = list(self._pool.map(self._send, due))
+        outcomes = asyncio.run(self._send_all(due))
         self._record(due, outcomes)
         return len(due)
 
@@ -186,7 +164,7 @@ class Dispatcher:
         with self.db.session(write=True) as s:
             stmt = (
                 select(WebhookDelivery.tenant_id, WebhookDelivery.id, WebhookDelivery.attempts,
-                       WebhookEndpoint.url, WebhookEndpoint.secret, WebhookDelivery.event_seq)
+                       WebhookEndpoint.url, WebhookEndpoint.secret, WebhookDelivery.event_id)
                 .join(WebhookEndpoint, and_(WebhookEndpoint.tenant_id == WebhookDelivery.tenant_id,
                                             WebhookEndpoint.id == WebhookDelivery.endpoint_id))
                 .where(*due_now, WebhookEndpoint.enabled.is_(True))
@@ -198,32 +176,55 @@ class Dispatcher:
             rows = s.execute(stmt).all()
             if not rows:
                 return []
-            lease = now + int((self.timeout_s + _LEASE_MARGIN_S) * _NS)
+            lease = now + int(self.lease_s * _NS)
             for tenant_id, delivery_id, *_ in rows:
                 s.execute(update(WebhookDelivery).where(WebhookDelivery.tenant_id == tenant_id,
                                                         WebhookDelivery.id == delivery_id)
                           .values(next_attempt_at=lease))
-            events = {e.seq: e for e in s.scalars(select(Event).where(Event.seq.in_({r[5] for r in rows})))}
+            # By the delivery's own tenant and event id: never another tenant's event.
+            events = {(e.tenant_id, e.id): e for e in s.scalars(select(Event).where(
+                tuple_(Event.tenant_id, Event.id).in_([(r[0], r[5]) for r in rows])))}
             s.expunge_all()
-        return [_Due(t, d, attempts, url, secret, events[seq]) for t, d, attempts, url, secret, seq in rows]
+            due = []
+            for tenant_id, delivery_id, attempts, url, secret, event_id in rows:
+                event = events.get((tenant_id, event_id))
+                if event is None:  # (prune keeps every event a delivery names; deleted by hand)
+                    log.error("webhook delivery %s/%s: its event %s no longer exists", tenant_id, delivery_id,
+                              event_id)
+                    s.execute(update(WebhookDelivery).where(
+                        WebhookDelivery.tenant_id == tenant_id, WebhookDelivery.id == delivery_id).values(
+                        status="failed", next_attempt_at=None, last_status=None,
+                        last_error="the event no longer exists", updated_at=now))
+                    continue
+                due.append(_Due(tenant_id, delivery_id, attempts, url, secret, event))
+            return due
 
-    def _send(self, item: _Due) -> Outcome:
+    async def _send_all(self, due: Sequence[_Due]) -> list[Outcome]:
+        gate = asyncio.Semaphore(CONCURRENCY)
+        async with httpx.AsyncClient(timeout=self.timeout_s, transport=self._transport, follow_redirects=False,
+                                     headers={"user-agent": "meterline-webhooks/1"}) as client:
+            async def one(item: _Due) -> Outcome:
+                async with gate:
+                    try:
+                        return await asyncio.wait_for(self._send(client, item), self.timeout_s)
+                    except TimeoutError:
+                        return Outcome(False, None, "timeout")
+                    except Exception as exc:  # anything one send raises is that delivery's failed attempt
+                        return Outcome(False, None, f"{type(exc).__name__}: {exc}"[:_MAX_ERROR])
+            return list(await asyncio.gather(*(one(item) for item in due)))
+
+    async def _send(self, client: httpx.AsyncClient, item: _Due) -> Outcome:
         body = body_of(item.event)
         headers = signing.headers(item.secret, item.event.id, self.clock.now_ns() // _NS, body)
-        try:
-            with self._http.stream("POST", item.url, content=body, headers=headers) as resp:
-                if 200 <= resp.status_code < 300:
-                    return Outcome(True, resp.status_code, None)
-                # Only the start of an error answer is kept (and read): it may be any size.
-                excerpt = b""
-                for chunk in resp.iter_bytes():
-                    excerpt += chunk
-                    if len(excerpt) >= _MAX_RESPONSE_EXCERPT:
-                        break
-        except httpx.TimeoutException:
-            return Outcome(False, None, "timeout")
-        except httpx.HTTPError as exc:
-            return Outcome(False, None, f"{type(exc).__name__}: {exc}"[:_MAX_ERROR])
+        async with client.stream("POST", item.url, content=body, headers=headers) as resp:
+            if 200 <= resp.status_code < 300:
+                return Outcome(True, resp.status_code, None)
+            # Only the start of an error answer is kept (and read): it may be any size.
+            excerpt = b""
+            async for chunk in resp.aiter_bytes():
+                excerpt += chunk
+                if len(excerpt) >= _MAX_RESPONSE_EXCERPT:
+                    break
         text = excerpt[:_MAX_RESPONSE_EXCERPT].decode("utf-8", "replace")
         return Outcome(False, resp.status_code, f"HTTP {resp.status_code}: {text}"[:_MAX_ERROR])
 
@@ -286,23 +287,19 @@ class Dispatcher:
 
     # -- retention ---------------------------------------------------------------------
     def prune(self, retention_days: int) -> int:
-        """Forget events (and finished deliveries) older than the retention, once dispatched."""
+        """Forget finished deliveries, then dispatched events, older than the retention. An
+        event outlives every delivery that names it, so a delivery retried on the last day of
+        the retention still has its event."""
         cutoff = self.clock.now_ns() - retention_days * 86_400 * _NS
-        removed = 0
         with self.db.session(write=True) as s:
             done = s.execute(delete(WebhookDelivery).where(WebhookDelivery.status != "pending",
                                                            WebhookDelivery.updated_at < cutoff))
-            removed += done.rowcount or 0  # type: ignore[attr-defined]
-            old = select(Event.seq).where(Event.created_at < cutoff, Event.webhooks_pending.is_(False),
-                                          Event.nats_pending.is_(False)).limit(PRUNE_BATCH)
-            seqs = list(s.scalars(old))
+            removed: int = done.rowcount or 0  # type: ignore[attr-defined]
+            named = exists().where(WebhookDelivery.tenant_id == Event.tenant_id,
+                                   WebhookDelivery.event_id == Event.id)
+            seqs = list(s.scalars(select(Event.seq).where(
+                Event.created_at < cutoff, Event.webhooks_pending.is_(False), Event.nats_pending.is_(False),
+                ~named).limit(PRUNE_BATCH)))
             if seqs:
-                # (An event a pending delivery still needs stays: the delivery joins it.)
-                needed = set(s.scalars(select(WebhookDelivery.event_seq).where(
-                    WebhookDelivery.event_seq.in_(seqs), WebhookDelivery.status == "pending")))
-                gone = [q for q in seqs if q not in needed]
-                if gone:
-                    s.execute(delete(Event).where(Event.seq.in_(gone)))
-                removed += len(gone)
-        return removed
-
+                s.execute(delete(Event).where(Event.seq.in_(seqs)))
+            return removed + len(seqs)

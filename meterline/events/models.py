@@ -42,6 +42,8 @@ class Event(Base):
         Index("ix_events_webhooks_pending", "webhooks_pending", "seq"),
         Index("ix_events_nats_pending", "nats_pending", "seq"),
         Index("ix_events_created_at", "created_at"),
+        # SQLite would otherwise hand out the seq of pruned newest rows again.
+        {"sqlite_autoincrement": True},
     )
 
 

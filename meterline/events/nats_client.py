@@ -45,6 +45,14 @@ class Inbound:
     data: bytes
     msg: Msg
 
+    @property
+    def deliveries(self) -> int:
+        """How many times JetStream has delivered this message (1 the first time)."""
+        try:
+            return int(self.msg.metadata.num_delivered or 1)
+        except Exception:  # not a JetStream message (no metadata): first delivery
+            return 1
+
 
 class NatsClient:
     def __init__(self, url: str, *, stream: str, timeout_s: float = 5.0) -> None:
@@ -138,15 +146,15 @@ class NatsClient:
         return [Inbound(m.subject, m.data, m) for m in msgs]
 
     def settle(self, *, ack: Sequence[Inbound] = (), retry: Sequence[Inbound] = (),
-               drop: Sequence[Inbound] = (), retry_delay_s: float = 5.0) -> None:
-        """Ack what was stored; nak what should come again (after `retry_delay_s`); terminate
-        what can never be stored (a malformed message must not come back forever). A lost
-        ack only means a redelivery: the usage dedup takes it as a duplicate."""
+               drop: Sequence[Inbound] = ()) -> None:
+        """Ack what was stored; nak what should come again (5 s later, longer each time it
+        comes back, up to 5 min); terminate what can never be stored (a malformed message must
+        not come back forever). A lost ack only means a redelivery, which dedup absorbs."""
         async def go() -> None:
             for m in ack:
                 await m.msg.ack()
             for m in retry:
-                await m.msg.nak(delay=retry_delay_s)
+                await m.msg.nak(delay=min(5.0 * m.deliveries, 300.0))
             for m in drop:
                 await m.msg.term()
         try:

@@ -9,12 +9,14 @@ new deliveries; disabled endpoints' pending deliveries wait, undelivered, for it
 
 from __future__ import annotations
 
+import re
 import secrets
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import httpx
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
@@ -27,6 +29,7 @@ MAX_ENDPOINTS = 50  # per tenant: each event fans out to every one of them
 MAX_URL = 2000
 DELIVERY_STATUSES = ("pending", "delivered", "failed")
 _ALPHABET = string.ascii_letters + string.digits
+_IPV4 = re.compile(r"\d{1,3}(\.\d{1,3}){3}")
 
 
 class WebhookError(MeterlineError):
@@ -84,7 +87,25 @@ def check_url(url: str, *, allow_http: bool) -> str:
         raise InvalidWebhookEndpoint("url must not carry credentials; verify the signature instead")
     if any(c.isspace() or ord(c) < 0x20 for c in url):
         raise InvalidWebhookEndpoint("url must not contain spaces or control characters")
+    _check_host(url)
     return url
+
+
+def _check_host(url: str) -> None:
+    """The host as the sender will resolve it: httpx's own parse (IDNA 2008), then DNS's label
+    rules. A URL accepted here but refused at send time was a delivery that could never be
+    made — and, before sends were guarded one by one, a failed pass for every tenant."""
+    try:
+        parsed = httpx.URL(url)
+        parsed.host  # noqa: B018  (decodes A-labels: raises on a malformed one, as sending would)
+        host = parsed.raw_host.decode("ascii")
+    except Exception as exc:  # httpx raises InvalidURL, idna its own errors
+        raise InvalidWebhookEndpoint(f"url has an invalid host: {exc}") from None
+    if ":" in host or _IPV4.fullmatch(host):
+        return  # an IP address: nothing to resolve
+    labels = host.rstrip(".").split(".")
+    if len(host) > 253 or not all(0 < len(label) <= 63 for label in labels):
+        raise InvalidWebhookEndpoint("url has an invalid host: a DNS name has labels of 1-63 characters")
 
 
 def check_types(types: Sequence[str]) -> list[str]:
@@ -187,6 +208,7 @@ class WebhookService:
         if row.status == "pending":
             raise DeliveryInProgress(f"delivery {delivery_id} is still being attempted")
         row.status, row.attempts, row.next_attempt_at, row.updated_at = "pending", 0, now_ns, now_ns
+        row.delivered_at = None
         session.flush()
         return row
 

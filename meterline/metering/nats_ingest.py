@@ -78,6 +78,7 @@ def parse(data: bytes) -> UsageMessage:
         raise BadMessage(f"not JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise BadMessage("a message is a JSON object")
+    _check_text(obj)
     raw_events = obj.get("events", [obj] if "meter" in obj else None)
     if not isinstance(raw_events, list) or not raw_events:
         raise BadMessage("`events` must be a non-empty list")
@@ -90,6 +91,26 @@ def parse(data: bytes) -> UsageMessage:
     ]
     return UsageMessage(_text(obj, "tenant", required=True), _text(obj, "licensee", required=False),
                         _text(obj, "device", required=False), events)
+
+
+def _check_text(value: Any) -> None:
+    """No NUL (PostgreSQL's text cannot hold it) and no lone surrogate (not UTF-8) anywhere:
+    the HTTP path refuses both as it reads the body; here they failed the insert, and the
+    message came back forever."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise BadMessage("a string holds a NUL character")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadMessage("a string holds a lone surrogate") from None
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_text(k)
+            _check_text(v)
+    elif isinstance(value, list):
+        for v in value:
+            _check_text(v)
 
 
 def _no_constant(name: str) -> Any:
@@ -127,8 +148,9 @@ def ingest_from_nats(db: Database, clock: Clock, client: NatsClient, *, subject:
                 log.warning("dropping usage message on %s: %s", m.subject, exc)
                 drop.append(m)
                 continue
-            except Exception:
-                log.exception("could not store a usage message from %s; it will be redelivered", m.subject)
+            except Exception:  # the database, not the message (what a message can break is checked)
+                log.exception("could not store a usage message from %s (delivery %d); it will be redelivered",
+                              m.subject, m.deliveries)
                 retry.append(m)
                 continue
             ack.append(m)

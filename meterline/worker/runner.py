@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from meterline.clock import Clock
 from meterline.config import Settings
@@ -16,12 +17,45 @@ from meterline.db.engine import Database
 from meterline.ledger.batcher import LedgerBatcher
 from meterline.ledger.signing import Signer
 from meterline.worker.scheduler import Job, Scheduler
-from meterline.worker.tasks import JobContext, default_jobs, make_dispatcher
+from meterline.worker.tasks import JobContext, default_jobs, make_dispatcher, network_passes
 
 log = logging.getLogger(__name__)
 
 _MIN_TICK_S = 0.05
 _MAX_TICK_S = 5.0
+
+
+class BackgroundLoop:
+    """`work()` again and again on a thread of its own; a pass that moved nothing (or failed)
+    waits `interval_s` (doubling while it keeps failing, up to a minute)."""
+
+    def __init__(self, name: str, work: Callable[[], int], interval_s: float) -> None:
+        self.name, self.work, self.interval_s = name, work, interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"meterline-{name}", daemon=True)
+
+    def start(self) -> BackgroundLoop:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("%s did not stop within %.0fs", self.name, timeout)
+
+    def _loop(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                moved = self.work()
+                failures = 0
+            except Exception:  # the database or NATS restarting, say: log, back off, go on
+                failures += 1
+                moved = 0
+                log.exception("%s pass failed", self.name)
+            if not moved:
+                self._stop.wait(min(self.interval_s * 2 ** min(failures, 6), 60.0))
 
 
 class Worker:
@@ -43,6 +77,7 @@ class Worker:
         self.tick_s = min(max(min(intervals), _MIN_TICK_S), _MAX_TICK_S)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._loops: list[BackgroundLoop] = []
 
     def run_once(self, *, force: bool = False) -> dict[str, int]:
         """Run every due job once (every job with `force`); {job name: items handled}.
@@ -56,7 +91,8 @@ class Worker:
         if self._thread is not None and self._thread.is_alive():
             return self
         self._stop.clear()
-        self.context.events.start(self.context.settings.events_interval_s)
+        self._loops = [BackgroundLoop(name, work, self.context.settings.events_interval_s).start()
+                       for name, work in network_passes(self.context).items()]
         self._thread = threading.Thread(target=self._loop, name="meterline-worker", daemon=True)
         self._thread.start()
         return self
@@ -64,6 +100,9 @@ class Worker:
     def stop(self, timeout: float = 30.0) -> None:
         """Stop after the job in progress finishes."""
         self._stop.set()
+        for loop in self._loops:  # (each stops after its pass: at most a webhook round's deadline)
+            loop.stop(self.context.events.lease_s)
+        self._loops = []
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from meterline.billing import tasks as billing_tasks
@@ -29,7 +30,7 @@ from meterline.ledger.types import CODE_EXPIRED, TransferFlags, TransferIn
 from meterline.licensing import tasks as licensing_tasks
 from meterline.licensing.runtime import shared_runtime
 from meterline.metering import tasks as metering_tasks
-from meterline.metering.nats_ingest import INGEST_NATS, ingest_from_nats
+from meterline.metering.nats_ingest import ingest_from_nats
 from meterline.payouts import tasks as payout_tasks
 from meterline.rentals import tasks as rental_tasks
 from meterline.worker.scheduler import Job
@@ -76,6 +77,25 @@ def make_dispatcher(db: Database, clock: Clock, settings: Settings) -> Dispatche
         db, clock, retry_schedule=settings.webhook_retry_waits, timeout_s=settings.webhook_timeout_s,
         subjects={USAGE: settings.nats_usage_subject, PAYMENTS: settings.nats_payments_subject}, nats=nats,
     )
+
+
+def network_passes(ctx: JobContext) -> dict[str, Callable[[], int]]:
+    """What the worker runs on threads of its own, beside the scheduler: the passes that
+    wait on the network (a webhook endpoint, NATS), so that none of them can hold back
+    hold expiry or settlement. Each returns how much it moved (0: wait a tick)."""
+    passes: dict[str, Callable[[], int]] = {"webhooks": ctx.events.deliver}
+    nats, subject = ctx.events.nats, ctx.settings.nats_ingest_subject
+
+    def nats_pass() -> int:
+        moved = ctx.events.publish()
+        if nats is not None and subject:
+            moved += ingest_from_nats(
+                ctx.db, ctx.clock, nats, subject=subject, durable=ctx.settings.nats_ingest_durable,
+                lateness_s=ctx.settings.usage_lateness_s, future_skew_s=ctx.settings.usage_future_skew_s)
+        return moved
+
+    passes["nats"] = nats_pass
+    return passes
 
 
 def expiry_transfer_id(pending_id: str) -> str:
@@ -156,11 +176,6 @@ def default_jobs(ctx: JobContext) -> list[Job]:
         Job(FAN_OUT_EVENTS, ctx.settings.events_interval_s, ctx.events.run),
         Job(PRUNE_EVENTS, EVENTS_PRUNE_S, lambda: ctx.events.prune(ctx.settings.event_retention_days)),
     ]
-    nats, subject = ctx.events.nats, ctx.settings.nats_ingest_subject
-    if nats is not None and subject:
-        jobs.append(Job(INGEST_NATS, ctx.settings.events_interval_s, lambda: ingest_from_nats(
-            ctx.db, ctx.clock, nats, subject=subject, durable=ctx.settings.nats_ingest_durable,
-            lateness_s=ctx.settings.usage_lateness_s, future_skew_s=ctx.settings.usage_future_skew_s)))
     if ctx.settings.usage_event_interval_s > 0:
         every = ctx.settings.usage_event_interval_s
         jobs.append(Job(rental_tasks.EMIT_USAGE, float(every),

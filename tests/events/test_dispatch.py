@@ -153,7 +153,7 @@ def test_a_crash_between_send_and_record_sends_again_with_the_same_id(db, clock,
     monkeypatch.undo()
     drain(dispatcher)
     assert len(receiver.for_tenant(tenant_id)) == 1  # leased: not again before the lease ends
-    clock.advance(dispatcher.timeout_s + 31)
+    clock.advance(dispatcher.lease_s + 1)
     drain(dispatcher)
     got = receiver.for_tenant(tenant_id)
     assert [g.headers["webhook-id"] for g in got] == [eid, eid]
@@ -247,25 +247,28 @@ def test_a_claimed_delivery_whose_worker_died_is_sent_after_its_lease(db, clock,
     dispatcher.run()
     assert len(dispatcher._claim()) == 1  # claimed, then the worker died before sending
     assert dispatcher.deliver() == 0  # leased: nobody sends it meanwhile
-    clock.advance(dispatcher.timeout_s + 31)
+    clock.advance(dispatcher.lease_s + 1)
     assert dispatcher.deliver() == 1
     assert len(receiver.for_tenant(tenant_id)) == 1
 
 
-def test_the_dispatcher_thread_delivers_on_its_own(db, clock, tenant_id, receiver):
+def test_the_worker_delivers_on_a_thread_of_its_own(db, clock, tenant_id, receiver):
     import time
 
+    from meterline.worker.runner import BackgroundLoop
     from tests.events.conftest import SUBJECTS
 
     endpoint(db, tenant_id, clock, receiver.url)
     event(db, tenant_id, clock)
-    d = Dispatcher(db, clock, retry_schedule=(), timeout_s=2.0, subjects=SUBJECTS).start(0.05)
+    d = Dispatcher(db, clock, retry_schedule=(), timeout_s=2.0, subjects=SUBJECTS)
+    loop = BackgroundLoop("webhooks", d.deliver, 0.05).start()
     try:
         d.run()  # the scheduled fan-out
         deadline = time.monotonic() + 10
         while not receiver.for_tenant(tenant_id) and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
+        loop.stop(5)
         d.close()
     assert len(receiver.for_tenant(tenant_id)) == 1
 
@@ -300,3 +303,123 @@ def test_a_huge_error_answer_is_cut_short(db, clock, tenant_id, dispatcher):
         server.server_close()
     [d] = deliveries(db, tenant_id)
     assert d.last_status == 500 and d.last_error is not None and len(d.last_error) < 300
+
+
+def test_a_retried_dead_letter_still_has_its_event_after_the_retention(db, clock, tenant_id, receiver, dispatcher):
+    """Prune used to delete the event and keep the dead letter; retrying it then failed every
+    delivery pass, for every tenant (and on SQLite sent another tenant's event)."""
+    receiver.statuses = [500, 500, 500, 204]
+    endpoint(db, tenant_id, clock, receiver.url)
+    eid = event(db, tenant_id, clock)
+    drain(dispatcher)
+    clock.advance(5)
+    drain(dispatcher)
+    clock.advance(60)
+    drain(dispatcher)
+    [d] = deliveries(db, tenant_id)
+    assert d.status == "failed"
+    clock.advance(29 * 86400)  # the event is past the retention; the dead letter is not
+    dispatcher.publish()
+    dispatcher.prune(30)
+    with db.session() as s:
+        webhook_service.retry_delivery(s, tenant_id, d.id, now_ns=clock.now_ns())
+    drain(dispatcher)
+    [d] = deliveries(db, tenant_id)
+    assert d.status == "delivered" and receiver.for_tenant(tenant_id)[-1].headers["webhook-id"] == eid
+
+
+def test_a_delivery_whose_event_is_gone_fails_alone(db, clock, tenant_id, receiver, dispatcher):
+    from sqlalchemy import delete
+
+    endpoint(db, tenant_id, clock, receiver.url)
+    gone = event(db, tenant_id, clock)
+    kept = event(db, tenant_id, clock)
+    dispatcher.run()
+    with db.session() as s:  # deleted by hand
+        s.execute(delete(Event).where(Event.tenant_id == tenant_id, Event.id == gone))
+    drain(dispatcher)
+    by_event = {d.event_id: d for d in deliveries(db, tenant_id)}
+    assert by_event[gone].status == "failed" and by_event[gone].last_error == "the event no longer exists"
+    assert by_event[kept].status == "delivered"
+    assert [r.headers["webhook-id"] for r in receiver.for_tenant(tenant_id)] == [kept]
+
+
+def test_a_delivery_sends_its_own_tenants_event_whatever_its_seq_says(db, clock, tenant_id, receiver, dispatcher):
+    from sqlalchemy import update
+
+    endpoint(db, tenant_id, clock, receiver.url)
+    mine = event(db, tenant_id, clock)
+    theirs = event(db, f"{tenant_id}-b", clock, secret_of="tenant B")
+    dispatcher.run()
+    with db.session() as s:
+        other_seq = s.scalars(select(Event.seq).where(Event.id == theirs)).one()
+        s.execute(update(WebhookDelivery).where(WebhookDelivery.tenant_id == tenant_id).values(event_seq=other_seq))
+    drain(dispatcher)
+    [got] = receiver.for_tenant(tenant_id)
+    assert got.headers["webhook-id"] == mine and "secret_of" not in got.json["data"]
+
+
+def test_a_send_that_raises_fails_only_its_own_delivery(db, clock, tenant_id, receiver, dispatcher):
+    """A URL httpx refuses at send time (here written past the validation) used to fail the
+    whole round, which was then sent again every lease — to every other endpoint too."""
+    from sqlalchemy import update
+
+    from meterline.events.models import WebhookEndpoint
+
+    bad, _ = endpoint(db, tenant_id, clock, "http://example.com/x")
+    endpoint(db, tenant_id, clock, receiver.url)
+    with db.session() as s:
+        s.execute(update(WebhookEndpoint).where(WebhookEndpoint.tenant_id == tenant_id, WebhookEndpoint.id == bad)
+                  .values(url="http://\u2603.example/x"))
+    event(db, tenant_id, clock)
+    drain(dispatcher)
+    by_endpoint = {d.endpoint_id: d for d in deliveries(db, tenant_id)}
+    assert by_endpoint[bad].status == "pending" and by_endpoint[bad].attempts == 1
+    assert "IDNA" in (by_endpoint[bad].last_error or "") or "URL" in (by_endpoint[bad].last_error or "")
+    assert len(receiver.for_tenant(tenant_id)) == 1
+    assert [d.status for k, d in by_endpoint.items() if k != bad] == ["delivered"]
+
+
+def test_an_endpoint_that_drips_its_answer_is_cut_off_at_the_deadline(db, clock, tenant_id, monkeypatch):
+    import http.server
+    import threading
+    import time
+
+    from tests.events.conftest import SUBJECTS
+
+    stop = threading.Event()
+
+    class Drip(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["content-length"]))
+            self.send_response(500)
+            self.send_header("content-length", "1000")
+            self.end_headers()
+            while not stop.is_set():  # a byte every 0.3 s: no single read ever times out
+                try:
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                except OSError:
+                    return
+                time.sleep(0.3)
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Drip)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    d = Dispatcher(db, clock, retry_schedule=(5,), timeout_s=1.0, subjects=SUBJECTS)
+    try:
+        endpoint(db, tenant_id, clock, f"http://127.0.0.1:{server.server_port}/")
+        event(db, tenant_id, clock)
+        d.run()
+        started = time.monotonic()
+        assert d.deliver() == 1
+        assert time.monotonic() - started < 3
+    finally:
+        stop.set()
+        server.shutdown()
+        server.server_close()
+        d.close()
+    [row] = deliveries(db, tenant_id)
+    assert (row.status, row.last_error) == ("pending", "timeout")

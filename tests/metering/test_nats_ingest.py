@@ -39,6 +39,11 @@ def test_a_message_without_events_is_one_event():
     b'{"tenant": "t", "events": []}', b'{"tenant": "t", "events": {}}',
     b'{"tenant": "t", "licensee": 5, "events": [{}]}', b'{"tenant": "t", "events": [{"quantity": NaN}]}',
     json.dumps({"tenant": "t", "events": [{}] * 1001}).encode(),
+    # What PostgreSQL cannot store: refused here instead of failing the insert on every redelivery.
+    b'{"tenant": "t", "events": [{"event_id": "bad\\u0000id"}]}',
+    b'{"tenant": "t", "licensee": "lic\\u0000a", "events": [{}]}',
+    b'{"tenant": "t", "events": [{"event_id": "sur\\ud800"}]}',
+    b'{"tenant": "t", "events": [{"properties": {"k\\u0000": 1}}]}',
 ])
 def test_unstorable_messages_are_refused(data):
     with pytest.raises(BadMessage):

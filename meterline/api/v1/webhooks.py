@@ -43,7 +43,7 @@ router = APIRouter(tags=["webhooks"])
 _ID = r"^[A-Za-z0-9_]+$"
 EndpointIdPath = Annotated[str, Path(min_length=1, max_length=40, pattern=_ID)]
 DeliveryIdPath = Annotated[str, Path(min_length=1, max_length=40, pattern=_ID)]
-EventIdPath = Annotated[str, Path(min_length=1, max_length=80, pattern=_ID)]
+EventIdPath = Annotated[str, Path(min_length=1, max_length=80, pattern=r"^[A-Za-z0-9_-]+$")]  # (usage: a contract id)
 _NOT_FOUND = {404: "`webhook_endpoint_not_found`", 422: "`validation_error`"}
 
 

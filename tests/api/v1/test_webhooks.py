@@ -46,6 +46,14 @@ def test_an_endpoint_is_created_listed_changed_and_deleted(client, market):
     ({"url": "https://user:pw@hooks.example.com/x"}, "invalid_webhook_endpoint"),
     ({"url": "https://hooks.example.com:99999/x"}, "invalid_webhook_endpoint"),
     ({"url": "/relative"}, "invalid_webhook_endpoint"),
+    # Hosts httpx refuses when sending (IDNA) or DNS cannot hold: refused here, not at send time.
+    ({"url": "https://\u2603.example/x"}, "invalid_webhook_endpoint"),
+    ({"url": "https://xn--/"}, "invalid_webhook_endpoint"),
+    ({"url": "https://xn--ls8h.la/"}, "invalid_webhook_endpoint"),
+    ({"url": "https://a..b/"}, "invalid_webhook_endpoint"),
+    ({"url": "https://" + "a" * 64 + ".example/"}, "invalid_webhook_endpoint"),
+    ({"url": "https://a\u00adb.example/"}, "invalid_webhook_endpoint"),
+    ({"url": "https://a\u202eb.example/"}, "invalid_webhook_endpoint"),
     ({"url": HOOK, "event_types": ["wallet.exploded"]}, "invalid_webhook_endpoint"),
     ({"url": HOOK, "event_types": ["Not A Type"]}, "validation_error"),
     ({"url": HOOK, "event_types": "wallet.deposited"}, "validation_error"),
@@ -151,3 +159,19 @@ def test_creating_an_endpoint_is_idempotent(client, market):
     assert_problem(client.post("/v1/webhook_endpoints", json={"url": HOOK + "/2"}, headers=h), 409,
                    "idempotency_conflict")
     assert len(client.get("/v1/webhook_endpoints", headers=market.a).json()["data"]) == 1
+
+
+@pytest.mark.parametrize("url", ["https://b\u00fccher.example/hook", "https://[::1]:8443/hook", "https://10.0.0.7/hook",
+                                 "https://hooks.example.com./x"])
+def test_unusual_but_valid_hosts_are_accepted(client, market, url):
+    assert create(client, market, url=url).status_code == 201
+
+
+def test_a_usage_event_is_read_by_its_id(client, market, db, clock):
+    from meterline.events.outbox import emit
+
+    with db.session() as s:
+        eid = emit(s, market.id, "rental.usage", {"rental_id": "CTR-AB12"}, now_ns=clock.now_ns(),
+                   event_id="evt_usage_CTR-AB12_29940420")
+    r = client.get(f"/v1/events/{eid}", headers=market.a)
+    assert r.status_code == 200 and r.json()["data"] == {"rental_id": "CTR-AB12"}

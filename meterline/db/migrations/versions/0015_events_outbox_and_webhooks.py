@@ -30,7 +30,8 @@ def upgrade() -> None:
     sa.Column('webhooks_pending', sa.Boolean(), nullable=False),
     sa.Column('nats_pending', sa.Boolean(), nullable=False),
     sa.PrimaryKeyConstraint('seq', name=op.f('pk_events')),
-    sa.UniqueConstraint('tenant_id', 'id', name='uq_events_tenant_id')
+    sa.UniqueConstraint('tenant_id', 'id', name='uq_events_tenant_id'),
+    sqlite_autoincrement=True,
     )
     with op.batch_alter_table('events', schema=None) as batch_op:
         batch_op.create_index('ix_events_created_at', ['created_at'], unique=False)
