@@ -13,9 +13,10 @@ with the reason in `last_payment_error` and a next attempt scheduled.
 
 A credit larger than an invoice's charges is carried to the subscription's next
 invoice — except on the last invoice of a canceled subscription, which has no next
-one: there the credit is refunded to the same wallet, the reverse of a payment
-(platform_revenue → wallet, `sub:<id>:credit_refund`, one per subscription), up to
-what the subscription's invoices were paid.
+one: there it first pays what the subscription's open invoices still owe, and only
+what the customer paid beyond what the service cost goes back to the same wallet, the
+reverse of a payment (platform_revenue → wallet, `sub:<id>:credit_refund`, one per
+subscription). `billing.credits` holds that rule.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from meterline.billing.credits import Position, settle
 from meterline.billing.models import Invoice, InvoiceCounter, InvoiceLine, Subscription
 from meterline.clock import Clock
 from meterline.db.scoping import scoped
@@ -91,12 +93,14 @@ class PaymentOutcome:
 @dataclass(frozen=True, slots=True)
 class Composed:
     """An invoice as composed: its own lines, the credit carried to the next invoice (or
-    None), its total, and the part of a credit refunded (final invoices only)."""
+    None), its total, and — on a final invoice — the parts of a credit that pay open
+    invoices and that are refunded."""
 
     lines: list[InvoiceLine]
     carry: InvoiceLine | None
     total_minor: int
     refund_minor: int
+    applied: tuple[tuple[Invoice, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,19 +136,20 @@ class InvoiceService:
     # -- composing ------------------------------------------------------------------
     def compose(
         self, sub: Subscription, invoice_id: str | None, start: int, end: int, charges: list[Charge],
-        pending: list[InvoiceLine], now_ns: int, *, refundable_minor: int | None = None,
+        pending: list[InvoiceLine], now_ns: int, *, final: Position | None = None,
     ) -> Composed:
         """The new lines of an invoice (recurring charges, and balancing lines when credits
-        exceed charges), the pending credit to carry forward (or None), the total and the part
-        of the credit to refund.
+        exceed charges), the pending credit to carry forward (or None), the total, and how a
+        final invoice's credit is settled.
 
         Pure: nothing is added to a session, so a preview can use it as it is. A negative
         total is never billed: it is brought to zero here. While the subscription goes on
-        (`refundable_minor` None) the same amount waits, as a pending credit, for its next
-        invoice (Stripe's customer balance, kept per subscription). On the final invoice of a
-        canceled subscription there is no next invoice: the credit is refunded to the wallet,
-        up to `refundable_minor` (what the subscription's invoices were paid); what exceeds it
-        offsets charges never paid, is not cash, and stays pending as a record.
+        (`final` None) the same amount waits, as a pending credit, for its next invoice
+        (Stripe's customer balance, kept per subscription). On the final invoice of a canceled
+        subscription there is no next invoice: `final` is where the subscription stands
+        (`credits.position`) and `credits.settle` splits the credit — what pays open invoices,
+        what is refunded, and what is not money (it offsets charges never paid) and stays
+        pending as a record. One balancing line shows each part.
         """
         new: list[InvoiceLine] = [
             self._line(sub, invoice_id, c.item_id, "subscription", c.name, c.quantity, c.unit_price_minor,
@@ -154,32 +159,34 @@ class InvoiceService:
         total = sum(ln.amount_minor for ln in pending) + sum(ln.amount_minor for ln in new)
         carry = None
         refund = 0
+        applied: tuple[tuple[Invoice, int], ...] = ()
         if total < 0:
-            credit = -total
-            kept = credit
-            if refundable_minor is not None:
-                refund = min(credit, max(refundable_minor, 0))
-                kept = credit - refund
+            credit = kept = -total
+
+            def balance(description: str, amount_minor: int) -> None:
+                new.append(self._line(sub, invoice_id, None, "balance", description, 1, amount_minor,
+                                      amount_minor, start, end, now_ns, len(new)))
+
+            if final is not None:
+                settled = settle(credit, final, [*pending, *new])
+                applied, refund, kept = settled.applied, settled.refund_minor, settled.kept_minor
+                for target, part in applied:
+                    balance(f"Credit applied to invoice {target.number or target.id} (still {target.status})", part)
                 if refund:
-                    new.append(self._line(
-                        sub, invoice_id, None, "balance",
-                        f"Credit refunded to the wallet (transfer {credit_refund_transfer_id(sub.id)})",
-                        1, refund, refund, start, end, now_ns, len(new)))
+                    balance(f"Credit refunded to the wallet (transfer {credit_refund_transfer_id(sub.id)})", refund)
             if kept:
-                final = refundable_minor is not None
-                new.append(self._line(
-                    sub, invoice_id, None, "balance",
-                    "Credit not refunded: more than this subscription's invoices were paid" if final
-                    else "Credit carried forward to the next invoice", 1, kept, kept, start, end, now_ns, len(new)))
-                carry = self._line(
-                    sub, None, None, "balance",
-                    (f"Credit from invoice {invoice_id or '(upcoming)'} not refunded (it offsets unpaid "
-                     "charges)") if final else f"Credit carried forward from invoice {invoice_id or '(upcoming)'}",
-                    1, -kept, -kept, start, end, now_ns, 0)
+                source = invoice_id or "(upcoming)"
+                if final is not None:
+                    balance("Credit not refunded: it offsets charges that were never paid", kept)
+                    note = f"Credit from invoice {source} not refunded (it offsets charges that were never paid)"
+                else:
+                    balance("Credit carried forward to the next invoice", kept)
+                    note = f"Credit carried forward from invoice {source}"
+                carry = self._line(sub, None, None, "balance", note, 1, -kept, -kept, start, end, now_ns, 0)
             total = 0
         if total > MAX_AMOUNT:
             raise AmountOverflow("the invoice total does not fit in 64 bits of minor units")
-        return Composed(new, carry, total, refund)
+        return Composed(new, carry, total, refund, applied)
 
     def create(
         self, session: Session, sub: Subscription, start: int, end: int, charges: list[Charge], now_ns: int,
@@ -191,21 +198,27 @@ class InvoiceService:
 
     def create_final(
         self, session: Session, sub: Subscription, start: int, end: int, charges: list[Charge], clock: Clock,
-        *, refundable_minor: int,
+        *, position: Position,
     ) -> Invoice:
-        """The last invoice of a subscription that is being canceled (as `create`). A credit
-        left on it is refunded to the customer's wallet, up to `refundable_minor`, in the same
-        transaction: one ledger transfer platform_revenue → wallet, the reverse of a payment,
-        whose id is the subscription's (`sub:<id>:credit_refund`), so no retry refunds twice."""
-        inv, refund = self._create(session, sub, start, end, charges, clock.now_ns(), refundable_minor)
-        if refund:
-            self._refund_credit(session, sub, inv, refund, clock)
+        """The last invoice of a subscription that is being canceled (as `create`), given where
+        the subscription stands (`credits.position`, read under the close's locks). A credit
+        left on it is settled in the same transaction (`credits.settle`): it first pays the
+        open invoices — each one's `amount_paid` grows by its part, and one paid in full is
+        paid — then the rest that is money goes back to the customer's wallet, one ledger
+        transfer platform_revenue → wallet, the reverse of a payment, whose id is the
+        subscription's (`sub:<id>:credit_refund`), so no retry refunds twice."""
+        now = clock.now_ns()
+        inv, composed = self._create(session, sub, start, end, charges, now, position)
+        for target, part in composed.applied:
+            self._apply_credit(session, target, part, inv, now)
+        if composed.refund_minor:
+            self._refund_credit(session, sub, inv, composed.refund_minor, clock)
         return inv
 
     def _create(
         self, session: Session, sub: Subscription, start: int, end: int, charges: list[Charge], now_ns: int,
-        refundable_minor: int | None,
-    ) -> tuple[Invoice, int]:
+        final: Position | None,
+    ) -> tuple[Invoice, Composed]:
         inv = Invoice(
             tenant_id=sub.tenant_id, id=new_id("in"), subscription_id=sub.id, customer_type=sub.customer_type,
             customer_id=sub.customer_id, currency=sub.currency, number=None, status="draft", period_start=start,
@@ -213,7 +226,7 @@ class InvoiceService:
             updated_at=now_ns,
         )
         pending = self.pending_lines(session, sub.tenant_id, sub.id)
-        composed = self.compose(sub, inv.id, start, end, charges, pending, now_ns, refundable_minor=refundable_minor)
+        composed = self.compose(sub, inv.id, start, end, charges, pending, now_ns, final=final)
         inv.total_minor = composed.total_minor
         try:
             with session.begin_nested():
@@ -230,7 +243,22 @@ class InvoiceService:
         if composed.carry is not None:
             session.add(composed.carry)
         session.flush()
-        return inv, composed.refund_minor
+        return inv, composed
+
+    def _apply_credit(self, session: Session, target: Invoice, amount_minor: int, source: Invoice,
+                      now_ns: int) -> None:
+        """Part of a final invoice's credit pays an open invoice (locked by `credits.position`):
+        no money moves — what the customer owes shrinks. A wallet payment then collects only
+        what is left (`attempt_payment` takes total − amount_paid)."""
+        target.amount_paid_minor += amount_minor
+        target.updated_at = now_ns
+        if target.amount_paid_minor == target.total_minor:
+            self._mark_paid(target, target.payment_transfer_id, now_ns)
+        session.flush()
+        _event(session, target, "invoice.credit_applied", now_ns,
+               extra={"credited": amount_minor, "credit_invoice_id": source.id})
+        if target.status == "paid":
+            _event(session, target, "invoice.paid", now_ns)
 
     @staticmethod
     def _refund_credit(session: Session, sub: Subscription, inv: Invoice, amount_minor: int, clock: Clock) -> None:
@@ -248,14 +276,8 @@ class InvoiceService:
         )], clock)
         raise_for_result(result, "credit refund")
         if result.result == "ok":
-            _event(session, inv, "invoice.credit_refunded", now, refunded=amount_minor,
-                   transfer_id=credit_refund_transfer_id(sub.id))
-
-    def refundable(self, session: Session, tenant_id: str, subscription_id: str) -> int:
-        """What a subscription's invoices were paid: the most its leftover credit may refund."""
-        stmt = scoped(select(func.coalesce(func.sum(Invoice.amount_paid_minor), 0)), Invoice, tenant_id).where(
-            Invoice.subscription_id == subscription_id, Invoice.status == "paid")
-        return int(session.scalar(stmt) or 0)
+            _event(session, inv, "invoice.credit_refunded", now,
+                   extra={"refunded": amount_minor, "refund_transfer_id": credit_refund_transfer_id(sub.id)})
 
     @staticmethod
     def _line(
@@ -482,9 +504,10 @@ class InvoiceService:
 invoice_service = InvoiceService()
 
 
-def _event(session: Session, inv: Invoice, type_: str, now_ns: int, *, refunded: int | None = None,
-           transfer_id: str | None = None) -> None:
-    """An invoice's event (docs/events.md), with the figures as the invoice shows them."""
+def _event(session: Session, inv: Invoice, type_: str, now_ns: int, *, extra: dict[str, Any] | None = None
+           ) -> None:
+    """An invoice's event (docs/events.md), with the figures as the invoice shows them; in
+    `extra`, an int is an amount in minor units, anything else is written as it is."""
     scale = ledger_service.get_asset(session, inv.tenant_id, inv.currency).scale
     data: dict[str, Any] = {
         "invoice_id": inv.id, "number": inv.number, "subscription_id": inv.subscription_id,
@@ -495,6 +518,6 @@ def _event(session: Session, inv: Invoice, type_: str, now_ns: int, *, refunded:
         "payment_attempts": inv.payment_attempts, "last_payment_error": inv.last_payment_error,
         "payment_transfer_id": inv.payment_transfer_id,
     }
-    if refunded is not None:
-        data |= {"refunded": amount(refunded, scale), "refund_transfer_id": transfer_id}
+    for key, value in (extra or {}).items():
+        data[key] = amount(value, scale) if isinstance(value, int) else value
     emit(session, inv.tenant_id, type_, data, now_ns=now_ns)

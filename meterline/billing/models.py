@@ -125,6 +125,8 @@ class Invoice(Base):
     period_start: Mapped[int] = mapped_column(BigInteger)
     period_end: Mapped[int] = mapped_column(BigInteger)
     total_minor: Mapped[int] = mapped_column(BigInteger)
+    # Settled so far: by the wallet payment (`payment_transfer_id`), or in part by a canceled
+    # subscription's leftover credit (`billing.credits`), which moves no money.
     amount_paid_minor: Mapped[int] = mapped_column(BigInteger, default=0)
     payment_transfer_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     payment_attempts: Mapped[int] = mapped_column(Integer, default=0)

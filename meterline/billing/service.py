@@ -15,7 +15,8 @@ transaction: get-or-create the period's invoice (unique per subscription and
 period start), finalize it, try the wallet, advance to the next period. A crash
 leaves all of it or none; a retry finds the invoice instead of making another. The
 close that ends a canceled subscription makes its last invoice final: a credit left
-on it is refunded to the wallet in the same transaction (`invoice_service.create_final`).
+on it pays the subscription's open invoices and the rest that is money is refunded to
+the wallet, in the same transaction (`billing.credits`, `invoice_service.create_final`).
 
 Catalogue items take their name, basis and price from the licensing catalogue
 (`licensing_service`), and a camera or device quantity left out defaults to the
@@ -32,6 +33,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from meterline.billing import credits
 from meterline.billing.invoices import Charge, InvoiceDocument, InvoiceExists, invoice_service, when
 from meterline.billing.models import Invoice, InvoiceLine, Subscription, SubscriptionItem
 from meterline.billing.periods import NS, period_bounds_ns, whole_second
@@ -370,8 +372,9 @@ class BillingService:
         if sub.status == "canceled":
             raise SubscriptionCanceled(f"subscription {sub.id} is canceled; no invoice is coming")
         invoiced = invoice_service.for_period(session, tenant_id, sub.id, sub.current_period_start) is not None
-        # The subscription's last invoice refunds a leftover credit instead of carrying it.
-        refundable = invoice_service.refundable(session, tenant_id, sub.id) if sub.cancel_at_period_end else None
+        # The subscription's last invoice settles a leftover credit instead of carrying it, as
+        # the close will with the invoices as they stand now (`credits`; nothing is locked).
+        final = credits.position(session, tenant_id, sub.id, lock=False) if sub.cancel_at_period_end else None
         if not invoiced:
             start, end = sub.current_period_start, sub.current_period_end
             charges = self._charges(session, sub, current=True)
@@ -388,8 +391,7 @@ class BillingService:
             period_start=start, period_end=end, total_minor=0, amount_paid_minor=0, payment_attempts=0,
             created_at=now_ns, updated_at=now_ns,
         )
-        composed = invoice_service.compose(sub, None, start, end, charges, pending, now_ns,
-                                           refundable_minor=refundable)
+        composed = invoice_service.compose(sub, None, start, end, charges, pending, now_ns, final=final)
         inv.total_minor = composed.total_minor
         return InvoiceDocument(inv, [*pending, *composed.lines])
 
@@ -443,18 +445,18 @@ class BillingService:
             invoices.append(self._collect(session, invoice_service.lock(session, sub.tenant_id, early.id), clock))
         if sub.cancel_at_period_end:
             # The last invoice of a canceled subscription is final: there is no next invoice to
-            # carry a credit to, so a credit left over is refunded to the wallet, as far as the
-            # subscription's invoices were paid (`create_final`).
-            refundable = invoice_service.refundable(session, sub.tenant_id, sub.id)
+            # carry a credit to, so a credit left over pays the open invoices and the rest that
+            # is money is refunded to the wallet (`credits`). The subscription's invoices are
+            # locked (after the subscription, as everywhere) so none is paid or voided meanwhile.
+            final = credits.position(session, sub.tenant_id, sub.id, lock=True)
             if early is None:
                 invoices.append(invoice_service.create_final(
                     session, sub, sub.current_period_start, end, self._charges(session, sub, current=True), clock,
-                    refundable_minor=refundable))
+                    position=final))
             elif invoice_service.pending_lines(session, sub.tenant_id, sub.id):
                 # Changes after the early invoice (and a credit it carried): billed, or
-                # refunded, on a last invoice at the period's end.
-                invoices.append(invoice_service.create_final(session, sub, end, end, [], clock,
-                                                             refundable_minor=refundable))
+                # settled, on a last invoice at the period's end.
+                invoices.append(invoice_service.create_final(session, sub, end, end, [], clock, position=final))
             sub.status, sub.canceled_at = "canceled", end
         else:
             if early is None:
@@ -511,11 +513,18 @@ class BillingService:
     @staticmethod
     def lock(session: Session, tenant_id: str, subscription_id: str) -> Subscription:
         """The subscription, locked and read afresh. Every change, invoice and period close of
-        one subscription queues on its row (FOR UPDATE on PostgreSQL; SQLite's single writer
-        serialises anyway). A licensee's license is locked before its subscriptions, never
-        after (`_lock_license`), as a license change does."""
+        one subscription queues on its row (FOR NO KEY UPDATE on PostgreSQL; SQLite's single
+        writer serialises anyway). A licensee's license is locked before its subscriptions, never
+        after (`_lock_license`), as a license change does.
+
+        NO KEY UPDATE, not UPDATE: holders still queue on each other, but a row that refers to
+        the subscription may be written meanwhile. A payment of one of its invoices writes the
+        invoice twice, and the second write re-checks the invoice's foreign key to the
+        subscription (FOR KEY SHARE, which FOR UPDATE blocks): a close holding the subscription
+        and waiting for that invoice's lock deadlocked with it. The key never changes."""
         stmt = scoped(select(Subscription), Subscription, tenant_id).where(Subscription.id == subscription_id)
-        row = session.scalars(stmt.with_for_update().execution_options(populate_existing=True)).first()
+        locked = stmt.with_for_update(key_share=True).execution_options(populate_existing=True)
+        row = session.scalars(locked).first()
         if row is None:
             raise SubscriptionNotFound(f"subscription {subscription_id} does not exist")
         return row

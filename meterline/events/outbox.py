@@ -37,6 +37,7 @@ EVENT_TYPES: dict[str, str | None] = {
     "invoice.paid": PAYMENTS,
     "invoice.payment_failed": None,
     "invoice.voided": None,
+    "invoice.credit_applied": None,
     "invoice.credit_refunded": PAYMENTS,
 }
 

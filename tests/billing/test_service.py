@@ -32,6 +32,7 @@ from meterline.clock import FrozenClock
 from meterline.db.engine import Database
 from meterline.errors import AmountOverflow
 from meterline.events.models import Event
+from meterline.ledger.models import Transfer
 from meterline.ledger.service import AssetNotFound, ledger_service
 from meterline.ledger.verify import verify_ledger
 from meterline.licensing.service import GrowthPackNotFound, PlanNotFound
@@ -494,7 +495,8 @@ def test_an_early_invoice_collected_at_the_close_counts_towards_the_refund(db, t
 
 def test_a_credit_is_refunded_only_as_far_as_the_subscription_was_paid(db, tenant, clock):
     """Credits that offset an invoice still unpaid are not cash: refunding them would pay out
-    money never received. What was not paid for stays recorded as the subscription's credit."""
+    money never received. The credit pays half of the open November instead (it was kept as a
+    pending credit of the canceled subscription while November stayed due in full)."""
     sid = subscribe(db, tenant, clock, [CUSTOM])
     with db.session() as s:
         inv = billing_service.create_invoice(s, tenant, sid, clock).invoice
@@ -503,13 +505,123 @@ def test_a_credit_is_refunded_only_as_far_as_the_subscription_was_paid(db, tenan
     remove_first_item(db, tenant, sid, clock, cancel=True)
     clock.set(DEC_1)
     with db.session() as s:
-        _, final = billing_service.close_due(s, tenant, sid, clock)
+        november, final = billing_service.close_due(s, tenant, sid, clock)
+        doc = invoice_service.document(s, final)
+        assert invoice_service.pending_lines(s, tenant, sid) == []
+    assert lines(doc) == [("proration", 10, -5_000), ("balance", 1, 5_000)]
+    assert doc.lines[-1].description == "Credit applied to invoice INV-000001 (still open)"
+    assert (november.status, november.amount_paid_minor, november.total_minor) == ("open", 5_000, 10_000)
+    assert not refunded(db, tenant, sid)
+    assert wallet(db, tenant) == 0 and verify_ledger(db, tenant).ok
+
+
+def _december_invoiced_early_then_removed(db, tenant, clock, *, void: bool) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    """CUSTOM ($100.00 a month) from 1 Nov; November invoiced early and paid (the wallet is then
+    empty); December invoiced early and left open (or voided); the item removed on 16 Dec — a
+    credit of 16/31 of December, −51.61 — and the subscription canceled."""
+    sid = subscribe(db, tenant, clock, [CUSTOM])
+    deposit(db, tenant, clock, 10_000)
+    invoice_early_and_pay(db, tenant, sid, clock)
+    clock.set(DEC_1)
+    with db.session() as s:
+        billing_service.close_due(s, tenant, sid, clock)
+        december = billing_service.create_invoice(s, tenant, sid, clock).invoice
+        invoice_service.finalize(s, tenant, december.id, clock.now_ns())  # open: the wallet is empty
+        if void:
+            invoice_service.void(s, tenant, december.id, clock.now_ns())
+    clock.set(at(2025, 12, 16))
+    remove_first_item(db, tenant, sid, clock, cancel=True)
+    return sid, december.id
+
+
+def refunded(db: Database, tenant: str, sid: str) -> bool:
+    with db.session(write=False) as s:
+        return s.get(Transfer, (tenant, credit_refund_transfer_id(sid))) is not None
+
+
+def test_a_credit_at_cancellation_first_offsets_an_invoice_still_open(db, tenant, clock):
+    """The leak: the −51.61 was refunded as cash while December's 100.00 was still owed. It
+    pays part of December instead (no money moves); December is then due 48.39."""
+    sid, dec_id = _december_invoiced_early_then_removed(db, tenant, clock, void=False)
+    with db.session(write=False) as s:
+        upcoming = billing_service.preview(s, tenant, sid, clock.now_ns())
+    clock.set(JAN_1)
+    with db.session() as s:
+        [december, final] = billing_service.close_due(s, tenant, sid, clock)
+        doc = invoice_service.document(s, final)
+        assert invoice_service.pending_lines(s, tenant, sid) == []
+    assert lines(doc) == lines(upcoming) == [("proration", 10, -5_161), ("balance", 1, 5_161)]
+    assert doc.lines[-1].description == "Credit applied to invoice INV-000002 (still open)"
+    assert (final.status, final.total_minor) == ("paid", 0)
+    assert (december.id, december.status, december.total_minor, december.amount_paid_minor) == (
+        dec_id, "open", 10_000, 5_161)
+    assert not refunded(db, tenant, sid)
+    assert (wallet(db, tenant), revenue(db, tenant)) == (0, 10_000)
+    deposit(db, tenant, clock, 4_839)  # what is left of December, and not a cent more
+    with db.session() as s:
+        assert invoice_service.pay(s, tenant, dec_id, clock).paid
+        assert ledger_service.get_transfer(s, tenant, payment_transfer_id(dec_id)).amount == 4_839
+    assert (wallet(db, tenant), revenue(db, tenant)) == (0, 14_839)  # November + 15/31 of December
+    applied = [d for t, d in invoice_events(db, tenant) if t == "invoice.credit_applied"]
+    assert [(d["invoice_id"], d["credited"], d["amount_due"]) for d in applied] == [(dec_id, "51.61", "48.39")]
+    assert verify_ledger(db, tenant).ok
+
+
+def test_a_credit_for_a_period_whose_invoice_was_voided_refunds_nothing(db, tenant, clock):
+    """The leak: December's invoice was voided — never paid — and the −51.61 for December came
+    back as cash. A credit for forgiven time is worth nothing; it stays on record, not refunded."""
+    sid, _ = _december_invoiced_early_then_removed(db, tenant, clock, void=True)
+    with db.session(write=False) as s:
+        upcoming = billing_service.preview(s, tenant, sid, clock.now_ns())
+    clock.set(JAN_1)
+    with db.session() as s:
+        [december, final] = billing_service.close_due(s, tenant, sid, clock)
         doc = invoice_service.document(s, final)
         kept = invoice_service.pending_lines(s, tenant, sid)
-    assert lines(doc) == [("proration", 10, -5_000), ("balance", 1, 5_000)]
+        assert billing_service.get_subscription(s, tenant, sid).status == "canceled"
+    assert december.status == "void"
+    assert lines(doc) == lines(upcoming) == [("proration", 10, -5_161), ("balance", 1, 5_161)]
     assert doc.lines[-1].description.startswith("Credit not refunded")
-    assert [(ln.kind, ln.amount_minor) for ln in kept] == [("balance", -5_000)]
-    assert wallet(db, tenant) == 0 and verify_ledger(db, tenant).ok
+    assert [(ln.kind, ln.amount_minor) for ln in kept] == [("balance", -5_161)]
+    assert not refunded(db, tenant, sid)
+    assert (wallet(db, tenant), revenue(db, tenant)) == (0, 10_000)
+    assert verify_ledger(db, tenant).ok
+
+
+def test_a_credit_offsets_what_is_owed_and_only_the_rest_is_refunded(db, tenant, clock):
+    """November (10.00) is still open; December (110.00) was invoiced early and paid; 100.00 of
+    it removed on 16 Dec (−51.61). 10.00 of the credit settles November, 41.61 is refunded."""
+    sid = subscribe(db, tenant, clock, [ItemSpec(name="Tiny", basis="tenant", unit_price_minor=1000)])
+    with db.session() as s:
+        november = billing_service.create_invoice(s, tenant, sid, clock).invoice
+        invoice_service.finalize(s, tenant, november.id, clock.now_ns())  # open: the wallet is empty
+    clock.set(DEC_1)
+    with db.session() as s:
+        billing_service.close_due(s, tenant, sid, clock)
+        billing_service.add_item(s, tenant, sid, CUSTOM, clock)  # from December's first second
+    deposit(db, tenant, clock, 11_000)
+    invoice_early_and_pay(db, tenant, sid, clock)  # December: 110.00
+    clock.set(at(2025, 12, 16))
+    with db.session() as s:
+        custom = billing_service.items(s, tenant, sid)[1]
+        billing_service.remove_item(s, tenant, sid, custom.id, clock)
+        billing_service.cancel(s, tenant, sid, clock)
+        upcoming = billing_service.preview(s, tenant, sid, clock.now_ns())
+    clock.set(JAN_1)
+    with db.session() as s:
+        closed = billing_service.close_due(s, tenant, sid, clock)
+        doc = invoice_service.document(s, closed[-1])
+        nov = invoice_service.get(s, tenant, november.id)
+        refund = ledger_service.get_transfer(s, tenant, credit_refund_transfer_id(sid))
+    assert lines(doc) == lines(upcoming) == [("proration", 10, -5_161), ("balance", 1, 1_000),
+                                             ("balance", 1, 4_161)]
+    assert [ln.description for ln in doc.lines[1:]] == [
+        "Credit applied to invoice INV-000001 (still open)",
+        f"Credit refunded to the wallet (transfer sub:{sid}:credit_refund)"]
+    assert (nov.status, nov.amount_paid_minor, nov.payment_transfer_id) == ("paid", 1_000, None)
+    assert refund.amount == 4_161
+    assert (wallet(db, tenant), revenue(db, tenant)) == (4_161, 11_000 - 4_161)
+    assert verify_ledger(db, tenant).ok
 
 
 def test_a_change_or_cancel_after_more_than_two_years_without_the_worker_lands_in_todays_period(

@@ -5,6 +5,7 @@ on their retry schedule. Each test commits in its own tenant."""
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -177,6 +178,70 @@ def test_a_refund_already_in_the_ledger_is_not_made_again(db, tenant, sub, clock
     close(db, clock)
     assert wallet(db, tenant) == 5_000  # not 10,000
     assert subscription(db, tenant, sub).status == "canceled"
+    assert verify_ledger(db, tenant).ok
+
+
+def test_a_payment_racing_the_close_is_never_counted_twice_against_the_credit(db, tenant, clock, monkeypatch):
+    """November (10.00) is still open, December (110.00) invoiced early and paid, 100.00 of it
+    removed on 16 Dec (−51.61), canceled. The customer pays November by hand just as the close
+    starts: the close waits for the payment (it locks the subscription's invoices), sees November
+    paid in cash and refunds all of the credit — never applying it to an amount the payment has
+    just settled. On PostgreSQL this order deadlocked: the close held the subscription FOR UPDATE
+    and waited for November, while the payment's second write to November re-checked its foreign
+    key to the subscription (FOR KEY SHARE), which FOR UPDATE blocks."""
+    with db.session() as s:
+        sid = make_subscription(s, tenant, clock, items=[ItemSpec(name="Tiny", basis="tenant",
+                                                                  unit_price_minor=1000)])
+        november = billing_service.create_invoice(s, tenant, sid, clock).invoice
+        invoice_service.finalize(s, tenant, november.id, clock.now_ns())  # open: the wallet is empty
+    clock.set(DEC_1)
+    with db.session() as s:
+        billing_service.close_due(s, tenant, sid, clock)
+        billing_service.add_item(s, tenant, sid, CUSTOM, clock)
+    fund(db, tenant, clock, 11_000)
+    invoice_early_and_pay(db, tenant, sid, clock)
+    clock.set(at(2025, 12, 16))
+    with db.session() as s:
+        custom = billing_service.items(s, tenant, sid)[1]
+        billing_service.remove_item(s, tenant, sid, custom.id, clock)
+        billing_service.cancel(s, tenant, sid, clock)
+    fund(db, tenant, clock, 1_000)
+    clock.set(JAN_1)
+    paying = threading.Event()
+    real_mark_paid = InvoiceService._mark_paid
+
+    def slow_mark_paid(inv, transfer_id, now_ns):  # type: ignore[no-untyped-def]
+        if threading.current_thread().name == "pay":  # November is locked and written once
+            paying.set()
+            time.sleep(0.5)  # the close starts meanwhile and queues behind November's lock
+        real_mark_paid(inv, transfer_id, now_ns)
+
+    monkeypatch.setattr(InvoiceService, "_mark_paid", staticmethod(slow_mark_paid))
+
+    failures: list[BaseException] = []
+
+    def pay() -> None:
+        try:
+            with db.session() as s:
+                assert invoice_service.pay(s, tenant, november.id, clock).paid
+        except BaseException as e:  # reported below, on the test's thread
+            failures.append(e)
+
+    payer = threading.Thread(target=pay, name="pay")
+    payer.start()
+    assert paying.wait(10)
+    close(db, clock)
+    payer.join(10)
+    assert failures == []
+    with db.session(write=False) as s:
+        revenue = wallet_service.system_account(s, tenant, "platform_revenue", "USD", 0)
+        nov = invoice_service.get(s, tenant, november.id)
+        refund = ledger_service.get_transfer(s, tenant, credit_refund_transfer_id(sid))
+    assert (nov.status, nov.amount_paid_minor, nov.payment_transfer_id) == (
+        "paid", 1_000, f"inv:{november.id}:payment")
+    assert subscription(db, tenant, sid).status == "canceled"
+    assert refund.amount == 5_161
+    assert (wallet(db, tenant), revenue.credits_posted - revenue.debits_posted) == (5_161, 6_839)
     assert verify_ledger(db, tenant).ok
 
 

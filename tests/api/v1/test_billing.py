@@ -256,6 +256,47 @@ def test_a_credit_left_when_a_canceled_subscription_ends_comes_back_to_the_walle
                    "subscription_canceled")
 
 
+@pytest.mark.parametrize("december", ["open", "void"])
+def test_a_credit_for_a_period_not_paid_is_never_refunded(client, bb, db, clock, december):
+    """November paid; December invoiced early and left open (or voided); Advanced Analytics
+    removed on 16 Dec (−1032.26); canceled. The credit pays part of the open December — or, for
+    a voided December, is worth nothing — and no cash goes back to the wallet."""
+    sub = subscribe(client, bb)
+    sid, analytics = sub["id"], sub["items"][1]["id"]
+    client.post(f"{WALLET}/deposits", json={"amount": "8000", "proof": "wire-4"}, headers=bb.w)
+    paid = client.post(f"/v1/invoices/{invoice(client, bb, sid)['id']}/pay", headers=bb.w)
+    assert paid.json()["status"] == "paid", paid.text
+    clock.set(at(2025, 12, 1))
+    tasks.close_periods(db, clock, limit=1000)
+    dec = invoice(client, bb, sid)
+    assert (dec["number"], dec["status"], dec["amount_due"]) == ("INV-000002", "open", "8000.00")
+    if december == "void":
+        assert client.post(f"/v1/invoices/{dec['id']}/void", headers=bb.w).status_code == 200
+    clock.set(at(2025, 12, 16))
+    assert client.delete(f"/v1/subscriptions/{sid}/items/{analytics}", headers=bb.w).status_code == 200
+    assert client.post(f"/v1/subscriptions/{sid}/cancel", headers=bb.w).status_code == 200
+    upcoming = client.get(f"/v1/subscriptions/{sid}/upcoming-invoice", headers=bb.w).json()
+    clock.set(at(2026, 1, 1))
+    tasks.close_periods(db, clock, limit=1000)
+    rows = client.get("/v1/invoices", params={"subscription_id": sid}, headers=bb.w).json()["data"]
+    final = next(i for i in rows if i["period_start"] == i["period_end"])
+    settled = {"open": "Credit applied to invoice INV-000002 (still open)",
+               "void": "Credit not refunded: it offsets charges that were never paid"}[december]
+    assert [(ln["kind"], ln["amount"], ln["description"]) for ln in final["lines"]] == [
+        ("proration", "-1032.26", "Unused time on 100 × Advanced Analytics Pack after 2025-12-16 00:00:00 UTC"),
+        ("balance", "1032.26", settled)]
+    assert [(ln["kind"], ln["amount"]) for ln in upcoming["lines"]] == [
+        (ln["kind"], ln["amount"]) for ln in final["lines"]]
+    assert (final["status"], final["total"]) == ("paid", "0.00")
+    assert client.get(WALLET, headers=bb.w).json()["available"] == "0.00"
+    assert not [t for t in client.get(f"{WALLET}/transactions", headers=bb.w).json()["data"]
+                if t["transfer_id"] == f"sub:{sid}:credit_refund"]
+    after = client.get(f"/v1/invoices/{dec['id']}", headers=bb.w).json()
+    assert (after["status"], after["amount_paid"], after["amount_due"]) == (
+        ("open", "1032.26", "6967.74") if december == "open" else ("void", "0.00", "8000.00"))
+    assert client.get(f"/v1/subscriptions/{sid}", headers=bb.w).json()["status"] == "canceled"
+
+
 def test_idempotency_keys_replay_and_conflict(client, bb):
     h = {**bb.w, "Idempotency-Key": "sub-1"}
     first = client.post("/v1/subscriptions", json=SUBSCRIPTION, headers=h)
