@@ -75,12 +75,15 @@ def owns(principal: Principal, owner_id: str | None) -> bool:
 
 def speaks_for(principal: Principal, licensee_id: str) -> bool:
     """Whether a device-facing licensing call (validate, entitlement check, heartbeat, usage
-    report — the licensee named in the body or path) may name this licensee. Staff, and
-    `device` keys — the platform's edge fleet, which no key binds to one licensee — may name
-    any licensee of their tenant; a customer only itself; anyone else (a provider key) none.
-    Every other licensee answers as one without a license, so its existence doesn't leak."""
-    if principal.is_staff or principal.kind == "device":
+    report — the licensee named in the body or path) may name this licensee. Staff may name
+    any licensee of their tenant; a `device` key made with a principal id is bound to the
+    licensee of that id (a customer's edge box), one made without is the platform's fleet
+    key and may name any; a customer only itself; anyone else (a provider key) none. Every
+    other licensee answers as one without a license, so its existence doesn't leak."""
+    if principal.is_staff:
         return True
+    if principal.kind == "device":
+        return principal.id is None or principal.id == licensee_id
     return principal.kind == "customer" and principal.id == licensee_id
 
 
@@ -90,18 +93,20 @@ def licensee_filter(principal: Principal, requested: str | None) -> tuple[str | 
     it. Staff and device keys filter as asked (None: the whole tenant); a customer reads only
     its own (its id, implied or asked for); anyone else nothing. A licensee the caller may not
     read answers as one without usage, the way lists hide other customers' rows."""
-    if principal.kind == "device":
-        return requested, True
+    if principal.kind == "device" and principal.id is None:
+        return requested, True  # the fleet key
+    if principal.kind == "device":  # bound to its licensee, as a customer to itself
+        return (principal.id, True) if requested in (None, principal.id) else (None, False)
     return list_filter(principal, requested)
 
 
 def reported_licensee(principal: Principal, named: str) -> str:
     """The licensee a usage report is for. A body that names none ("", the tenant's
-    unattributed usage) from a customer key is the customer's own: a customer's usage is
+    unattributed usage) from a customer key (or a device key bound to one) is the customer's own: a customer's usage is
     always its own, as a customer's list without a filter is its own rows. Anyone else's
     stays as named; `speaks_for` then decides whether the caller may report it."""
-    if not named and principal.kind == "customer" and principal.id and not principal.is_staff:
-        return principal.id
+    if not named and principal.kind in ("customer", "device") and principal.id and not principal.is_staff:
+        return principal.id  # (a bound device key's unnamed usage is its licensee's)
     return named
 
 

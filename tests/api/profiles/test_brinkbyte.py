@@ -383,3 +383,30 @@ def test_a_customers_stats_count_only_its_own_license(client: TestClient, t: Api
     assert (theirs["licenses"], theirs["cameras_active"]) == (1, 1)
     everyone = client.get("/stats", headers=t.a).json()
     assert (everyone["licenses"], everyone["cameras_active"]) == (3, 2)
+
+
+# -- device keys: the fleet's speak for every licensee, a bound one for its own -------------------
+
+
+def test_a_device_key_bound_to_a_licensee_speaks_only_for_it(client: TestClient, t: ApiTenant, db: Database,
+                                                              clock: FrozenClock,
+                                                              customer_keys: dict[str, dict[str, str]]) -> None:
+    from tests.api.test_fastpath import router_disabled
+
+    with db.session() as s:
+        box_a = ApiTenant.auth(make_key(s, t.id, clock, kind="device", principal_id="cust-a").secret)
+        fleet = ApiTenant.auth(make_key(s, t.id, clock, kind="device").secret)
+    unknown = client.post(VALIDATE, json={"tenant_id": "nobody", "camera_id": "cam-9"}, headers=box_a).json()
+    for body in ({"tenant_id": "cust-b", "camera_id": "cam-9"},):
+        assert client.post(VALIDATE, json=body, headers=box_a).json() == unknown
+        with router_disabled(client):
+            assert client.post(VALIDATE, json=body, headers=box_a).json() == unknown
+    assert client.get("/v1/licenses/cust-b/cameras", headers=t.a).json() == []  # none of B's slots
+    hb = {"device_id": "box-1", "tenant_id": "cust-b", "version": "1.0", "cameras": 1}
+    assert client.post(HEARTBEAT, json=hb, headers=box_a).json()["device_status"] is None
+    assert client.post(CHECK, json={"tenant_id": "cust-b", "feature": "heatmaps"}, headers=box_a).json()[
+        "code"] == "license_not_found"
+    # Its own licensee, and the unbound fleet key for anyone's.
+    assert client.post(VALIDATE, json={"tenant_id": "cust-a", "camera_id": "cam-9"}, headers=box_a).json()["is_valid"]
+    assert client.post(HEARTBEAT, json={**hb, "tenant_id": "cust-a"}, headers=box_a).json()["device_status"] == "alive"
+    assert client.post(VALIDATE, json={"tenant_id": "cust-b", "camera_id": "cam-9"}, headers=fleet).json()["is_valid"]

@@ -199,3 +199,28 @@ def test_the_license_lookup_is_one_cached_read_per_batch(dev_client, clock, tena
         assert dev_client.post("/api/v1/usage/batch", json=_batch(clock, body["events"], tenant="typo")).json()[
             "accepted"] == 0
     assert sorted({a[2] for a in loads}) == ["tenant-123", "typo"] and len(loads) == 2
+
+
+def test_a_device_key_bound_to_a_licensee_reports_and_reads_only_its_usage(make_client, db, clock, tenant_id):
+    from tests.factories import make_license
+
+    with db.session() as s:
+        make_tenant(s, tenant_id, clock)
+        metering_service.seed_demo(s, tenant_id, clock.now_ns())
+        make_licensing_catalogue(s, tenant_id, clock)
+        make_license(s, tenant_id, clock, licensee_id="cust-a")
+        box = {"Authorization": "Bearer " + make_key(s, tenant_id, clock, kind="device", principal_id="cust-a",
+                                                      scopes=["usage:write", "usage:read"]).secret}
+        fleet = {"Authorization": "Bearer " + make_key(s, tenant_id, clock, kind="device",
+                                                        scopes=["usage:write", "usage:read"]).secret}
+    client = make_client()
+    theirs = client.post("/api/v1/usage/batch", json=_batch(clock), headers=box).json()  # tenant-123's license
+    assert theirs["accepted"] == 0 and {r["code"] for r in theirs["rejected"]} == {"license_not_found"}
+    events = [{**e, "event_id": "b-" + e["event_id"]} for e in _batch(clock)["events"]]
+    assert client.post("/api/v1/usage/batch", json=_batch(clock, events, tenant="cust-a"),
+                       headers=box).json()["accepted"] == 4
+    assert client.post("/api/v1/usage/batch", json=_batch(clock), headers=fleet).json()["accepted"] == 4
+    # Reads: its own licensee's only; the fleet key reads any.
+    assert _usage(client, clock, "frames_processed", licensee="tenant-123", headers=box) == "0"
+    assert _usage(client, clock, "frames_processed", licensee="cust-a", headers=box) == "900"
+    assert _usage(client, clock, "frames_processed", licensee="tenant-123", headers=fleet) == "900"
