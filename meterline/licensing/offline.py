@@ -81,8 +81,16 @@ def verify_license_file(text: str, public_key_hex: str, now_s: int) -> dict[str,
     from nacl.exceptions import BadSignatureError as _Bad
     from nacl.signing import VerifyKey as _VerifyKey
 
+    def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        # A key given twice is a tampered file: a reader keeping the first would see other
+        # terms than the ones this check verifies (json.loads keeps the last).
+        obj = dict(pairs)
+        if len(obj) != len(pairs):
+            raise ValueError("duplicate key")
+        return obj
+
     try:
-        doc = _json.loads(text)
+        doc = _json.loads(text, object_pairs_hook=_unique)
         payload = doc["payload"]
         signature = bytes.fromhex(doc["signature"])
         if doc.get("format") != "meterline-license/1" or not isinstance(payload, dict):

@@ -63,6 +63,17 @@ def test_tampered_wrong_key_malformed() -> None:
     assert verify_license_file(json.dumps({"payload": {}}), signer.public_key_hex, now)["code"] == "malformed"
 
 
+def test_a_key_given_twice_is_a_malformed_file() -> None:
+    """Terms a first-wins reader would see (1000 cameras) ahead of the signed ones (100): the
+    signature checks out over the last value, so only refusing the repeat keeps them apart."""
+    signer, clock = Signer.generate(), FrozenClock()
+    text, now = _file(signer, clock)
+    forged = text.replace('"cameras_allowed": 100', '"cameras_allowed": 1000, "cameras_allowed": 100')
+    assert forged != text
+    got = verify_license_file(forged, signer.public_key_hex, now)
+    assert (got["valid"], got["code"], got["payload"]) == (False, "malformed", None)
+
+
 def test_cli_export_then_verify(tmp_path: Path, db: Database, clock: FrozenClock, tenant_id: str) -> None:
     with db.session() as s:
         make_licensing_catalogue(s, tenant_id, clock)
