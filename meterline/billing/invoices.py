@@ -209,6 +209,9 @@ class InvoiceService:
         subscription's (`sub:<id>:credit_refund`), so no retry refunds twice."""
         now = clock.now_ns()
         inv, composed = self._create(session, sub, start, end, charges, now, position)
+        # Numbered first: the events of what its credit does (`invoice.credit_refunded`) name
+        # the invoice as it commits, not a draft that never does. (The close then collects it.)
+        self.finalize_locked(session, inv, now)
         for target, part in composed.applied:
             self._apply_credit(session, target, part, inv, now)
         if composed.refund_minor:
@@ -489,6 +492,12 @@ class InvoiceService:
         if inv.status != "open" or due_at is None or due_at > clock.now_ns():
             return None
         return self.attempt_payment(session, inv, clock)
+
+    @staticmethod
+    def lock_all(session: Session, tenant_id: str, subscription_id: str) -> None:
+        """Lock every invoice of a subscription, in id order (as `credits.position` reads them)."""
+        stmt = scoped(select(Invoice.id), Invoice, tenant_id).where(Invoice.subscription_id == subscription_id)
+        session.execute(stmt.order_by(Invoice.id).with_for_update())
 
     @staticmethod
     def lock(session: Session, tenant_id: str, invoice_id: str) -> Invoice:

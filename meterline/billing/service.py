@@ -435,6 +435,12 @@ class BillingService:
         """Invoice the ended period (or take the invoice made early), finalize it, try the
         wallet once, then open the next period — or, when cancelling, bill what is left and stop."""
         now = clock.now_ns()
+        if sub.cancel_at_period_end:
+            # Every invoice of the subscription is locked before anything posts to the ledger
+            # (subscription → its invoices → the tenant's ledger head, the order a `pay` keeps:
+            # its invoice, then the head). Collecting the early invoice first took the head, and
+            # the lock on an old invoice a customer was paying meanwhile then deadlocked.
+            invoice_service.lock_all(session, sub.tenant_id, sub.id)
         early = invoice_service.for_period(session, sub.tenant_id, sub.id, sub.current_period_start)
         end = sub.current_period_end
         invoices: list[Invoice] = []

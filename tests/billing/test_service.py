@@ -741,6 +741,14 @@ def test_a_voided_invoice_and_a_refunded_credit_are_reported(db, tenant, clock):
         billing_service.close_due(s, tenant, sid, clock)
     [refund] = [d for t, d in invoice_events(db, tenant) if t == "invoice.credit_refunded"]
     assert (refund["refunded"], refund["refund_transfer_id"]) == ("50.00", f"sub:{sid}:credit_refund")
+    # It names the last invoice as it committed — numbered and paid, not a draft — after its
+    # finalization in the event order.
+    with db.session(write=False) as s:
+        last = invoice_service.get(s, tenant, refund["invoice_id"])
+    assert (refund["number"], refund["status"]) == (last.number, last.status) == (last.number, "paid")
+    assert last.number is not None
+    assert [t for t, d in invoice_events(db, tenant) if d["invoice_id"] == last.id] == [
+        "invoice.finalized", "invoice.paid", "invoice.credit_refunded"]
 
     other = subscribe(db, tenant, clock, [CUSTOM], customer_id="tenant-9")
     with db.session() as s:

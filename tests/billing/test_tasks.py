@@ -309,3 +309,58 @@ def test_the_worker_runs_the_billing_jobs(db, clock):
                      events=make_dispatcher(db, clock, Settings()))
     names = {job.name for job in default_jobs(ctx)}
     assert {tasks.CLOSE_PERIODS, tasks.COLLECT_PAYMENTS} <= names
+
+
+def test_paying_an_old_invoice_while_the_cancelling_close_runs_does_not_deadlock(db, tenant, clock, monkeypatch):
+    """November open and unpaid, December invoiced early (a draft), canceled, then funded. At
+    1 Jan the customer pays November just as the close runs. The pay holds November and then
+    needs the ledger head; the close used to collect December first (taking the head) and then
+    wait for November: a deadlock on PostgreSQL. Now the close locks every invoice first."""
+    if db.is_sqlite:
+        pytest.skip("row locks: PostgreSQL (SQLite's one writer serialises the two)")
+    tiny = ItemSpec(name="Tiny", basis="tenant", unit_price_minor=1000)
+    with db.session() as s:
+        sid = make_subscription(s, tenant, clock, items=[tiny])
+        nov = billing_service.create_invoice(s, tenant, sid, clock).invoice.id
+        invoice_service.finalize(s, tenant, nov, clock.now_ns())
+    clock.set(DEC_1)
+    with db.session() as s:
+        billing_service.close_due(s, tenant, sid, clock)
+        billing_service.create_invoice(s, tenant, sid, clock)  # December, a draft
+        billing_service.cancel(s, tenant, sid, clock)
+    fund(db, tenant, clock, 5_000)
+    clock.set(JAN_1)
+
+    from meterline.wallets import service as wallets
+
+    holding = threading.Event()
+    real_balance = wallets.WalletService.balance
+
+    def slow_balance(self, *a, **kw):  # the pay has November locked, not yet the ledger head
+        if threading.current_thread().name == "pay":
+            holding.set()
+            time.sleep(1.0)
+        return real_balance(self, *a, **kw)
+
+    monkeypatch.setattr(wallets.WalletService, "balance", slow_balance)
+    errors: dict[str, BaseException] = {}
+
+    def pay() -> None:
+        try:
+            with db.session() as s:
+                invoice_service.pay(s, tenant, nov, clock)
+        except BaseException as e:
+            errors["pay"] = e
+
+    t = threading.Thread(target=pay, name="pay")
+    t.start()
+    assert holding.wait(10)
+    try:
+        with db.session() as s:
+            billing_service.close_due(s, tenant, sid, clock)
+    except BaseException as e:
+        errors["close"] = e
+    t.join(20)
+    assert errors == {}, {k: f"{type(v).__name__}: {v}" for k, v in errors.items()}
+    assert [i.status for i in invoices(db, tenant)] == ["paid", "paid"]
+    assert verify_ledger(db, tenant).ok
