@@ -534,6 +534,18 @@ def _december_invoiced_early_then_removed(db, tenant, clock, *, void: bool) -> t
     return sid, december.id
 
 
+def preview_then_close(db: Database, tenant: str, sid: str, clock: FrozenClock, when: int):  # type: ignore[no-untyped-def]
+    """The upcoming invoice now, then the close at `when`: (preview, invoices, the last one's
+    document, the lines left pending)."""
+    with db.session(write=False) as s:
+        upcoming = billing_service.preview(s, tenant, sid, clock.now_ns())
+    clock.set(when)
+    with db.session() as s:
+        invoices = billing_service.close_due(s, tenant, sid, clock)
+        return upcoming, invoices, invoice_service.document(s, invoices[-1]), invoice_service.pending_lines(
+            s, tenant, sid)
+
+
 def refunded(db: Database, tenant: str, sid: str) -> bool:
     with db.session(write=False) as s:
         return s.get(Transfer, (tenant, credit_refund_transfer_id(sid))) is not None
@@ -543,13 +555,8 @@ def test_a_credit_at_cancellation_first_offsets_an_invoice_still_open(db, tenant
     """The leak: the −51.61 was refunded as cash while December's 100.00 was still owed. It
     pays part of December instead (no money moves); December is then due 48.39."""
     sid, dec_id = _december_invoiced_early_then_removed(db, tenant, clock, void=False)
-    with db.session(write=False) as s:
-        upcoming = billing_service.preview(s, tenant, sid, clock.now_ns())
-    clock.set(JAN_1)
-    with db.session() as s:
-        [december, final] = billing_service.close_due(s, tenant, sid, clock)
-        doc = invoice_service.document(s, final)
-        assert invoice_service.pending_lines(s, tenant, sid) == []
+    upcoming, [december, final], doc, pending = preview_then_close(db, tenant, sid, clock, JAN_1)
+    assert pending == []
     assert lines(doc) == lines(upcoming) == [("proration", 10, -5_161), ("balance", 1, 5_161)]
     assert doc.lines[-1].description == "Credit applied to invoice INV-000002 (still open)"
     assert (final.status, final.total_minor) == ("paid", 0)
@@ -571,13 +578,8 @@ def test_a_credit_for_a_period_whose_invoice_was_voided_refunds_nothing(db, tena
     """The leak: December's invoice was voided — never paid — and the −51.61 for December came
     back as cash. A credit for forgiven time is worth nothing; it stays on record, not refunded."""
     sid, _ = _december_invoiced_early_then_removed(db, tenant, clock, void=True)
+    upcoming, [december, _], doc, kept = preview_then_close(db, tenant, sid, clock, JAN_1)
     with db.session(write=False) as s:
-        upcoming = billing_service.preview(s, tenant, sid, clock.now_ns())
-    clock.set(JAN_1)
-    with db.session() as s:
-        [december, final] = billing_service.close_due(s, tenant, sid, clock)
-        doc = invoice_service.document(s, final)
-        kept = invoice_service.pending_lines(s, tenant, sid)
         assert billing_service.get_subscription(s, tenant, sid).status == "canceled"
     assert december.status == "void"
     assert lines(doc) == lines(upcoming) == [("proration", 10, -5_161), ("balance", 1, 5_161)]

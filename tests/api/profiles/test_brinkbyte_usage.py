@@ -159,7 +159,10 @@ def test_usage_is_taken_whatever_the_license_status(dev_client, clock):
     assert dev_client.post("/api/v1/usage/batch", json=_batch(clock)).json()["accepted"] == 4
 
 
-def test_a_customer_key_reports_usage_only_for_itself(make_client, db, clock, tenant_id):
+@pytest.fixture
+def usage_key(db, clock, tenant_id):
+    """A tenant with the demo meters and catalogue, tenant-123's and cust-a's licenses; then
+    `usage_key(kind, principal_id=None)` → auth headers of a key with the usage scopes."""
     from tests.factories import make_license
 
     with db.session() as s:
@@ -167,10 +170,16 @@ def test_a_customer_key_reports_usage_only_for_itself(make_client, db, clock, te
         metering_service.seed_demo(s, tenant_id, clock.now_ns())
         make_licensing_catalogue(s, tenant_id, clock)
         make_license(s, tenant_id, clock, licensee_id="cust-a")
-        a = {"Authorization": "Bearer " + make_key(s, tenant_id, clock, kind="customer", principal_id="cust-a",
-                                                    scopes=["usage:write", "usage:read"]).secret}
-        device = {"Authorization": "Bearer " + make_key(s, tenant_id, clock, kind="device",
-                                                         scopes=["usage:write", "usage:read"]).secret}
+
+    def make(kind: str, principal_id: str | None = None) -> dict[str, str]:
+        with db.session() as s:
+            return {"Authorization": "Bearer " + make_key(s, tenant_id, clock, kind=kind, principal_id=principal_id,
+                                                          scopes=["usage:write", "usage:read"]).secret}
+    return make
+
+
+def test_a_customer_key_reports_usage_only_for_itself(make_client, clock, usage_key):
+    a, device = usage_key("customer", "cust-a"), usage_key("device")
     client = make_client()
     theirs = client.post("/api/v1/usage/batch", json=_batch(clock), headers=a).json()  # tenant-123's license
     unknown = client.post("/api/v1/usage/batch", json=_batch(clock, tenant="nobody"), headers=a).json()
@@ -201,18 +210,8 @@ def test_the_license_lookup_is_one_cached_read_per_batch(dev_client, clock, tena
     assert sorted({a[2] for a in loads}) == ["tenant-123", "typo"] and len(loads) == 2
 
 
-def test_a_device_key_bound_to_a_licensee_reports_and_reads_only_its_usage(make_client, db, clock, tenant_id):
-    from tests.factories import make_license
-
-    with db.session() as s:
-        make_tenant(s, tenant_id, clock)
-        metering_service.seed_demo(s, tenant_id, clock.now_ns())
-        make_licensing_catalogue(s, tenant_id, clock)
-        make_license(s, tenant_id, clock, licensee_id="cust-a")
-        box = {"Authorization": "Bearer " + make_key(s, tenant_id, clock, kind="device", principal_id="cust-a",
-                                                      scopes=["usage:write", "usage:read"]).secret}
-        fleet = {"Authorization": "Bearer " + make_key(s, tenant_id, clock, kind="device",
-                                                        scopes=["usage:write", "usage:read"]).secret}
+def test_a_device_key_bound_to_a_licensee_reports_and_reads_only_its_usage(make_client, clock, usage_key):
+    box, fleet = usage_key("device", "cust-a"), usage_key("device")
     client = make_client()
     theirs = client.post("/api/v1/usage/batch", json=_batch(clock), headers=box).json()  # tenant-123's license
     assert theirs["accepted"] == 0 and {r["code"] for r in theirs["rejected"]} == {"license_not_found"}
