@@ -321,11 +321,18 @@ def quote_tier(book: PriceBook, tier: str) -> Quote:
 
 
 def billable_seconds(quote: Quote, elapsed_s: int | Decimal) -> int:
-    """Seconds charged for a session that ran `elapsed_s`: at least the minimum session,
-    then rounded UP to the granularity (a started minute is a billed minute)."""
+    """Seconds charged for a session that ran `elapsed_s`: its whole elapsed seconds, at
+    least the minimum session, then rounded UP to the granularity (a started minute is a
+    billed minute).
+
+    One rule with the running cost and the settlement (rentals/accrual.py `elapsed_seconds`,
+    "rate × whole seconds elapsed"): a fraction of a second is not counted. A started second
+    counted here but not at settlement, so an estimate for 61.2 s said 62 where a session of
+    61.2 s was charged 61."""
     elapsed = _seconds(elapsed_s)
     step = GRANULARITY_SECONDS[quote.granularity]
-    charged = max(elapsed, Fraction(quote.minimum_session_minutes * 60))
+    charged = max(Fraction(elapsed.numerator // elapsed.denominator),
+                  Fraction(quote.minimum_session_minutes * 60))
     return -(-charged // step) * step
 
 

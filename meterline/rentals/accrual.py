@@ -87,6 +87,21 @@ def accrued_minor(rate_num: int, rate_den: int, seconds: int, power_e6: int, hel
     return min(held, whole + _bump(rounding, whole, rem))
 
 
+def energy2_until(energy2_mw_ms: int, last_power_mw: int | None, last_sample_at: int | None, until_ns: int) -> int:
+    """The doubled energy integral (mW·ms) counted up to `until_ns`: the metered trapezoid sum
+    plus, from the last power sample on, that sample's draw held constant (2 × p × Δt).
+
+    The tail rule of a pay-as-you-go session: power drawn since the last sample is spent at
+    the last draw. The cover counts it (the next sample will charge about that much), and a
+    session that ends — or whose device stops reporting — is charged it at settlement. Same
+    millisecond grid as the sample fold, so a later sample's trapezoid replaces the tail.
+    """
+    if not last_power_mw or last_sample_at is None:
+        return energy2_mw_ms
+    dt_ms = max(0, until_ns // 1_000_000 - last_sample_at // 1_000_000)
+    return energy2_mw_ms + 2 * last_power_mw * dt_ms
+
+
 def elapsed_seconds(started_at: int, now_ns: int, stop_at: int | None) -> int:
     end = now_ns if stop_at is None else min(now_ns, stop_at)
     return max(0, (end - started_at) // NS)

@@ -47,7 +47,11 @@ def extended(session: Session, rental: Rental, added_seconds: int, added_minor: 
 
 def usage(session: Session, rental: Rental, *, elapsed_s: int, cost_minor: int, now_ns: int, bucket: int) -> None:
     """A running rental's cost so far. One per rental per `bucket` (the job's period): a pass
-    run twice for the same period writes it once."""
+    run twice for the same period writes it once.
+
+    `cost_minor` is `rental_service.running_cost`'s: for a session the committed cost its
+    renewal judges cover by, so `cover_left` (held − cost) is the cover renewal sees —
+    negative when usage has run past the holds (the next renewal holds the shortfall)."""
     data = _base(rental) | {
         "at": to_rfc3339(now_ns), "elapsed_seconds": elapsed_s, "cost": amount(cost_minor, rental.scale),
         "cover_left": amount(rental.held_minor - cost_minor, rental.scale),
@@ -63,6 +67,9 @@ def settled(session: Session, rental: Rental, now_ns: int) -> None:
         "end_reason": rental.end_reason,
         "ended_at": to_rfc3339(rental.ended_at) if rental.ended_at is not None else None,
         "used": amount(rental.used_minor or 0, scale), "refund": amount(rental.refund_minor or 0, scale),
+        # A session's cost = used (collected from holds and wallet) + unpaid (the wallet ran dry).
+        "cost": amount((rental.used_minor or 0) + (rental.unpaid_minor or 0), scale),
+        "unpaid": amount(rental.unpaid_minor or 0, scale),
         "provider_share": amount(rental.provider_minor or 0, scale),
         "platform_fee": amount(rental.fee_minor or 0, scale), "refund_tx": rental.refund_tx,
     }

@@ -41,7 +41,8 @@ class Rental(Base):
     # Prepaid contracts return the unused part through the payment's rail; sessions
     # funded from a standing wallet leave it in the wallet.
     refund_to_rail: Mapped[bool] = mapped_column(default=False)
-    # Sum of the escrow holds placed so far (minor units): the most this rental can cost.
+    # Sum of the escrow holds placed so far (minor units): the most a prepaid contract can cost;
+    # a pay-as-you-go session's usage beyond it is debited from the wallet at settlement.
     held_minor: Mapped[int] = mapped_column(BigInteger, default=0)
     duration_s: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     created_at: Mapped[int] = mapped_column(BigInteger)
@@ -55,6 +56,10 @@ class Rental(Base):
     provider_minor: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     fee_minor: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     refund_tx: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # A settled pay-as-you-go session's cost that its wallet could not pay (holds and wallet
+    # exhausted): cost = used_minor + unpaid_minor. NULL for prepaid contracts (capped at
+    # their prepaid price) and for sessions settled before it was recorded.
+    unpaid_minor: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     # The time rate as an exact reduced fraction of minor units per second, so SQL can
     # total running costs with integer arithmetic identical to Python's (see accrual.py).
     rate_num: Mapped[int] = mapped_column(BigInteger)

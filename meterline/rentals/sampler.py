@@ -16,7 +16,8 @@ in ONE transaction:
   settled → `contract_already_settled`, expired / not active → 409 — a refused caller
   never fails its neighbours;
 - fold the samples into each rental's power integral and counters in arrival order
-  (`rental_service.fold_sample`, the same function the one-sample path uses);
+  (`rental_service.fold_sample`, the same function the one-sample path uses), each stamped
+  no earlier than its rental's start (`sample_time`, as `record_sample`);
 - insert the sample rows and update each touched rental once. On SQLite the statements go
   straight to the DBAPI cursor (SQLAlchemy's per-statement machinery was most of a small
   batch's fixed cost): the load is ONE statement reading the keys as a JSON array
@@ -48,7 +49,13 @@ from meterline.clock import Clock
 from meterline.db.engine import Database
 from meterline.db.group_commit import CommitterStopped, GroupCommitter
 from meterline.rentals.models import Rental, RentalSample
-from meterline.rentals.service import Accrual, RentalNotFound, rental_service, sample_values
+from meterline.rentals.service import (
+    Accrual,
+    RentalNotFound,
+    rental_service,
+    sample_time,
+    sample_values,
+)
 
 log = logging.getLogger(__name__)
 
@@ -254,11 +261,12 @@ class SampleBatcher(GroupCommitter[_Item, Recorded]):
                 # An earlier caller of this batch holds this row as its answer: fold into a copy.
                 # (Copying only then, not for every caller, saves most of a batch's copies.)
                 rental = rows[key] = copy.copy(rental)
+            at = sample_time(rental, now)  # never before the rental started
             for clean in item.samples:
-                power_mw = rental_service.fold_sample(rental, clean, now)
-                inserts.append((item.tenant_id, item.rental_id, now, power_mw, sample_values(clean)))
+                power_mw = rental_service.fold_sample(rental, clean, at)
+                inserts.append((item.tenant_id, item.rental_id, at, power_mw, sample_values(clean)))
             touched[key] = rental
-            outcomes.append(Recorded(rental, rental_service.accrual(rental, now)))
+            outcomes.append(Recorded(rental, rental_service.running_cost(rental, now)))
         if inserts and cur is not None:
             cur.executemany(_SQLITE_INSERT, [(t, rid, ts, p, _compact(v)) for t, rid, ts, p, v in inserts])
             cur.executemany(_SQLITE_UPDATE, [

@@ -5,9 +5,10 @@
 Escrow is a series of ledger holds wallet → escrow (`rental_holds`). Usage cost
 is computed on read (accrual.py); nothing is written to the ledger per sample.
 Settlement is ONE linked ledger batch: post the used part of the holds (the
-rest is released back to the wallet), pay the provider's share and the
-platform fee out of escrow, and return the refund through the rail the money
-came from. Every operation locks the rental row first, so concurrent settle /
+rest is released back to the wallet), debit a pay-as-you-go session's usage
+beyond its holds from the wallet (as far as it can pay; the rest is recorded as
+unpaid), pay the provider's share and the platform fee out of escrow, and
+return the refund through the rail the money came from. Every operation locks the rental row first, so concurrent settle /
 extend / sample calls serialise and a rental settles exactly once.
 """
 
@@ -138,6 +139,7 @@ class RentalState(AccrualState, Protocol):
     loads only these columns — both go through the same functions below.
     """
 
+    style: str
     quote: dict[str, Any]
     energy2_mw_ms: int
     last_sample_at: int | None
@@ -147,7 +149,10 @@ class RentalState(AccrualState, Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Accrual:
-    """What a rental has cost at `at_ns`. cost + refund_available == held, always."""
+    """What a rental has cost at `at_ns`. A prepaid contract's cost never exceeds what is held
+    (cost + refund == held); a pay-as-you-go session's committed cost may run past its holds
+    until the worker renews them (settlement then debits the excess from the wallet), and its
+    refund is then 0."""
 
     at_ns: int
     elapsed_s: int
@@ -156,7 +161,7 @@ class Accrual:
 
     @property
     def refund_minor(self) -> int:
-        return self.held_minor - self.cost_minor
+        return max(0, self.held_minor - self.cost_minor)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,11 +175,17 @@ class ExtendResult:
 @dataclass(frozen=True, slots=True)
 class Settlement:
     rental: Rental
-    used_minor: int
+    used_minor: int  # collected: posted from the holds plus debited from the wallet beyond them
     refund_minor: int
     provider_minor: int
     fee_minor: int
     refund_tx: str | None
+    unpaid_minor: int = 0  # the cost the wallet could not pay (pay-as-you-go only)
+
+    @property
+    def cost_minor(self) -> int:
+        """What the rental cost: collected + unpaid."""
+        return self.used_minor + self.unpaid_minor
 
 
 # Sample fields accepted, with the largest value that makes physical sense.
@@ -223,6 +234,15 @@ class RentalService:
         cost = accrual.accrued_minor(rental.rate_num, rental.rate_den, secs, rental.power_cost_e6,
                                      rental.held_minor, rental.rounding)
         return Accrual(now_ns, secs, cost, rental.held_minor)
+
+    def running_cost(self, rental: RentalState, now_ns: int) -> Accrual:
+        """The cost shown for a running rental: for a pay-as-you-go session the committed cost
+        (`committed_minor`, the figure its renewal judges cover by — uncapped, with the power
+        drawn since the last sample); for a prepaid contract, or once settled, `accrual`."""
+        if rental.style != PAYG or rental.status == SETTLED:
+            return self.accrual(rental, now_ns)
+        return Accrual(now_ns, self._elapsed(rental, now_ns), self.committed_minor(rental, now_ns),
+                       rental.held_minor)
 
     @staticmethod
     def _elapsed(rental: AccrualState, now_ns: int) -> int:
@@ -455,11 +475,12 @@ class RentalService:
             raise RentalNotFound(f"contract {rental_id} does not exist")
         self.check_active(rental, clock.now_ns())
         now = clock.now_ns()
-        power_mw = self.fold_sample(rental, clean, now)
-        session.add(RentalSample(tenant_id=tenant_id, rental_id=rental_id, ts=now, power_mw=power_mw,
+        at = sample_time(rental, now)
+        power_mw = self.fold_sample(rental, clean, at)
+        session.add(RentalSample(tenant_id=tenant_id, rental_id=rental_id, ts=at, power_mw=power_mw,
                                  values=sample_values(clean)))
         session.flush()
-        return rental, self.accrual(rental, now)
+        return rental, self.running_cost(rental, now)
 
     @staticmethod
     def fold_sample(rental: RentalState, clean: dict[str, Decimal], now: int) -> int | None:
@@ -467,8 +488,10 @@ class RentalService:
         energy integral. Returns its power in integer mW, as stored on the sample row.
 
         The one place this math lives: `record_sample` and the sample batcher (sampler.py,
-        which folds a group-committed batch in arrival order per rental) both call it.
+        which folds a group-committed batch in arrival order per rental) both call it. `now`
+        is taken no earlier than the rental's start (`sample_time`): callers store that time.
         """
+        now = sample_time(rental, now)
         power_mw = None
         if "power_w" in clean:
             power_mw = int((clean["power_w"] * 1000).to_integral_value())
@@ -549,12 +572,19 @@ class RentalService:
 
     # -- pay-as-you-go cover -----------------------------------------------------
     def renew_cover(self, session: Session, tenant_id: str, rental_id: str, clock: Clock) -> str:
-        """Top up a session's rolling hold; terminate it when the wallet can't fund the next slice.
+        """Top up a session's rolling hold; terminate it when the wallet can't fund the top-up.
 
         The hold tracks what the session is charged: time at the locked rate plus power at the
         draw last metered — not the quote's power estimate, which is never charged (see
-        `slice_minor`). Cover is what is held beyond what has been used, counting the power
-        drawn since the last power sample (the next sample charges it).
+        `slice_minor`). Cover is what is held beyond what has been used (`committed_minor`),
+        counting the power drawn since the last power sample at its draw.
+
+        Usage can run past the holds: a sample after a long gap charges its trapezoid at once
+        (more than the cover counted when the draw rose), and a worker that was down let time
+        run on. So one hold covers that shortfall *and* the next slice — catching up in one
+        sweep, where a slice per sweep left the session on unheld usage for as many sweeps.
+        When the wallet cannot fund it the session is terminated; its settlement then collects
+        what the wallet can still pay (see `settle`).
 
         Returns "ok", "renewed" or "terminated".
         """
@@ -570,39 +600,47 @@ class RentalService:
             return "ok"
         self._accounts_of(session, rental, now)  # (before the hold: see there)
         try:
-            self._place_hold(session, rental, slice_, "rolling", clock)
+            self._place_hold(session, rental, slice_ + max(0, -cover_left), "rolling", clock)
         except InsufficientFunds:
             self.settle(session, tenant_id, rental_id, clock, reason="insufficient_funds")
             return "terminated"
         return "renewed"
 
     @staticmethod
-    def slice_minor(rental: Rental) -> int:
+    def slice_minor(rental: RentalState) -> int:
         """The session's next slice: PAYG_SLICE_S of time, and of power at its last metered draw."""
         return slice_minor(rental.rate_num, rental.rate_den, power_rate(rental.quote), rental.last_power_mw or 0,
                            rental.scale)
 
-    def committed_minor(self, rental: Rental, now_ns: int) -> int:
+    def committed_minor(self, rental: RentalState, now_ns: int) -> int:
         """What the session has used by `now_ns`, uncapped by its holds: the accrual, plus the
-        power drawn since its last power sample at that sample's draw. That interval is not in
-        the accrual yet, but the next sample charges it (trapezoid rule), so it is spent."""
-        power_e6 = rental.power_cost_e6
-        if rental.last_power_mw and rental.last_sample_at is not None:
-            dt_ms = max(0, now_ns // 1_000_000 - rental.last_sample_at // 1_000_000)
-            energy2 = rental.energy2_mw_ms + 2 * rental.last_power_mw * dt_ms
-            power_e6 = accrual.power_cost_e6(power_rate(rental.quote), rental.scale, energy2)
-        return accrual.accrued_minor(rental.rate_num, rental.rate_den, self._elapsed(rental, now_ns), power_e6,
-                                     accrual.UNCAPPED, rental.rounding)
+        power drawn since its last power sample at that sample's draw (the tail rule,
+        `accrual.energy2_until`). The next sample charges that interval by the trapezoid rule;
+        if none comes, settlement charges it as counted here — so it is spent either way."""
+        stop = now_ns if rental.ended_at is None else min(now_ns, rental.ended_at)
+        return accrual.accrued_minor(rental.rate_num, rental.rate_den, self._elapsed(rental, now_ns),
+                                     self._power_e6_until(rental, stop), accrual.UNCAPPED, rental.rounding)
+
+    @staticmethod
+    def _power_e6_until(rental: RentalState, until_ns: int) -> int:
+        """The power cost (millionths of a minor unit) metered, plus the tail at the last draw."""
+        if not rental.last_power_mw or rental.last_sample_at is None:
+            return rental.power_cost_e6
+        energy2 = accrual.energy2_until(rental.energy2_mw_ms, rental.last_power_mw, rental.last_sample_at, until_ns)
+        return accrual.power_cost_e6(power_rate(rental.quote), rental.scale, energy2)
 
     # -- settling ------------------------------------------------------------------
     def settle(self, session: Session, tenant_id: str, rental_id: str, clock: Clock, *,
                reason: str = "settled") -> Settlement:
         """End (if still running) and settle in one linked ledger batch. Exactly once.
 
-        The used amount is posted from the holds (the rest is released to the
-        wallet), split between the provider's earnings and the platform fee by
-        largest remainder, and the refund is returned through the rail the
-        payment came from.
+        The cost (`final_cost`) is posted from the holds (the rest is released to the
+        wallet). A pay-as-you-go session's cost beyond its holds is debited from its wallet
+        in the same chain, as far as the wallet's available balance goes at this moment;
+        what it cannot pay is recorded on the rental as `unpaid_minor`, never dropped.
+        What was collected is split between the provider's earnings and the platform fee
+        by largest remainder, and the refund is returned through the rail the payment came
+        from. Transfer ids are `rent:<id>:…`, so a retried batch never moves money twice.
         """
         rental = self.get(session, tenant_id, rental_id, lock=True)
         if rental.status == SETTLED:
@@ -614,17 +652,30 @@ class RentalService:
             rental.status = EXPIRED if expired else (TERMINATED if reason == "insufficient_funds" else ENDED)
             rental.end_reason = "expired" if expired else reason
         quote = Quote.from_dict(rental.quote)
-        used = self.final_cost(rental, quote)
-        provider_minor, fee_minor = split_fee(quote, used)
-        refund = rental.held_minor - used
+        cost = self.final_cost(rental, quote)
+        # (Accounts first: created while holding the ledger head, they could deadlock — see there.)
         provider_acct, fee_acct, rail_acct = self._accounts_of(session, rental, now)
+        from_holds = min(cost, rental.held_minor)
+        overage = 0
+        if cost > from_holds:  # (pay-as-you-go only: a prepaid contract's cost is capped at held)
+            # Read the wallet and post on it under the ledger head, so the balance read stays
+            # true until the post. Its holds are all posted in full in this chain (pending →
+            # posted), which leaves its available balance as it is now.
+            ledger_service.lock_writes(session, tenant_id)
+            available = wallet_service.balance(session, tenant_id, rental.customer_type, rental.customer_id,
+                                               rental.asset).available
+            overage = min(cost - from_holds, max(0, available))
+        used = from_holds + overage
+        unpaid = cost - used
+        provider_minor, fee_minor = split_fee(quote, used)
+        refund = rental.held_minor - from_holds
         rail = known_rail(rental.payment_rail) if rental.refund_to_rail else None
         refund_acct = rail_acct if refund > 0 else None
         transfers = self._settlement_transfers(
-            rental, self.holds(session, tenant_id, rental_id), used, provider_minor, fee_minor, refund,
+            rental, self.holds(session, tenant_id, rental_id), from_holds, provider_minor, fee_minor, refund,
             provider_account_id=provider_acct.id, fee_account_id=fee_acct.id,
             refund_account_id=refund_acct.id if refund_acct is not None else None,
-            refund_simulated=rail is not None and rail.simulated,
+            refund_simulated=rail is not None and rail.simulated, overage=overage,
         )
         self._require_ok(self._post(session, tenant_id, transfers, clock))
         refund_tx = None
@@ -639,19 +690,29 @@ class RentalService:
         rental.provider_minor = provider_minor
         rental.fee_minor = fee_minor
         rental.refund_tx = refund_tx
+        rental.unpaid_minor = unpaid if rental.style == PAYG else None
         session.flush()
         rental_events.settled(session, rental, now)
-        return Settlement(rental, used, refund, provider_minor, fee_minor, refund_tx)
+        return Settlement(rental, used, refund, provider_minor, fee_minor, refund_tx, unpaid)
 
     def final_cost(self, rental: Rental, quote: Quote) -> int:
-        """Cost at the end: billable seconds (minimum minutes, granularity rounded up), capped at held."""
+        """Cost at the end: the billable seconds (whole seconds elapsed, at least the minimum
+        session, rounded up to the granularity) at the locked rate, plus power, rounded once.
+
+        A prepaid contract never bills past its term, nor more than was prepaid (held): its
+        price is agreed up front. A pay-as-you-go session is billed in full — power metered
+        by the trapezoid rule plus the tail since the last sample at its draw (the rule
+        `committed_minor` counts by) — whatever its holds; settlement collects the excess.
+        """
         assert rental.ended_at is not None
-        secs = accrual.elapsed_seconds(rental.started_at, rental.ended_at, None)
-        billable = billable_seconds(quote, secs)
+        billable = billable_seconds(quote, accrual.elapsed_seconds(rental.started_at, rental.ended_at, None))
         if rental.duration_s is not None:
             billable = min(billable, rental.duration_s)  # a prepaid contract never bills past its term
-        return accrual.accrued_minor(rental.rate_num, rental.rate_den, billable, rental.power_cost_e6,
-                                     rental.held_minor, rental.rounding)
+            return accrual.accrued_minor(rental.rate_num, rental.rate_den, billable, rental.power_cost_e6,
+                                         rental.held_minor, rental.rounding)
+        return accrual.accrued_minor(rental.rate_num, rental.rate_den, billable,
+                                     self._power_e6_until(rental, rental.ended_at), accrual.UNCAPPED,
+                                     rental.rounding)
 
     def _settlement_transfers(
         self,
@@ -666,8 +727,12 @@ class RentalService:
         fee_account_id: str | None,
         refund_account_id: str | None,
         refund_simulated: bool = False,
+        overage: int = 0,
     ) -> list[TransferIn]:
-        """The settlement as one linked chain: every transfer applies, or none does."""
+        """The settlement as one linked chain: every transfer applies, or none does.
+
+        `used` is what the holds pay; `overage` what the wallet pays beyond them (wallet →
+        escrow, `rent:<id>:overage`), so escrow pays out provider + fee == used + overage."""
         base = f"rent:{rental.id}"
         refund_metadata: dict[str, Any] = {"rail": rental.payment_rail}
         if refund_simulated:
@@ -685,6 +750,11 @@ class RentalService:
             else:
                 out.append(TransferIn(id=f"{base}:void:{hold.ordinal}", pending_id=hold.transfer_id,
                                       flags=VOID_LINKED, code="rental_release", reference=rental.id))
+        if overage > 0:
+            out.append(TransferIn(id=f"{base}:overage", debit_account_id=rental.wallet_account_id,
+                                  credit_account_id=rental.escrow_account_id, amount=overage,
+                                  asset=rental.asset, flags=LINKED, code="rental_overage",
+                                  reference=rental.id))
         if provider_minor > 0:
             out.append(TransferIn(id=f"{base}:provider", debit_account_id=rental.escrow_account_id,
                                   credit_account_id=provider_account_id, amount=provider_minor,
@@ -736,6 +806,13 @@ class RentalService:
         if bad:
             detail = ", ".join(f"{r.id}: {r.result}" for r in bad if r.result != "linked_event_failed")
             raise LedgerRefused(f"the ledger refused the batch ({detail})")
+
+
+def sample_time(rental: AccrualState, now_ns: int) -> int:
+    """When a sample counts from: its stamp, but never before the rental started. A stamp
+    behind the start (the API process's clock behind the one that started the session)
+    integrated power over time before the session existed; it counts from the start."""
+    return now_ns if now_ns >= rental.started_at else rental.started_at
 
 
 def sample_values(clean: dict[str, Decimal]) -> dict[str, str]:

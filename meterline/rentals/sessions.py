@@ -1,11 +1,14 @@
 """Pay-as-you-go sessions (the Dante style): a rolling hold a few minutes ahead of use.
 
 A session starts against the customer's standing wallet with one slice
-(PAYG_SLICE_S of time at the locked rate) held in escrow; the worker tops the
-hold up while the wallet can fund it — each slice sized at what the session is
-charged, time plus power at the draw last metered (`rental_service.renew_cover`)
-— and terminates and settles the session with reason `insufficient_funds`
-when it cannot. The quote's estimated power is shown, never held: power is
+(PAYG_SLICE_S of time at the locked rate, or the minimum session if that is
+longer) held in escrow; the worker tops the hold up while the wallet can fund
+it — each top-up the next slice, sized at what the session is charged (time
+plus power at the draw last metered), plus any usage that ran past the holds
+(`rental_service.renew_cover`) — and terminates and settles the session with
+reason `insufficient_funds` when it cannot. Settlement bills the session in
+full: the holds pay first, then the wallet, and what it cannot pay is recorded
+as unpaid. The quote's estimated power is shown, never held: power is
 charged only as metered, and nothing is metered before the first sample. The price
 is quoted dynamically (GPU model, VRAM fraction, demand, provider minimum)
 and locked into the session.
@@ -20,6 +23,7 @@ from meterline.catalog.models import Device
 from meterline.catalog.service import catalog_service
 from meterline.clock import Clock
 from meterline.ledger.service import ledger_service
+from meterline.pricing.engine import billable_seconds
 from meterline.pricing.service import pricing_service
 from meterline.rentals import accrual
 from meterline.rentals.models import Rental
@@ -102,6 +106,10 @@ class SessionService:
         escrow = wallet_service.system_account(session, tenant_id, "escrow", quote.asset, now)
         num, den = accrual.rate_fraction(accrual.lock_rate(quote.hourly_rate, scale), scale)
         first = slice_minor(num, den, quote.power_rate_per_wh, 0, scale)  # no power metered yet
+        # A minimum session longer than a slice is charged even if the session ends at once:
+        # hold it up front (rounded up), so the first hold covers the least it can cost.
+        minimum = -(-num * billable_seconds(quote, 0) // den)
+        first = max(first, minimum)
         return rental_service.create(
             session, tenant_id, style=PAYG, customer_type=customer_type, customer_id=customer_id,
             wallet_account_id=wallet.id, escrow_account_id=escrow.id, asset=quote.asset, scale=scale,

@@ -87,7 +87,8 @@ def renew_cover(db: Database, clock: Clock, *, page: int = 1000) -> int:
 
 def emit_usage(db: Database, clock: Clock, every_s: int, *, page: int = 500) -> int:
     """A `rental.usage` event for every running rental (Dante's real-time usage updates on
-    NATS, and webhooks): its cost so far and the cover left. One event per rental per
+    NATS, and webhooks): its cost so far and the cover left (for a session, the committed
+    figure renewal uses: `rental_service.running_cost`). One event per rental per
     period of `every_s` seconds — the id names the period, so a pass repeated within it
     (a crash, a second worker) adds nothing. Returns how many rentals it reported."""
     now = clock.now_ns()
@@ -101,7 +102,7 @@ def emit_usage(db: Database, clock: Clock, every_s: int, *, page: int = 500) -> 
                 stmt = stmt.where(tuple_(Rental.tenant_id, Rental.id) > tuple_(literal(after[0]), literal(after[1])))
             rows = list(session.scalars(stmt.order_by(Rental.tenant_id, Rental.id).limit(page)))
             for rental in rows:
-                acc = rental_service.accrual(rental, now)
+                acc = rental_service.running_cost(rental, now)
                 rental_events.usage(session, rental, elapsed_s=acc.elapsed_s, cost_minor=acc.cost_minor,
                                     now_ns=now, bucket=bucket)
             reported += len(rows)

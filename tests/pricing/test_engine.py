@@ -161,7 +161,9 @@ def test_minimum_minutes_bill_ten_seconds_as_sixty():
     assert billable_seconds(q, 10) == 60
     assert billable_seconds(q, 0) == 60
     assert billable_seconds(q, 61) == 61
-    assert billable_seconds(q, D("61.2")) == 62  # per second, a started second counts
+    # Whole elapsed seconds, as the running cost and the settlement count them (it said 62).
+    assert billable_seconds(q, D("61.2")) == 61
+    assert billable_seconds(q, D("61.999")) == 61
 
 
 def test_per_minute_granularity_rounds_up():

@@ -280,3 +280,22 @@ def test_the_server_takes_the_sample_pace_from_its_settings(db: Database) -> Non
     assert off.samples is not None and off.samples.pace_s == 0
     with pytest.raises(ValidationError):
         Settings(database_url=db.url, sample_pace_ms=-1)
+
+
+def test_a_batched_sample_stamped_before_the_start_counts_from_the_start(db: Database, tenant_id: str):
+    """As `record_sample`: a server whose clock is ten minutes behind the one that started the
+    session stamps its sample before the start, and the next sample integrated 10 kW over
+    ten minutes before the session existed. It counts (and is stored) from the start."""
+    clock = FrozenClock()
+    tenant = _tenant(db, tenant_id, clock)
+    rid = _session(db, tenant, clock)
+    with SampleBatcher(db, FrozenClock(clock.now_ns() - 600 * accrual.NS)) as behind:
+        behind.record(tenant, rid, [_sample("10000")])
+    clock.advance(1)
+    with SampleBatcher(db, clock) as batcher:
+        batcher.record(tenant, rid, [_sample("10000")])
+    with db.session(write=False) as s:
+        rental = rental_service.get(s, tenant, rid)
+        stamps = sorted(x.ts for x in rental_service.samples(s, tenant, rid))
+    assert rental.energy2_mw_ms == 2 * 10_000_000 * 1000  # one second at 10 kW, doubled
+    assert stamps == [rental.started_at, rental.started_at + accrual.NS]

@@ -20,6 +20,7 @@ from meterline.clock import FrozenClock
 from meterline.db.engine import Database
 from meterline.ledger.models import Account, Transfer
 from meterline.ledger.verify import verify_ledger
+from meterline.pricing.service import pricing_service
 from meterline.rentals.contracts import contract_service
 from meterline.rentals.models import Rental
 from meterline.rentals.service import (
@@ -30,8 +31,10 @@ from meterline.rentals.service import (
     InsufficientFunds,
     InvalidRentalRequest,
     NoDeviceAvailable,
+    RentalAlreadySettled,
     RentalNotActive,
     RentalNotFound,
+    Settlement,
     rental_service,
 )
 from meterline.rentals.sessions import session_service
@@ -99,6 +102,25 @@ def balance(db: Database, tenant: str, account_id: str) -> tuple[int, int]:
 def ledger_ok(db: Database, tenant: str) -> None:
     report = verify_ledger(db, tenant)
     assert report.ok, [str(p) for p in report.problems]
+
+
+def end(db: Database, tenant: str, rid: str, clock: FrozenClock) -> Settlement:
+    with db.session() as s:
+        return session_service.end(s, tenant, rid, clock)
+
+
+def overage(db: Database, tenant: str, rid: str) -> int:
+    """What the settlement debited from the wallet beyond the holds (`rent:<id>:overage`)."""
+    with db.session(write=False) as s:
+        row = s.get(Transfer, (tenant, f"rent:{rid}:overage"))
+        return 0 if row is None else row.amount
+
+
+def sweep(db: Database, tenant: str, rid: str, clock: FrozenClock, seconds: int, every: int) -> None:
+    """The worker renewing the session's cover every `every` seconds for `seconds`."""
+    for _ in range(seconds // every):
+        clock.advance(every)
+        renew(db, tenant, rid, clock)
 
 
 def test_a_session_starts_against_the_wallet_holding_one_slice(db, tenant, clock):
@@ -182,17 +204,25 @@ def test_when_the_wallet_runs_dry_the_session_is_terminated_and_settled(db, tena
     ledger_ok(db, tenant)
 
 
-def test_a_session_never_costs_more_than_its_holds(db, tenant, clock):
+def test_a_session_past_its_holds_pays_from_its_wallet_and_the_rest_is_recorded_unpaid(db, tenant, clock):
+    """The worker never came: two hours on five minutes of cover. The settlement was capped at
+    the 41,667 held, and 958,333 of use went unbilled while the wallet still held 8,333. Now
+    the holds pay first, the wallet pays what it can, and the rest is recorded as unpaid."""
     fund(db, tenant, clock, 50_000)
     r = start(db, tenant, clock)
-    clock.advance(2 * 3600)  # the worker never came: two hours on five minutes of cover
-    assert rental_service.accrual(get(db, tenant, r.id), clock.now_ns()).cost_minor == SLICE
-    assert renew(db, tenant, r.id, clock) == "terminated"
+    clock.advance(2 * 3600)
+    with db.session(write=False) as s:
+        row = rental_service.get(s, tenant, r.id)
+        assert rental_service.accrual(row, clock.now_ns()).cost_minor == SLICE  # capped by the holds
+        assert rental_service.committed_minor(row, clock.now_ns()) == 1_000_000  # what it used
+    assert renew(db, tenant, r.id, clock) == "terminated"  # 958,333 + a slice is past the wallet
     r = get(db, tenant, r.id)
-    assert (r.used_minor, r.refund_minor) == (SLICE, 0)
-    # 41,667 at 5 %: 39,583.65 / 2,083.35 → the provider's .65 takes the unit.
-    assert (r.provider_minor, r.fee_minor) == (39_584, 2_083)
-    assert balance(db, tenant, WAL) == (50_000 - SLICE, 0)
+    assert (r.used_minor, r.refund_minor) == (50_000, 0)
+    assert r.unpaid_minor == 950_000
+    assert (r.provider_minor, r.fee_minor) == (47_500, 2_500)  # what was collected, 95 / 5
+    assert balance(db, tenant, WAL) == (0, 0)
+    assert balance(db, tenant, ESCROW) == (0, 0)
+    assert overage(db, tenant, r.id) == 50_000 - SLICE
     ledger_ok(db, tenant)
 
 
@@ -390,3 +420,141 @@ def test_the_cover_counts_power_drawn_since_the_last_sample(db, tenant, clock):
         assert rental_service.accrual(row, clock.now_ns()).cost_minor == micro_for(10)
         assert rental_service.committed_minor(row, clock.now_ns()) == 1_389 + 1_250
         assert rental_service.slice_minor(row) == 79_167
+
+
+# -- usage past the holds (found by an independent audit model) ---------------------------
+
+
+def test_a_power_jump_between_sparse_samples_is_billed_in_full(db, tenant, clock):
+    """0 W, then 10 kW ten minutes later, the worker sweeping throughout. The second sample's
+    trapezoid charges (0 + 10 kW) / 2 × 600 s = 833.3 Wh at once, past the cover (which counted
+    the interval at the last draw, 0 W): the settlement was capped at the holds, and 0.79 DGPU
+    of it went unbilled though the wallet held 100 DGPU. The wallet now pays the excess."""
+    fund(db, tenant, clock, 100_000_000)
+    r = start(db, tenant, clock)
+    sample(db, tenant, r.id, clock, power_w=0)
+    sweep(db, tenant, r.id, clock, 600, every=10)
+    sample(db, tenant, r.id, clock, power_w=10_000)
+    held = get(db, tenant, r.id).held_minor
+    st = end(db, tenant, r.id, clock)
+    # time 83,333.3 + power 833.3 Wh × 0.001 = 833,333.3 → 916,666.7 → 916,667, rounded once
+    assert (st.used_minor, st.unpaid_minor, st.refund_minor) == (916_667, 0, 0)
+    assert held < 916_667 and overage(db, tenant, r.id) == 916_667 - held
+    assert st.provider_minor + st.fee_minor == 916_667
+    assert balance(db, tenant, WAL) == (100_000_000 - 916_667, 0)
+    assert balance(db, tenant, ESCROW) == (0, 0)
+    ledger_ok(db, tenant)
+
+
+def test_one_renewal_holds_what_a_jump_ran_past_the_holds_and_the_next_slice(db, tenant, clock):
+    fund(db, tenant, clock, 100_000_000)
+    r = start(db, tenant, clock)
+    sample(db, tenant, r.id, clock, power_w=0)
+    clock.advance(100)
+    sample(db, tenant, r.id, clock, power_w=10_000)  # 138.9 Wh at once: 152,778 used, 41,667 held
+    assert renew(db, tenant, r.id, clock) == "renewed"
+    with db.session(write=False) as s:
+        row = rental_service.get(s, tenant, r.id)
+        committed = rental_service.committed_minor(row, clock.now_ns())
+        slice_ = rental_service.slice_minor(row)
+    assert (committed, slice_) == (152_778, 875_000)  # a slice at 10 kW: 41,667 + 833,333.3
+    assert row.held_minor - committed == slice_  # covered again, a slice ahead, in one hold
+    assert (row.hold_count, renew(db, tenant, r.id, clock)) == (2, "ok")
+    ledger_ok(db, tenant)
+
+
+def test_power_after_the_last_sample_is_charged_at_its_draw(db, tenant, clock):
+    """One sample at 10 kW, then an hour with no other: the cover counted 10 kW as spent (and
+    held for it), but the settlement charged none of it — no later sample ever integrated it.
+    Now the tail from the last sample to the end is charged at the last draw, as the cover
+    counts it: a device that stops reporting does not get its power free."""
+    fund(db, tenant, clock, 100_000_000)
+    r = start(db, tenant, clock)
+    sample(db, tenant, r.id, clock, power_w=10_000)
+    sweep(db, tenant, r.id, clock, 3600, every=30)
+    with db.session(write=False) as s:
+        committed = rental_service.committed_minor(rental_service.get(s, tenant, r.id), clock.now_ns())
+    st = end(db, tenant, r.id, clock)
+    # time 0.5/h × 1 h = 500,000; power 10 kWh × 0.001 = 10,000,000
+    assert st.used_minor == 10_500_000
+    assert committed == st.used_minor and st.unpaid_minor == 0  # charged as the cover counted it
+    assert balance(db, tenant, WAL) == (100_000_000 - 10_500_000, 0)
+    ledger_ok(db, tenant)
+
+
+@pytest.mark.parametrize(("minutes", "minimum_cost"), [(6, 50_000), (60, 500_000)])
+def test_a_minimum_session_longer_than_a_slice_is_held_and_charged(db, tenant, clock, minutes, minimum_cost):
+    """The first hold was one five-minute slice (41,667), and the settlement was capped at it:
+    a book's 6- or 60-minute minimum session billed 41,667. The first hold now covers the
+    minimum, and the minimum is charged."""
+    with db.session() as s:
+        pricing_service.publish_book(s, tenant, {"minimum_session_minutes": minutes}, "test", clock.now_ns())
+    fund(db, tenant, clock, 100_000_000)
+    r = start(db, tenant, clock)
+    assert r.held_minor == minimum_cost
+    clock.advance(10)
+    st = end(db, tenant, r.id, clock)
+    assert (st.used_minor, st.unpaid_minor, st.refund_minor) == (minimum_cost, 0, 0)
+    ledger_ok(db, tenant)
+
+
+def test_after_a_worker_outage_one_sweep_restores_the_cover(db, tenant, clock):
+    """An hour without the worker, then it sweeps: it placed one slice per sweep, so the session
+    ran on unheld use for the next 55 sweeps (and ending then billed only what was held)."""
+    fund(db, tenant, clock, 100_000_000)
+    r = start(db, tenant, clock)
+    clock.advance(3600)
+    assert renew(db, tenant, r.id, clock) == "renewed"
+    row = get(db, tenant, r.id)
+    assert (row.hold_count, row.held_minor) == (2, micro_for(3600) + SLICE)  # used so far + one slice
+    clock.advance(3)
+    assert renew(db, tenant, r.id, clock) == "ok"
+    st = end(db, tenant, r.id, clock)
+    assert (st.used_minor, overage(db, tenant, r.id)) == (micro_for(3603), 0)  # all from the holds
+    ledger_ok(db, tenant)
+
+
+def test_a_sample_stamped_before_the_start_counts_from_the_start(db, tenant, clock):
+    """An API process whose clock is ten minutes behind stamps the first sample before the
+    session started; the next sample then integrated 10 kW over ten minutes before it existed."""
+    fund(db, tenant, clock, 100_000_000)
+    r = start(db, tenant, clock)
+    sample(db, tenant, r.id, FrozenClock(clock.now_ns() - 600 * NS), power_w=10_000)
+    clock.advance(1)
+    sample(db, tenant, r.id, clock, power_w=10_000)
+    row = get(db, tenant, r.id)
+    assert row.energy2_mw_ms == 2 * 10_000_000 * 1000  # one second at 10 kW, doubled
+    with db.session(write=False) as s:
+        stamps = sorted(x.ts for x in rental_service.samples(s, tenant, r.id))
+    assert stamps == [r.started_at, r.started_at + NS]  # stored as counted
+
+
+def test_a_settlement_with_a_wallet_debit_happens_once(db, tenant, clock):
+    """Two ends racing: one settles (and debits the wallet beyond the holds), the other finds
+    it settled; the overage transfer exists once (its id is the rental's)."""
+    fund(db, tenant, clock, 100_000_000)
+    r = start(db, tenant, clock)
+    clock.advance(3600)
+    outcomes: list[str] = []
+    barrier = threading.Barrier(2)
+
+    def go() -> None:
+        barrier.wait()
+        try:
+            end(db, tenant, r.id, clock)
+            outcomes.append("settled")
+        except (RentalAlreadySettled, RentalNotActive) as exc:
+            outcomes.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=go) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes)[-1] == "settled" and outcomes.count("settled") == 1
+    with db.session(write=False) as s:
+        debits = s.scalar(select(func.count()).select_from(Transfer).where(
+            Transfer.tenant_id == tenant, Transfer.reference == r.id, Transfer.code == "rental_overage"))
+    assert debits == 1 and overage(db, tenant, r.id) == micro_for(3600) - SLICE
+    assert balance(db, tenant, WAL) == (100_000_000 - micro_for(3600), 0)
+    ledger_ok(db, tenant)

@@ -154,13 +154,17 @@ def test_renew_cover_tops_up_funded_sessions_and_terminates_dry_ones(db, tenant,
     assert [get(db, tenant, i).hold_count for i in (rich, poor, idle)] == [1, 1, 1]  # plenty of cover left
     with db.session() as s:
         session_service.end(s, tenant, idle, clock)
-    clock.advance(243)  # 343 s: under two minutes of cover
+    clock.advance(243)  # 343 s: used 47,638.9 → 47,639, past the 41,667 held
     assert rental_tasks.renew_cover(db, clock, page=1) >= 2  # paging one session at a time
     r = get(db, tenant, rich)
-    assert (r.status, r.held_minor) == (ACTIVE, 2 * SLICE)
+    # One hold covers the 5,972 used past the holds and the next slice (it held one slice,
+    # leaving the session 5,972 short of its usage).
+    assert (r.status, r.held_minor, r.hold_count) == (ACTIVE, 2 * SLICE + 5_972, 2)
     p = get(db, tenant, poor)
     assert (p.status, p.end_reason) == (SETTLED, "insufficient_funds")
-    assert p.used_minor <= p.held_minor == SLICE
+    # Its 50,000 cannot hold that much, but it pays what it used: the holds, then 5,972 more
+    # from the wallet (the settlement was capped at the 41,667 held).
+    assert (p.used_minor, p.unpaid_minor, p.held_minor) == (47_639, 0, SLICE)
     assert get(db, tenant, idle).hold_count == 1  # ended sessions are left alone
     ledger_ok(db, tenant)
 
@@ -240,6 +244,7 @@ def test_a_session_reports_its_start_usage_and_settlement(db, tenant, clock):
     # Every amount is an exact decimal string of the ledger's figures.
     r = get(db, tenant, rid)
     assert settled["used"] == format_amount(settlement.used_minor, r.scale)
+    assert (settled["cost"], settled["unpaid"]) == (settled["used"], "0.000000")  # paid in full
     assert (settled["end_reason"], settled["status"]) == ("ended", SETTLED)
     assert parse_amount(use2["held"], r.scale) - parse_amount(use2["cost"], r.scale) == parse_amount(
         use2["cover_left"], r.scale, allow_zero=True)
@@ -255,3 +260,19 @@ def test_an_expired_contract_reports_its_settlement(db, tenant, clock):
     assert (settled["used"], settled["refund"]) == (format_amount(r.used_minor or 0, r.scale),
                                                     format_amount(r.refund_minor or 0, r.scale))
     assert settled["provider_share"] == format_amount(r.provider_minor or 0, r.scale)
+
+
+def test_a_sessions_usage_event_shows_the_cover_its_renewal_judges_by(db, tenant, clock):
+    """`cover_left` was held − the accrual, which leaves out the power drawn since the last
+    sample: at 10 kW it showed cover the renewal (held − committed) saw already spent."""
+    rid = start_session(db, tenant, clock, funds=10_000_000, user="cover-user")
+    with db.session() as s:
+        rental_service.record_sample(s, tenant, rid, {"power_w": 10_000}, clock)
+    clock.advance(60)
+    rental_tasks.emit_usage(db, clock, 60)
+    [use] = [d for t, d in rental_events(db, tenant) if t == "rental.usage" and d["rental_id"] == rid]
+    r = get(db, tenant, rid)
+    committed = rental_service.committed_minor(r, clock.now_ns())
+    # time 60 s = 8,333.3; power since the sample 10 kW × 60 s = 166.7 Wh → 166,666.7
+    assert committed == 175_000
+    assert (use["cost"], use["cover_left"]) == (format_amount(committed, 6), format_amount(SLICE - committed, 6))

@@ -196,7 +196,7 @@ def _session_fields(rental: Rental) -> dict[str, object]:
 
 
 def _active(rental: Rental, now_ns: int) -> dict[str, object]:
-    acc = rental_service.accrual(rental, now_ns)
+    acc = rental_service.running_cost(rental, now_ns)  # the committed cost renewal judges cover by
     asset = Asset(rental.asset, rental.scale)
     return {
         **_session_fields(rental), "as_of": to_rfc3339(now_ns), "elapsed_seconds": acc.elapsed_s,
@@ -211,7 +211,9 @@ def _settled(rental: Rental) -> dict[str, object]:
     return {
         **_session_fields(rental), "settled_at": to_rfc3339(rental.settled_at), "duration_seconds": duration,
         "billed_seconds": billable_seconds(Quote.from_dict(rental.quote), duration),
-        "cost": s.Money.of(rental.used_minor or 0, asset), "refund": s.Money.of(rental.refund_minor or 0, asset),
+        "cost": s.Money.of((rental.used_minor or 0) + (rental.unpaid_minor or 0), asset),
+        "unpaid": s.Money.of(rental.unpaid_minor or 0, asset),
+        "refund": s.Money.of(rental.refund_minor or 0, asset),
         "provider_earnings": s.Money.of(rental.provider_minor or 0, asset),
         "platform_fee": s.Money.of(rental.fee_minor or 0, asset),
     }

@@ -259,15 +259,19 @@ class SessionOut(BaseModel):
 class ActiveSessionOut(SessionOut):
     as_of: str
     elapsed_seconds: int
-    cost_so_far: Money = Field(description="The exact accrual rounded once; never more than `held`.")
-    refund_available: Money = Field(description="held − cost_so_far: released to the wallet at the end.")
+    cost_so_far: Money = Field(description="Committed so far: time, metered power and the power drawn since "
+                                           "the last sample at its draw, rounded once. May exceed `held` until "
+                                           "the worker renews the hold.")
+    refund_available: Money = Field(description="held − cost_so_far (at least 0): released to the wallet at "
+                                                "the end.")
 
 
 class SettledSessionOut(SessionOut):
     settled_at: str
     duration_seconds: int
     billed_seconds: int = Field(description="At least the minimum session, rounded up to the granularity.")
-    cost: Money
+    cost: Money = Field(description="What the session cost: paid from its holds, then from the wallet.")
+    unpaid: Money = Field(description="The part of `cost` the wallet could not pay (0 when paid in full).")
     refund: Money = Field(description="The part of the hold released back to the wallet.")
     provider_earnings: Money
     platform_fee: Money

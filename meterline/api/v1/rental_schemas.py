@@ -125,7 +125,10 @@ class SampleBatch(Request):
 
 
 class SettlementOut(BaseModel):
-    used: str
+    used: str = Field(description="Collected: posted from the holds, and for a session debited from the "
+                                  "wallet beyond them.")
+    unpaid: str | None = Field(description="A session's cost its wallet could not pay (its cost = used + "
+                                           "unpaid); null for a prepaid contract, never billed past its price.")
     refund: str
     provider_share: str
     platform_fee: str
@@ -145,9 +148,11 @@ class RentalOut(BaseModel):
     vram_gb: int | None
     asset: str
     hourly_rate: str = Field(description="The locked time rate per hour (the quote's, to scale + 3 decimals).")
-    held: str = Field(description="Escrowed so far: the most this rental can cost.")
-    cost_so_far: str
-    refund_available: str = Field(description="held - cost_so_far.")
+    held: str = Field(description="Escrowed so far: the most a prepaid contract can cost (a session's usage "
+                                  "beyond it is debited from its wallet at settlement).")
+    cost_so_far: str = Field(description="Prepaid: the accrual. Session: the committed cost (with the power "
+                                         "drawn since the last sample), which may exceed `held`.")
+    refund_available: str = Field(description="held - cost_so_far (at least 0).")
     elapsed_s: int
     as_of: str = Field(description="When cost_so_far was computed.")
     quote: dict[str, Any] = Field(description="The quote locked at the start (rates as decimal strings).")
@@ -167,7 +172,8 @@ class RentalOut(BaseModel):
         settlement = None
         if r.status == SETTLED:
             settlement = SettlementOut(
-                used=format_amount(r.used_minor or 0, s), refund=format_amount(r.refund_minor or 0, s),
+                used=format_amount(r.used_minor or 0, s), unpaid=None if r.unpaid_minor is None else format_amount(r.unpaid_minor, s),
+                refund=format_amount(r.refund_minor or 0, s),
                 provider_share=format_amount(r.provider_minor or 0, s), platform_fee=format_amount(r.fee_minor or 0, s),
                 refund_tx=r.refund_tx,
             )

@@ -98,7 +98,7 @@ def _visible(session: Session, principal: Principal, rental_id: str) -> Rental:
 
 
 def _out(rental: Rental, now_ns: int) -> RentalOut:
-    return RentalOut.of(rental, rental_service.accrual(rental, now_ns))
+    return RentalOut.of(rental, rental_service.running_cost(rental, now_ns))
 
 
 # -- create ---------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from meterline.clock import FrozenClock
 from meterline.db.engine import Database
 from meterline.identity.service import identity_service
 from meterline.pricing.service import pricing_service
+from meterline.rentals.service import rental_service
 from tests.api.conftest import MakeClient, assert_problem
 from tests.factories import make_earnings
 
@@ -755,3 +756,31 @@ def test_a_prepaid_contract_is_not_a_session(client: TestClient, dante: Dante) -
     for key, query in ((d.admin, "?user_id=alice"), (d.alice, "")):
         history = client.get(f"/api/v1/billing/history{query}", headers=d.h(key))
         assert history.status_code == 200 and history.json()["data"] == [], history.text
+
+
+def test_usage_past_the_holds_is_paid_from_the_wallet_and_the_rest_is_shown_unpaid(
+        client: TestClient, dante: Dante, clock: FrozenClock, db: Database) -> None:
+    """Ten minutes at a metered 1 kW with no worker to renew the 0.020834 hold. current-usage
+    showed the accrual capped at the hold (and no power since the sample), and end-session
+    billed 0.020834. The committed cost is shown, the wallet pays past the holds, and what it
+    cannot pay is `unpaid`."""
+    d = dante
+    deposit(client, d, "0.05")
+    sid = start(client, d).json()["session_id"]
+    with db.session() as s:
+        rental_service.record_sample(s, d.id, sid, {"power_w": 1000}, clock)
+    clock.advance(600)
+    u = client.get("/api/v1/billing/current-usage", headers=d.h(d.alice)).json()["data"][0]
+    # time 600 × 625/9 = 41,666.7; power since the sample 1 kW × 600 s = 166.7 Wh → 166,666.7
+    assert u["cost_so_far"] == money("0.208333") and u["refund_available"] == money("0.000000")
+    assert u["held"] == money("0.020834")
+    end = client.post("/api/v1/billing/end-session", json={"session_id": sid}, headers=d.h(d.alice)).json()
+    # The holds pay 0.020834, the wallet its other 0.029166; 0.158333 is left unpaid.
+    assert (end["cost"], end["unpaid"], end["refund"]) == (money("0.208333"), money("0.158333"), money("0.000000"))
+    assert end["provider_earnings"] == money("0.047500") and end["platform_fee"] == money("0.002500")
+    assert end["balance"]["balance"] == money("0.000000") and end["balance"]["held"] == money("0.000000")
+    tx = client.get("/api/v1/wallet/transactions", headers=d.h(d.alice)).json()
+    assert [(t["type"], t["status"], t["amount"]["amount"]) for t in tx["data"]][-2:] == [
+        ("rental_settle", "posted", "-0.020834"), ("rental_overage", "posted", "-0.029166")]
+    hist = client.get("/api/v1/billing/history", headers=d.h(d.alice)).json()["data"][0]
+    assert (hist["cost"], hist["unpaid"]) == (money("0.208333"), money("0.158333"))

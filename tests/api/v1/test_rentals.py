@@ -81,8 +81,10 @@ def test_prepaid_contract_from_rent_to_settlement(client, market, clock):
     s = r.json()
     assert (s["status"], s["end_reason"], s["ended_at"], s["settled_at"]) == (
         "SETTLED", "ended", "2023-11-14T22:43:20.000000Z", "2023-11-14T22:43:20.000000Z")
-    assert s["settlement"] == {"used": "0.000500000", "refund": "0.002500000", "provider_share": "0.000475000",
-                               "platform_fee": "0.000025000", "refund_tx": "SIMULATION_MODE"}
+    # (`unpaid` is null: a prepaid contract is never billed past its prepaid price.)
+    assert s["settlement"] == {"used": "0.000500000", "unpaid": None, "refund": "0.002500000",
+                               "provider_share": "0.000475000", "platform_fee": "0.000025000",
+                               "refund_tx": "SIMULATION_MODE"}
     assert (s["cost_so_far"], s["refund_available"]) == ("0.000500000", "0.002500000")
     wallet = client.get("/v1/wallets/wallet/W1/SOL", headers=market.w).json()
     assert (wallet["posted"], wallet["pending"]) == ("0.000000000", "0.000000000")
@@ -182,8 +184,8 @@ def test_payg_session_meters_time_and_power(client, market, clock):
 
     settled = client.post(f"/v1/rentals/{rid}/settle", json={}, headers=market.w).json()
     # 26 667 split 95/5 by largest remainder: 25 333.65 / 1 333.35 → the leftover unit to the provider.
-    assert settled["settlement"] == {"used": "0.026667", "refund": "0.015000", "provider_share": "0.025334",
-                                     "platform_fee": "0.001333", "refund_tx": None}
+    assert settled["settlement"] == {"used": "0.026667", "unpaid": "0.000000", "refund": "0.015000",
+                                     "provider_share": "0.025334", "platform_fee": "0.001333", "refund_tx": None}
     assert (settled["status"], settled["end_reason"]) == ("SETTLED", "ended")
     wallet = client.get("/v1/wallets/user/u1/DGPU", headers=market.w).json()
     assert (wallet["posted"], wallet["pending"], wallet["available"]) == ("0.973333", "0.000000", "0.973333")
