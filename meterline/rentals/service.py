@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import secrets
 import string
-from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import BigInteger, Select, func, literal, select, tuple_
 from sqlalchemy.orm import Session
 
 from meterline.clock import Clock
 from meterline.db.base import BIGINT_MAX, bigint_text
-from meterline.errors import Conflict, MeterlineError, NotFound
 from meterline.ledger.models import Account
 from meterline.ledger.service import ledger_service
 from meterline.ledger.types import TransferFlags, TransferIn, TransferResult
@@ -33,7 +31,26 @@ from meterline.payments.rails import SIMULATION_MODE, known_rail
 from meterline.pricing.engine import Quote, billable_seconds, split_fee
 from meterline.rentals import accrual
 from meterline.rentals import events as rental_events
+from meterline.rentals.errors import (  # noqa: F401 (callers import them from here too)
+    InsufficientFunds,
+    InsufficientPayment,
+    InvalidRentalRequest,
+    LedgerRefused,
+    NoDeviceAvailable,
+    RentalAlreadySettled,
+    RentalError,
+    RentalExpired,
+    RentalNotActive,
+    RentalNotFound,
+)
 from meterline.rentals.models import Rental, RentalHold, RentalSample
+from meterline.rentals.values import (
+    Accrual,
+    AccrualState,
+    ExtendResult,
+    RentalState,
+    Settlement,
+)
 from meterline.wallets.service import wallet_service
 
 # -- states -----------------------------------------------------------------------
@@ -48,145 +65,6 @@ OPEN_STATES = (ACTIVE,)
 
 PREPAID = "prepaid"
 PAYG = "payg"
-
-# -- errors -----------------------------------------------------------------------
-
-
-class RentalError(MeterlineError):
-    code = "rental_error"
-
-
-class RentalNotFound(RentalError, NotFound):
-    code = "contract_not_found"
-    title = "No such contract"
-
-
-class RentalNotActive(RentalError, Conflict):
-    code = "contract_not_active"
-    title = "The contract is not active"
-
-
-class RentalAlreadySettled(RentalError, Conflict):
-    code = "contract_already_settled"
-    title = "The contract is already settled"
-
-
-class RentalExpired(RentalError, Conflict):
-    code = "contract_expired"
-    title = "The contract has expired and can no longer be extended"
-
-
-class InsufficientPayment(RentalError):
-    status = 402
-    code = "insufficient_payment"
-    title = "The payment does not cover the price"
-
-
-class InsufficientFunds(RentalError):
-    status = 402
-    code = "insufficient_funds"
-    title = "The wallet cannot fund this"
-
-
-class InvalidRentalRequest(RentalError):
-    status = 422
-    code = "invalid_rental_request"
-    title = "The rental request is not valid"
-
-
-class NoDeviceAvailable(RentalError, Conflict):
-    code = "no_device_available"
-    title = "No device of this kind is available"
-
-
-class LedgerRefused(RentalError, Conflict):
-    """The ledger refused a settlement batch — an invariant the service should have kept."""
-
-    code = "ledger_refused"
-    title = "The ledger refused the operation"
-
-
-# -- values -----------------------------------------------------------------------
-
-
-class AccrualState(Protocol):
-    """What the accrual (the running cost) and the status of a rental read.
-
-    A `Rental` row is one; so are the sample batcher's row (sampler.py) and the lean
-    primary-key read of a contract's status (reads.py).
-    """
-
-    id: str
-    status: str
-    scale: int
-    held_minor: int
-    duration_s: int | None
-    started_at: int
-    expires_at: int | None
-    ended_at: int | None
-    settled_at: int | None
-    used_minor: int | None
-    rate_num: int
-    rate_den: int
-    rounding: str
-    power_cost_e6: int
-
-
-class RentalState(AccrualState, Protocol):
-    """What the sample rules and the energy integral also read and write.
-
-    A `Rental` row is one; so is the sample batcher's lighter row (sampler.py), which
-    loads only these columns — both go through the same functions below.
-    """
-
-    style: str
-    quote: dict[str, Any]
-    energy2_mw_ms: int
-    last_sample_at: int | None
-    last_power_mw: int | None
-    sample_count: int
-
-
-@dataclass(frozen=True, slots=True)
-class Accrual:
-    """What a rental has cost at `at_ns`. A prepaid contract's cost never exceeds what is held
-    (cost + refund == held); a pay-as-you-go session's committed cost may run past its holds
-    until the worker renews them (settlement then debits the excess from the wallet), and its
-    refund is then 0."""
-
-    at_ns: int
-    elapsed_s: int
-    cost_minor: int
-    held_minor: int
-
-    @property
-    def refund_minor(self) -> int:
-        return max(0, self.held_minor - self.cost_minor)
-
-
-@dataclass(frozen=True, slots=True)
-class ExtendResult:
-    rental: Rental
-    added_seconds: int
-    added_minor: int  # held for the extension
-    cost_minor: int | None = None  # its price, where it is less than what was held (an overpayment)
-
-
-@dataclass(frozen=True, slots=True)
-class Settlement:
-    rental: Rental
-    used_minor: int  # collected: posted from the holds plus debited from the wallet beyond them
-    refund_minor: int
-    provider_minor: int
-    fee_minor: int
-    refund_tx: str | None
-    unpaid_minor: int = 0  # the cost the wallet could not pay (pay-as-you-go only)
-
-    @property
-    def cost_minor(self) -> int:
-        """What the rental cost: collected + unpaid."""
-        return self.used_minor + self.unpaid_minor
-
 
 # Sample fields accepted, with the largest value that makes physical sense.
 SAMPLE_FIELDS: dict[str, Decimal] = {
