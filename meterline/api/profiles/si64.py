@@ -61,12 +61,11 @@ from meterline.api.profiles.si64_schemas import (
 )
 from meterline.api.runtime import Runtime
 from meterline.api.v1.common import (
-    InvalidCursor,
     LedgerRead,
     LedgerReadAsync,
     LedgerWrite,
     LedgerWriteAsync,
-    decode_cursor,
+    decode_time_id_cursor,
     encode_cursor,
     errors,
     ledger_read_async,
@@ -74,7 +73,6 @@ from meterline.api.v1.common import (
 )
 from meterline.api.v1.principals import is_staff, owner_filter, owns, require_self
 from meterline.catalog.service import catalog_service
-from meterline.db.base import bigint_text
 from meterline.db.scoping import scoped
 from meterline.errors import Forbidden, ServiceUnavailable
 from meterline.identity.service import Principal
@@ -543,17 +541,6 @@ def _totals(session: Session, tenant: str, now_ns: int) -> dict[str, int]:
     return rental_service.totals(session, tenant, now_ns, asset=PROFILE_ASSET, style=PREPAID)
 
 
-def _decode_page_cursor(cursor: str | None) -> tuple[int, str] | None:
-    raw = decode_cursor(cursor)
-    if raw is None:
-        return None
-    created, _, rental_id = raw.partition(":")
-    created_ns = bigint_text(created)
-    if created_ns is None or not rental_id:
-        raise InvalidCursor("use the next_cursor of a previous page")
-    return created_ns, rental_id
-
-
 _ROW_COLUMNS = (
     Rental.tenant_id, Rental.id, Rental.status, Rental.customer_id, Rental.tier, Rental.asset, Rental.scale,
     Rental.held_minor, Rental.created_at, Rental.started_at, Rental.expires_at, Rental.ended_at,
@@ -631,7 +618,7 @@ def billing_ledger(principal: LedgerRead, session: ReadSession, runtime: Runtime
     _require_staff(principal)
     tenant = principal.tenant_id
     now = runtime.clock.now_ns()
-    page, next_cursor = _active_page(session, tenant, limit, _decode_page_cursor(cursor))
+    page, next_cursor = _active_page(session, tenant, limit, decode_time_id_cursor(cursor))
     settled = _recent_settlements(session, tenant, settlements_limit)
     t = _totals(session, tenant, now)
     scale = _SCALE

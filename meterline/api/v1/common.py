@@ -112,3 +112,15 @@ def decode_seq_cursor(cursor: str | None) -> int | None:
     if seq is None:
         raise InvalidCursor("use the next_cursor of a previous page")
     return seq
+
+
+def decode_time_id_cursor(cursor: str | None) -> tuple[int, str] | None:
+    """A `<time ns>:<id>` cursor (pages ordered by creation time, then id) as (time, id)."""
+    raw = decode_cursor(cursor)
+    if raw is None:
+        return None
+    at, _, row_id = raw.partition(":")
+    at_ns = bigint_text(at)
+    if at_ns is None or not row_id:
+        raise InvalidCursor("use the next_cursor of a previous page")
+    return at_ns, row_id

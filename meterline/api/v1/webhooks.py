@@ -15,10 +15,9 @@ from meterline.api.idempotency import in_transaction, json_response
 from meterline.api.v1.common import (
     Admin,
     Cursor,
-    InvalidCursor,
     Limit,
-    decode_cursor,
     decode_seq_cursor,
+    decode_time_id_cursor,
     encode_cursor,
     errors,
 )
@@ -35,7 +34,6 @@ from meterline.api.v1.webhook_schemas import (
     WebhookEndpointUpdate,
     WebhookEndpointWithSecret,
 )
-from meterline.db.base import bigint_text
 from meterline.events.webhooks import EndpointChange, webhook_service
 
 router = APIRouter(tags=["webhooks"])
@@ -130,17 +128,6 @@ def delete_endpoint(endpoint_id: EndpointIdPath, principal: Admin, session: Writ
     return Response(status_code=204)
 
 
-def _delivery_cursor(cursor: str | None) -> tuple[int, str] | None:
-    raw = decode_cursor(cursor)
-    if raw is None:
-        return None
-    at, _, delivery_id = raw.partition(":")
-    created = bigint_text(at)
-    if created is None or not delivery_id:
-        raise InvalidCursor("use the next_cursor of a previous page")
-    return created, delivery_id
-
-
 @router.get(
     "/webhook_endpoints/{endpoint_id}/deliveries", response_model=WebhookDeliveryPage,
     summary="An endpoint's deliveries, newest first",
@@ -152,7 +139,7 @@ def list_deliveries(
     limit: Limit = 100, cursor: Cursor = None,
 ) -> WebhookDeliveryPage:
     rows = webhook_service.list_deliveries(session, principal.tenant_id, endpoint_id, status=status,
-                                           after=_delivery_cursor(cursor), limit=limit)
+                                           after=decode_time_id_cursor(cursor), limit=limit)
     nxt = f"{rows[-1].created_at}:{rows[-1].id}" if len(rows) == limit else None
     return WebhookDeliveryPage(data=[WebhookDeliveryOut.of(r) for r in rows], next_cursor=encode_cursor(nxt))
 
